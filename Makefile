@@ -1,0 +1,37 @@
+# `make run` and `make test` set up everything they need first; a second run is quick and offline.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: setup run test demo espeak clean
+
+setup: $(STAMP) espeak
+	$(BIN)/door-access setup
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+espeak:
+	@if command -v espeak-ng >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing espeak-ng (speech for the welcome message)"; \
+		(apt-get install -y -qq espeak-ng >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null && apt-get install -y -qq espeak-ng >/dev/null)) || \
+		echo "WARNING: could not install espeak-ng: welcomes will not be spoken"; \
+	else \
+		echo "WARNING: espeak-ng is missing and this is not root: install it (apt-get install espeak-ng) to hear welcomes"; \
+	fi
+
+run: setup
+	$(BIN)/door-access run $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache weights/*.h5 weights/*.dat weights/manifest.json

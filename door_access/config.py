@@ -1,0 +1,132 @@
+"""`config.yaml`, parsed once into frozen dataclasses.
+
+Each setting is a dataclass field with its default; `meta(lo=, hi=, choices=)` bounds it.
+Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the key and
+the line, so a typo in the config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the key and the line."""
+
+
+def meta(default, lo=None, hi=None, choices=None):
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    images: str = "images"
+    weights: str = "weights"
+    cache: str = ".cache"
+
+
+@dataclass(frozen=True)
+class PhotoConfig:
+    max_pixels: int = meta(40_000_000, lo=1)
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    model: str = meta("hog", choices=("hog", "cnn"))
+    upsample: int = meta(1, lo=0, hi=3)
+    downscale: float = meta(1.0, lo=1.0, hi=8.0)
+    photo_max_side: int = meta(1024, lo=160)
+    min_face: int = meta(32, lo=8)
+    margin: float = meta(0.25, lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    threshold: float = meta(0.9, lo=0.0, hi=2.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    photo: PhotoConfig = field(default_factory=PhotoConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    base_dir: Path = field(default=Path("."), compare=False)
+
+    def path(self, name: str) -> Path:
+        """A `paths.*` entry, resolved against the config file's folder."""
+        return (self.base_dir / getattr(self.paths, name)).resolve()
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and check `path`; `None` gives the defaults (relative to the working folder)."""
+    if path is None:
+        return Config(base_dir=Path.cwd())
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    values = _build(Config, node, "", path, skip={"base_dir"}) if node is not None else {}
+    return Config(**values, base_dir=path.resolve().parent)
+
+
+def _build(cls, node, prefix: str, path: Path, skip=frozenset()) -> dict:
+    if not isinstance(node, yaml.MappingNode):
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"{path} line {node.start_mark.line + 1}: '{where}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        dotted = f"{prefix}{key}"
+        line = key_node.start_mark.line + 1
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{path} line {line}: unknown key '{dotted}' (known here: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            out[key] = hint(**_build(hint, value_node, dotted + ".", path))
+        else:
+            out[key] = _scalar(fields[key], hint, value_node, dotted, line, path)
+    return out
+
+
+def _scalar(f, hint, node, dotted: str, line: int, path: Path):
+    where = f"{path} line {line}: '{dotted}'"
+    value = yaml.SafeLoader("").construct_object(node, deep=True)
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None and optional:
+        return None
+    origin = typing.get_origin(base)
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(base) or (str,)
+        if not isinstance(value, list) or not all(isinstance(v, item_type) for v in value):
+            raise ConfigError(f"{where} must be a list of {item_type.__name__}, got {value!r}")
+        return tuple(value)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base is int and isinstance(value, bool) or not isinstance(value, base):
+        raise ConfigError(f"{where} must be {base.__name__}, got {value!r}")
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
+    if m.get("lo") is not None and value < m["lo"] or m.get("hi") is not None and value > m["hi"]:
+        raise ConfigError(f"{where} = {value!r} is out of range [{m.get('lo')}, {m.get('hi')}]")
+    return value

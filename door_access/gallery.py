@@ -1,0 +1,187 @@
+"""The enrolled people: `images/<name>.<ext>` and `images/<name>/*.<ext>`, turned into embeddings.
+
+Embeddings are cached in SQLite keyed by the photo's content hash and the encoder's
+identity, so a restart re-encodes only new or changed photos. A photo that cannot be used
+is listed with its reason (and that verdict is cached too); it never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .detection import FaceDetector
+from .facenet import EMBEDDING_SIZE, FaceEncoder
+from .files import sha256_file
+from .photos import PhotoError, is_photo, load_rgb
+
+log = logging.getLogger(__name__)
+
+ENCODE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class SkippedPhoto:
+    path: Path
+    reason: str
+
+
+@dataclass
+class Gallery:
+    """One row per usable photo: `embeddings[i]` is a photo of `names[i]`."""
+
+    names: list[str] = field(default_factory=list)
+    photos: list[Path] = field(default_factory=list)
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_SIZE), np.float32))
+    skipped: list[SkippedPhoto] = field(default_factory=list)
+    encoded: int = 0  # photos run through the model in this load (the rest came from the cache)
+
+    def people(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name in self.names:
+            counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def scan_images(images_dir: Path) -> tuple[list[tuple[str, Path]], list[SkippedPhoto]]:
+    """(name, photo) pairs found in `images_dir`, and the entries that are not photos."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"images folder {images_dir} does not exist")
+    found, skipped = [], []
+    for entry in sorted(images_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            for photo in sorted(entry.iterdir()):
+                if is_photo(photo) and photo.is_file():
+                    found.append((entry.name, photo))
+                elif not photo.name.startswith("."):
+                    skipped.append(SkippedPhoto(photo, "not a photo (expected .jpg, .jpeg, .png, .bmp or .webp)"))
+        elif is_photo(entry):
+            found.append((entry.stem, entry))
+        else:
+            skipped.append(SkippedPhoto(entry, "not a photo (expected .jpg, .jpeg, .png, .bmp or .webp)"))
+    return found, skipped
+
+
+class EmbeddingCache:
+    """SQLite table: (photo sha256, encoder key) -> embedding, or the reason the photo was unusable."""
+
+    def __init__(self, path: Path, encoder_key: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.key = encoder_key
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (sha256 TEXT, encoder TEXT, embedding BLOB, reason TEXT,"
+                " PRIMARY KEY (sha256, encoder))"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10)
+
+    def get(self, digests: list[str]) -> dict[str, np.ndarray | str]:
+        out: dict[str, np.ndarray | str] = {}
+        with self._connect() as db:
+            for sha, blob, reason in db.execute(
+                "SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ?", (self.key,)
+            ):
+                out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
+        wanted = set(digests)
+        return {k: v for k, v in out.items() if k in wanted}
+
+    def put(self, rows: list[tuple[str, np.ndarray | None, str | None]]) -> None:
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
+                [(sha, self.key, None if e is None else np.asarray(e, np.float32).tobytes(), reason)
+                 for sha, e, reason in rows],
+            )
+
+
+class GalleryBuilder:
+    """Builds a `Gallery` from the images folder, encoding only what the cache lacks."""
+
+    def __init__(self, cfg: Config, detector: FaceDetector, encoder: FaceEncoder):
+        self.cfg = cfg
+        self.detector = detector
+        self.encoder = encoder
+        d = cfg.detection
+        key = f"{encoder.weights_id}:m{d.margin}:s{d.photo_max_side}:f{d.min_face}:p{cfg.photo.max_pixels}"
+        self.cache = EmbeddingCache(cfg.path("cache") / "embeddings.sqlite", key)
+
+    def build(self, images_dir: Path) -> Gallery:
+        found, skipped = scan_images(images_dir)
+        digests = {}
+        for _, photo in found:
+            try:
+                digests[photo] = sha256_file(photo)
+            except OSError as exc:
+                skipped.append(SkippedPhoto(photo, f"cannot read file ({exc.strerror or exc})"))
+        known = self.cache.get(list(digests.values()))
+        todo = {p: d for p, d in digests.items() if d not in known}
+        fresh = self._encode(todo)
+        known.update(fresh)
+
+        gallery = Gallery(skipped=skipped, encoded=len(todo))
+        rows = []
+        for name, photo in found:
+            value = known.get(digests.get(photo))
+            if value is None:
+                continue
+            if isinstance(value, str):
+                gallery.skipped.append(SkippedPhoto(photo, value))
+            else:
+                gallery.names.append(name)
+                gallery.photos.append(photo)
+                rows.append(value)
+        if rows:
+            gallery.embeddings = np.stack(rows).astype(np.float32)
+        gallery.skipped.sort(key=lambda s: str(s.path))
+        for s in gallery.skipped:
+            log.warning("skipped photo %r: %s", str(s.path), s.reason)
+        log.info("gallery: %d people, %d photos (%d encoded now), %d skipped",
+                 len(gallery.people()), len(gallery.names), len(todo), len(gallery.skipped))
+        return gallery
+
+    def _encode(self, todo: dict[Path, str]) -> dict[str, np.ndarray | str]:
+        """Detect and encode photos not in the cache; store each outcome in it."""
+        results: dict[str, np.ndarray | str] = {}
+        chips, chip_digests = [], []
+        for photo, sha in todo.items():
+            if sha in results:  # the same file under two names
+                continue
+            try:
+                chips.append(self.face_chip(photo))
+                chip_digests.append(sha)
+            except PhotoError as exc:
+                results[sha] = str(exc)
+        rows = [(sha, None, reason) for sha, reason in results.items()]
+        for start in range(0, len(chips), ENCODE_BATCH):
+            emb = self.encoder.encode(np.stack(chips[start:start + ENCODE_BATCH]))
+            for sha, e in zip(chip_digests[start:start + ENCODE_BATCH], emb):
+                results[sha] = e
+                rows.append((sha, e, None))
+        self.cache.put(rows)
+        return results
+
+    def face_chip(self, photo: Path) -> np.ndarray:
+        """The one aligned face chip of an enrollment photo, or `PhotoError` saying why not."""
+        rgb = load_rgb(photo, self.cfg.photo.max_pixels)
+        faces = self.detector.photo_faces(rgb)
+        if not faces:
+            raise PhotoError("no face found")
+        if len(faces) > 1:
+            raise PhotoError(f"{len(faces)} faces found; an enrollment photo must show exactly one person")
+        box = faces[0].box
+        if min(box.w, box.h) < self.cfg.detection.min_face:
+            limit = self.cfg.detection.min_face
+            raise PhotoError(f"face too small ({box.w}x{box.h} px; detection.min_face is {limit})")
+        return faces[0].chip
+

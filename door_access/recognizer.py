@@ -1,0 +1,58 @@
+"""Matching embeddings against the gallery: 1:K identification and 1:1 verification.
+
+Embeddings are unit vectors, so squared L2 distance is `2 - 2 * dot`: one matrix product
+gives every probe-to-photo distance, and a per-person minimum (over that person's photos)
+gives the distance to each person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .gallery import Gallery
+
+
+@dataclass(frozen=True)
+class Match:
+    name: str | None  # the enrolled person, or None when nobody is under the threshold
+    distance: float  # distance to the closest person (whether or not under the threshold)
+    closest: str | None  # that closest person, for logs and tuning
+
+
+class Recognizer:
+    def __init__(self, gallery: Gallery, threshold: float):
+        self.threshold = threshold
+        order = np.argsort(np.asarray(gallery.names, dtype=object), kind="stable")
+        names = [gallery.names[i] for i in order]
+        self._embeddings = gallery.embeddings[order] if len(order) else gallery.embeddings
+        self.people = sorted(set(names))
+        # Column ranges of each person in the sorted gallery, for np.minimum.reduceat.
+        self._starts = np.array([names.index(p) for p in self.people], dtype=np.intp)
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, people) matrix: each probe's distance to each person's closest photo."""
+        embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
+        if not self.people:
+            return np.zeros((len(embeddings), 0), np.float32)
+        d = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * embeddings @ self._embeddings.T))
+        return np.minimum.reduceat(d, self._starts, axis=1)
+
+    def identify(self, embeddings: np.ndarray) -> list[Match]:
+        per_person = self.distances(embeddings)
+        if per_person.shape[1] == 0:
+            return [Match(None, float("inf"), None) for _ in range(len(per_person))]
+        best = per_person.argmin(axis=1)
+        out = []
+        for row, j in zip(per_person, best):
+            d = float(row[j])
+            out.append(Match(self.people[j] if d <= self.threshold else None, d, self.people[j]))
+        return out
+
+    def verify(self, embedding: np.ndarray, name: str) -> tuple[float, bool]:
+        """Distance of one face to the claimed person, and whether it is a match."""
+        if name not in self.people:
+            raise KeyError(name)
+        d = float(self.distances(embedding)[0, self.people.index(name)])
+        return d, d <= self.threshold

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real models, loaded once per test session, and the package-shipped photos.
+
+`door-access setup` (run by `make test`) puts the weights in weights/ and the photos in
+.cache/testdata/; the tests use those, never stand-in arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from door_access.assets import is_complete, testdata_dir
+from door_access.config import Config, PathsConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = testdata_dir(REPO / ".cache")
+CELEBRITY = TESTDATA / "celebrity"
+FR_IMAGES = TESTDATA / "face_recognition"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    if not is_complete(REPO / "weights", REPO / ".cache"):
+        raise pytest.UsageError("models and test photos are missing: run `door-access setup` (or `make test`)")
+
+
+def make_config(tmp_path: Path, **sections) -> Config:
+    """Default config using the real weights, with its cache (and anything else given) in tmp_path."""
+    cfg = Config(paths=PathsConfig(images=str(tmp_path / "images"), weights=str(REPO / "weights"),
+                                   cache=str(tmp_path / "cache")), base_dir=REPO)
+    return dataclasses.replace(cfg, **sections)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session")
+def cfg(session_dir) -> Config:
+    return make_config(session_dir)
+
+
+@pytest.fixture(scope="session")
+def detector(cfg):
+    from door_access.detection import FaceDetector
+
+    return FaceDetector(cfg.detection, cfg.path("weights"))
+
+
+@pytest.fixture(scope="session")
+def encoder(cfg):
+    from door_access.facenet import FaceEncoder
+
+    return FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+
+
+def copy_people(src: Path, dest: Path) -> Path:
+    """Copy a `<person>/*.jpg` tree (e.g. the celebrity train split) as an images/ folder."""
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def celebrity_gallery(cfg, detector, encoder, session_dir):
+    """The 5-celebrity train photos enrolled (93 photos, 5 people)."""
+    from door_access.gallery import GalleryBuilder
+
+    images = copy_people(CELEBRITY / "train", session_dir / "celebrity_images")
+    return GalleryBuilder(cfg, detector, encoder).build(images)

@@ -1,0 +1,53 @@
+"""config.yaml: the shipped file equals the defaults; mistakes name the key and the line."""
+
+import dataclasses
+
+import pytest
+from conftest import REPO
+
+from door_access.config import Config, ConfigError, load_config
+
+
+def test_shipped_config_documents_exactly_the_defaults():
+    shipped = load_config(REPO / "config.yaml")
+    assert dataclasses.replace(shipped, base_dir=Config().base_dir) == Config()
+    text = (REPO / "config.yaml").read_text()
+    for section in dataclasses.fields(Config):
+        if section.name == "base_dir":
+            continue
+        for f in dataclasses.fields(section.default_factory()):
+            assert f"{f.name}:" in text, f"{section.name}.{f.name} is not documented in config.yaml"
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("paths:\n  images: people\n")
+    assert load_config(path).path("images") == tmp_path / "people"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("recognition:\n  treshold: 0.5\n", r"line 2: unknown key 'recognition.treshold'"),
+    ("detection:\n  upsample: two\n", r"line 2: 'detection.upsample' must be int"),
+    ("detection:\n  upsample: true\n", r"'detection.upsample' must be int"),
+    ("recognition:\n  threshold: 3.5\n", r"'recognition.threshold' = 3.5 is out of range"),
+    ("detection:\n  model: yolo\n", r"'detection.model' must be one of hog, cnn"),
+    ("detection: 5\n", r"'detection' must be a mapping"),
+    ("recognition:\n  threshold: [0.5\n", r"YAML syntax error"),
+    ("bogus: 1\n", r"line 1: unknown key 'bogus'"),
+])
+def test_mistakes_are_named(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_empty_file_means_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# nothing set\n")
+    assert dataclasses.replace(load_config(path), base_dir=Config().base_dir) == Config()

@@ -1,0 +1,106 @@
+"""The images/ folder as a gallery: layouts, the embedding cache, and every kind of bad photo."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from conftest import CELEBRITY, FR_IMAGES, make_config
+from PIL import Image
+
+from door_access.gallery import GalleryBuilder
+from door_access.photos import load_rgb
+
+
+@pytest.fixture
+def builder(tmp_path, detector, encoder):
+    return GalleryBuilder(make_config(tmp_path), detector, encoder)
+
+
+def test_single_file_and_folder_layouts_merge_by_name(tmp_path, builder):
+    images = tmp_path / "images"
+    (images / "obama").mkdir(parents=True)
+    shutil.copy(FR_IMAGES / "obama.jpg", images / "obama" / "a.jpg")
+    shutil.copy(FR_IMAGES / "obama2.jpg", images / "obama" / "b.jpg")
+    shutil.copy(FR_IMAGES / "obama3.jpg", images / "obama.jpg")
+    shutil.copy(FR_IMAGES / "biden.jpg", images / "biden.jpg")
+    gallery = builder.build(images)
+    assert gallery.people() == {"biden": 1, "obama": 3}
+    assert gallery.skipped == []
+    assert gallery.embeddings.shape == (4, 128)
+
+
+def test_second_load_encodes_nothing_and_changes_are_picked_up(tmp_path, builder):
+    images = tmp_path / "images"
+    shutil.copytree(CELEBRITY / "train" / "madonna", images / "madonna")
+    shutil.copytree(CELEBRITY / "train" / "ben_afflek", images / "ben_afflek")
+    first = builder.build(images)
+    assert first.encoded == len(first.names) + len(first.skipped) > 0
+
+    again = builder.build(images)
+    assert again.encoded == 0
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    assert again.people() == first.people()
+
+    # a changed file (same name, new content) and a new file are encoded; nothing else is
+    changed = sorted((images / "madonna").glob("*.jpg"))[0]
+    Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed, "JPEG")
+    shutil.copy(FR_IMAGES / "biden.jpg", images / "biden.jpg")
+    third = builder.build(images)
+    assert third.encoded == 2
+    assert third.people()["biden"] == 1
+
+    # a removed photo leaves the gallery
+    (images / "biden.jpg").unlink()
+    assert "biden" not in builder.build(images).people()
+
+
+def test_bad_photos_are_listed_with_reasons_and_the_rest_enrolls(tmp_path, detector, encoder):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "notes.jpg").write_text("not a photo")
+    data = (FR_IMAGES / "biden.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(data[: len(data) // 4])
+    Image.new("L", (12_000, 12_000)).save(images / "bomb.png")
+    # no face: a face-free region of a real photo (the top-left corner, above the head)
+    rgb = load_rgb(FR_IMAGES / "obama.jpg", 40_000_000)
+    Image.fromarray(rgb[:150, :300]).save(images / "noface.jpg")
+    # two faces side by side
+    a = rgb
+    b = load_rgb(FR_IMAGES / "biden.jpg", 40_000_000)
+    b = cv2.resize(b, (round(b.shape[1] * a.shape[0] / b.shape[0]), a.shape[0]))
+    Image.fromarray(np.hstack([a, b])).save(images / "two.jpg")
+    # a face too small: the same photo shrunk until the face is ~40 px, with min_face raised
+    Image.fromarray(cv2.resize(rgb, None, fx=0.18, fy=0.18, interpolation=cv2.INTER_AREA)).save(images / "tiny.jpg")
+    (images / "readme.txt").write_text("hello")
+
+    import dataclasses
+
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, photo=dataclasses.replace(cfg.photo, max_pixels=40_000_000),
+                              detection=dataclasses.replace(cfg.detection, min_face=60))
+    gallery = GalleryBuilder(cfg, detector, encoder).build(images)
+    reasons = {s.path.name: s.reason for s in gallery.skipped}
+    assert gallery.people() == {"obama": 1}
+    assert "empty file" in reasons["empty.jpg"]
+    assert "not an image" in reasons["notes.jpg"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "over the limit" in reasons["bomb.png"]
+    assert reasons["noface.jpg"] == "no face found"
+    assert reasons["two.jpg"].startswith("2 faces found")
+    assert reasons["tiny.jpg"].startswith("face too small")
+    assert "not a photo" in reasons["readme.txt"]
+
+
+@pytest.mark.parametrize("name", [
+    "Zoë Saldaña", "o'brien \"the\" man", "$(touch pwned)", "a;rm -rf x", "-leading dash", "name with spaces",
+])
+def test_awkward_names_are_kept_verbatim(tmp_path, builder, name):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FR_IMAGES / "obama.jpg", images / f"{name}.jpg")
+    gallery = builder.build(images)
+    assert gallery.people() == {name: 1}
+    assert not (tmp_path / "pwned").exists() and not (images.parent / "pwned").exists()
