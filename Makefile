@@ -35,3 +35,6 @@ test: setup
 
 clean:
 	rm -rf $(VENV) .cache weights/*.h5 weights/*.dat weights/manifest.json
+
+demo: setup
+	$(BIN)/door-access demo $(ARGS)

@@ -51,3 +51,96 @@ def bench_encoder(cfg: Config, photo: Path | None, repeats: int) -> dict:
         encoder.encode(chips)
         faces_per_s[str(batch)] = round(batch / _median_s(lambda c=chips: encoder.encode(c), repeats), 2)
     return {"faces_per_s": faces_per_s, "stage_ms": {k: round(v, 2) for k, v in stage_ms.items()}}
+
+
+def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
+    """Play `source` at its own frame rate through the whole app (headless, no hooks, speech to WAV
+    files in a scratch folder) and report throughput, drops, decision latency, CPU and memory.
+
+    Latency needs to know when each enrolled person first appears: after the timed run, every
+    frame of the file is detected and identified offline, and each unlock is measured from the
+    start of its person's current appearance (a run of frames in which they are identified).
+    """
+    import dataclasses
+    import resource
+    import tempfile
+
+    from .events import UNLOCK
+    from .runner import build_pipeline
+
+    events = []
+    with tempfile.TemporaryDirectory(prefix="door-bench-") as tmp:
+        cfg = dataclasses.replace(
+            cfg,
+            door=dataclasses.replace(cfg.door, unlock_command=(), relock_command=(), webhook_url=None),
+            tts=dataclasses.replace(cfg.tts, wav_dir=str(Path(tmp) / "wav")),
+            access_log=dataclasses.replace(cfg.access_log, path=str(Path(tmp) / "log.sqlite"), snapshots_dir=None),
+        )
+        pipeline = build_pipeline(cfg, images_dir, source, realtime=True, emit=events.append)
+        pipeline.start()  # warms the encoder up before the clock starts
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        try:
+            pipeline.wait()
+        finally:
+            ended = time.monotonic()
+            usage1 = resource.getrusage(resource.RUSAGE_SELF)
+            pipeline.stop()
+        wall = ended - pipeline.capture.started_at
+        if pipeline.failure:
+            raise RuntimeError(f"stage {pipeline.failure[0]} failed: {pipeline.failure[1]}")
+        capture, stats = pipeline.capture, pipeline.stats
+        fps, started = capture.fps, capture.started_at
+        appearances = _appearances(cfg, pipeline.recognizer, source, cfg.pipeline.track_timeout_s * fps)
+
+    latencies = []
+    for e in events:
+        if e.event != UNLOCK:
+            continue
+        frame_index = max((s for s in appearances.get(e.name, []) if started + s / fps <= pipeline.t0 + e.t),
+                          default=None)
+        if frame_index is not None:
+            latencies.append(pipeline.t0 + e.t - (started + frame_index / fps))
+    cpu_s = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {
+        "source_fps": round(fps, 2),
+        "frames_in": capture.frames_in,
+        "frames_processed": stats.processed,
+        "frames_dropped": capture.dropped,
+        "processed_fps": round(stats.processed / wall, 2),
+        "latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
+        "latency_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else None,
+        "cpu_percent": round(100.0 * cpu_s / wall, 1),
+        "peak_rss_mb": round(usage1.ru_maxrss / 1024.0, 1),
+        "unlocks": [e.name for e in events if e.event == UNLOCK],
+        "appearances": {name: len(starts) for name, starts in appearances.items()},
+    }
+
+
+def _appearances(cfg: Config, recognizer, source: str, max_gap_frames: float) -> dict[str, list[int]]:
+    """Per enrolled person, the first frame of each run of frames in which they are identified."""
+    import cv2
+
+    from .detection import FaceDetector
+    from .facenet import FaceEncoder
+
+    detector = FaceDetector(cfg.detection, cfg.path("weights"))
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    cap = cv2.VideoCapture(source)
+    seen: dict[str, list[int]] = {}
+    last: dict[str, int] = {}
+    index = 0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        faces = detector.faces(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        if faces:
+            for match in recognizer.identify(encoder.encode(np.stack([f.chip for f in faces]))):
+                if match.name is None:
+                    continue
+                if index - last.get(match.name, -10**9) > max_gap_frames:
+                    seen.setdefault(match.name, []).append(index)
+                last[match.name] = index
+        index += 1
+    cap.release()
+    return seen

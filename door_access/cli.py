@@ -67,9 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure speed")
     _common(p)
-    p.add_argument("what", choices=["encoder"])
-    p.add_argument("--photo", type=Path, help="photo for the per-stage timing (default: a test photo)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median is reported)")
+    p.add_argument("what", choices=["encoder", "pipeline"])
+    p.add_argument("--photo", type=Path, help="encoder: photo for the per-stage timing (default: a test photo)")
+    p.add_argument("--repeats", type=int, default=5, help="encoder: timed runs per figure (median is reported)")
+    p.add_argument("--source", help="pipeline: the video file to play at its own frame rate")
+
+    p = sub.add_parser("run", help="run the door (the default of run_door.py)")
+    _common(p)
+    p.add_argument("--source", help="webcam index, video file or stream URL (default: camera.source)")
+    p.add_argument("--realtime", action="store_true", help="play a video file at its own frame rate, like a camera")
+    p.add_argument("--headless", action="store_true", help="no window")
+    p.add_argument("--events-json", action="store_true", help="print each decision as a JSON line on stdout")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+
+    p = sub.add_parser("demo", help="no webcam needed: enroll a demo person, generate a clip and run the door on it")
+    _common(p)
+    p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo files (default: demo/)")
+
+    p = sub.add_parser("log", help="print the access log")
+    _common(p)
+    p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
     return parser
 
 
@@ -89,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # known failure types map to exit 2; anything else is a bug: show it
+        from .access_log import AccessLogError
         from .assets import SetupError
+        from .capture import SourceError
         from .photos import PhotoError
 
-        if isinstance(exc, (SetupError, PhotoError, FileNotFoundError, ValueError)):
+        if isinstance(exc, (SetupError, SourceError, PhotoError, AccessLogError, FileNotFoundError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise
@@ -213,8 +232,18 @@ def cmd_gallery(args, cfg: Config) -> int:
 
 
 def cmd_bench(args, cfg: Config) -> int:
-    from .bench import bench_encoder
+    from .bench import bench_encoder, bench_pipeline
 
+    if args.what == "pipeline":
+        if not args.source:
+            raise UsageError("bench pipeline needs --source FILE")
+        result = bench_pipeline(cfg, _images_dir(args, cfg), args.source)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for key, value in result.items():
+                print(f"{key:>18}: {value}")
+        return 0
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1")
     result = bench_encoder(cfg, args.photo, args.repeats)
@@ -227,12 +256,71 @@ def cmd_bench(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_run(args, cfg: Config) -> int:
+    from .runner import run_door
+
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise UsageError("--max-seconds must be positive")
+    source = args.source if args.source is not None else cfg.camera.source
+    return run_door(cfg, _images_dir(args, cfg), source, realtime=args.realtime or cfg.camera.realtime,
+                    headless=args.headless, events_json=args.events_json, max_seconds=args.max_seconds)
+
+
+def cmd_demo(args, cfg: Config) -> int:
+    """Gallery and clip from the package-shipped photos, then the real app, headless, on the clip."""
+    import dataclasses
+
+    from .assets import testdata_dir
+    from .democlip import build_demo
+    from .detection import FaceDetector
+    from .runner import run_door
+
+    out = args.out.resolve()
+    images, clip = build_demo(FaceDetector(cfg.detection, cfg.path("weights")), testdata_dir(cfg.path("cache")), out)
+    cfg = dataclasses.replace(
+        cfg,
+        door=dataclasses.replace(cfg.door, cooldown_seconds=5.0, unlock_seconds=1.0),
+        tts=dataclasses.replace(cfg.tts, wav_dir=str(out / "wav")),
+        access_log=dataclasses.replace(cfg.access_log, path=str(out / "access_log.sqlite"),
+                                       snapshots_dir=str(out / "snapshots")),
+    )
+    log.info("demo: obama enrolled from %s; playing %s (obama, then a stranger, then obama)", images, clip)
+    code = run_door(cfg, images, str(clip), realtime=True, headless=True, events_json=True, max_seconds=None)
+    log.info("demo: welcomes in %s, denied-face snapshots in %s, log in %s (door-access log --config ...)",
+             out / "wav", out / "snapshots", out / "access_log.sqlite")
+    return code
+
+
+def cmd_log(args, cfg: Config) -> int:
+    from .access_log import AccessLog, format_event
+
+    if args.last < 1:
+        raise UsageError("--last must be at least 1")
+    path = cfg.resolve(cfg.access_log.path)
+    if not path.is_file():
+        raise UsageError(f"no access log at {path} yet")
+    access_log = AccessLog(path)
+    try:
+        events = access_log.last(args.last)
+    finally:
+        access_log.close()
+    for e in events:
+        if args.json:
+            print(json.dumps({**json.loads(e.to_json()), "wall": e.wall}, ensure_ascii=False))
+        else:
+            print(format_event(e))
+    return 0
+
+
 COMMANDS = {
     "setup": cmd_setup,
     "identify": cmd_identify,
     "verify": cmd_verify,
     "gallery": cmd_gallery,
     "bench": cmd_bench,
+    "run": cmd_run,
+    "log": cmd_log,
+    "demo": cmd_demo,
 }
 
 

@@ -39,8 +39,9 @@ class PhotoConfig:
 @dataclass(frozen=True)
 class DetectionConfig:
     model: str = meta("hog", choices=("hog", "cnn"))
-    upsample: int = meta(1, lo=0, hi=3)
+    upsample: int = meta(0, lo=0, hi=3)
     downscale: float = meta(1.0, lo=1.0, hi=8.0)
+    photo_upsample: int = meta(1, lo=0, hi=3)
     photo_max_side: int = meta(1024, lo=160)
     min_face: int = meta(32, lo=8)
     margin: float = meta(0.25, lo=0.0, hi=1.0)
@@ -52,16 +53,77 @@ class RecognitionConfig:
 
 
 @dataclass(frozen=True)
+class CameraConfig:
+    source: str = "0"
+    realtime: bool = False
+    lost_after_s: float = meta(3.0, lo=0.1)
+    reconnect_min_s: float = meta(0.5, lo=0.01)
+    reconnect_max_s: float = meta(10.0, lo=0.01)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    queue_size: int = meta(4, lo=1, hi=256)
+    batch_size: int = meta(16, lo=1, hi=128)
+    batch_wait_ms: float = meta(15.0, lo=0.0, hi=1000.0)
+    encodes_per_second: float = meta(8.0, lo=0.1, hi=60.0)
+    track_iou: float = meta(0.3, lo=0.0, hi=1.0)
+    track_timeout_s: float = meta(1.0, lo=0.05)
+    gallery_poll_s: float = meta(2.0, lo=0.1)
+
+
+@dataclass(frozen=True)
+class VotingConfig:
+    window: int = meta(5, lo=1, hi=100)
+    required: int = meta(3, lo=1, hi=100)
+
+
+@dataclass(frozen=True)
+class DoorConfig:
+    unlock_command: tuple[str, ...] = ()
+    relock_command: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    hook_timeout_s: float = meta(5.0, lo=0.1, hi=600.0)
+    unlock_seconds: float = meta(5.0, lo=0.0)
+    cooldown_seconds: float = meta(30.0, lo=0.0)
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    enabled: bool = True
+    template: str = "Welcome {name}, have a nice day!"
+    wav_dir: str | None = None
+    rate: int = meta(160, lo=50, hi=400)
+
+
+@dataclass(frozen=True)
+class AccessLogConfig:
+    path: str = "access_log.sqlite"
+    snapshots_dir: str | None = "snapshots"
+    snapshots_keep: int = meta(200, lo=0)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    voting: VotingConfig = field(default_factory=VotingConfig)
+    door: DoorConfig = field(default_factory=DoorConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:
         """A `paths.*` entry, resolved against the config file's folder."""
-        return (self.base_dir / getattr(self.paths, name)).resolve()
+        return self.resolve(getattr(self.paths, name))
+
+    def resolve(self, value: str) -> Path:
+        """Any path setting, resolved against the config file's folder."""
+        return (self.base_dir / value).resolve()
 
 
 def load_config(path: Path | None) -> Config:
@@ -82,7 +144,11 @@ def load_config(path: Path | None) -> Config:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
     values = _build(Config, node, "", path, skip={"base_dir"}) if node is not None else {}
-    return Config(**values, base_dir=path.resolve().parent)
+    cfg = Config(**values, base_dir=path.resolve().parent)
+    if cfg.voting.required > cfg.voting.window:
+        raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) exceeds 'voting.window' "
+                          f"({cfg.voting.window})")
+    return cfg
 
 
 def _build(cls, node, prefix: str, path: Path, skip=frozenset()) -> dict:
@@ -122,6 +188,8 @@ def _scalar(f, hint, node, dotted: str, line: int, path: Path):
         return tuple(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if base is str and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # e.g. `camera.source: 0`
     if base is int and isinstance(value, bool) or not isinstance(value, base):
         raise ConfigError(f"{where} must be {base.__name__}, got {value!r}")
     m = f.metadata

@@ -70,14 +70,18 @@ class FaceDetector:
             self._cnn = dlib.cnn_face_detection_model_v1(self._cnn_path)
         return [d.rect for d in self._cnn(img, upsample)]
 
-    def detect(self, rgb: np.ndarray, downscale: float | None = None, model: str | None = None) -> list[dlib.rectangle]:
-        """Face rectangles in `rgb`'s own pixels; detection itself runs on a copy shrunk by `downscale`."""
+    def detect(self, rgb: np.ndarray, downscale: float | None = None, upsample: int | None = None,
+               model: str | None = None) -> list[dlib.rectangle]:
+        """Face rectangles in `rgb`'s own pixels; detection runs on a copy shrunk by `downscale`.
+
+        The defaults are the video-frame settings; photos pass their own (see `photo_faces`).
+        """
         scale = self.cfg.downscale if downscale is None else downscale
         small = rgb
         if scale > 1.0:
             h, w = rgb.shape[:2]
             small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
-        rects = self._detect(small, self.cfg.upsample, model or self.cfg.model)
+        rects = self._detect(small, self.cfg.upsample if upsample is None else upsample, model or self.cfg.model)
         if scale > 1.0:
             rects = [dlib.rectangle(*(round(v * scale) for v in (r.left(), r.top(), r.right(), r.bottom())))
                      for r in rects]
@@ -105,7 +109,7 @@ class FaceDetector:
         """
         h, w = rgb.shape[:2]
         downscale = max(1.0, max(h, w) / self.cfg.photo_max_side)
-        rects = self.detect(rgb, downscale)
+        rects = self.detect(rgb, downscale, self.cfg.photo_upsample)
         if rects:
             return [self.align(rgb, r) for r in rects]
         grow = CNN_FALLBACK_SIDE / max(h, w)

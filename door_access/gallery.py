@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,3 +187,55 @@ class GalleryBuilder:
             raise PhotoError(f"face too small ({box.w}x{box.h} px; detection.min_face is {limit})")
         return faces[0].chip
 
+
+
+def folder_signature(images_dir: Path) -> tuple:
+    """What changes when a photo is added, removed, replaced or edited: names, sizes, mtimes."""
+    found, skipped = scan_images(images_dir)
+    sig = []
+    for _, p in found + [(None, s.path) for s in skipped]:
+        try:
+            st = p.stat()
+            sig.append((str(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            sig.append((str(p), -1, -1))
+    return tuple(sorted(sig))
+
+
+class GalleryWatcher:
+    """Polls the images folder and rebuilds the gallery when it changes (hot enroll).
+
+    Polling the folder's listing every few seconds costs a few stat calls and works on every
+    filesystem; the rebuild itself reuses the embedding cache, so only new photos are encoded.
+    """
+
+    def __init__(self, builder: GalleryBuilder, images_dir: Path, poll_s: float,
+                 on_change: Callable[[Gallery], None]):
+        self.builder = builder
+        self.images_dir = images_dir
+        self.poll_s = poll_s
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._signature = folder_signature(images_dir)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="gallery-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                signature = folder_signature(self.images_dir)
+                if signature == self._signature:
+                    continue
+                self._signature = signature
+                log.info("images folder changed: reloading the gallery")
+                self.on_change(self.builder.build(self.images_dir))
+            except Exception:  # a bad moment (folder renamed mid-scan...) must not end hot enroll
+                log.exception("gallery reload failed; keeping the previous gallery")

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CELEBRITY, FR_IMAGES, REPO
 
 from door_access.cli import main
+
+from conftest import CELEBRITY, FR_IMAGES, REPO
 
 
 @pytest.fixture(scope="module")

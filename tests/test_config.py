@@ -3,9 +3,10 @@
 import dataclasses
 
 import pytest
-from conftest import REPO
 
 from door_access.config import Config, ConfigError, load_config
+
+from conftest import REPO
 
 
 def test_shipped_config_documents_exactly_the_defaults():

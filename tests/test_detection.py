@@ -2,10 +2,11 @@
 
 import cv2
 import numpy as np
-from conftest import FR_IMAGES
 
 from door_access.facenet import INPUT_SIZE
 from door_access.photos import load_rgb
+
+from conftest import FR_IMAGES
 
 LIMIT = 40_000_000
 

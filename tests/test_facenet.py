@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from conftest import FR_IMAGES
 
 from door_access.facenet import EMBEDDING_SIZE, build_inception_resnet_v1
 from door_access.photos import load_rgb
+
+from conftest import FR_IMAGES
 
 
 def test_network_matches_the_published_model_size():

@@ -5,11 +5,12 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import CELEBRITY, FR_IMAGES, make_config
 from PIL import Image
 
 from door_access.gallery import GalleryBuilder
 from door_access.photos import load_rgb
+
+from conftest import CELEBRITY, FR_IMAGES, make_config
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ import io
 
 import numpy as np
 import pytest
-from conftest import FR_IMAGES
 from PIL import Image
 
 from door_access.photos import PhotoError, load_rgb
+
+from conftest import FR_IMAGES
 
 LIMIT = 40_000_000
 

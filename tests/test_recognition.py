@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import CELEBRITY
 
 from door_access.photos import load_rgb
 from door_access.recognizer import Recognizer
+
+from conftest import CELEBRITY
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
-
 from door_access.assets import SDISTS, is_complete
+
+from conftest import REPO
 
 
 def _setup(config_dir, weights, cache, *extra, env=None):

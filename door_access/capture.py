@@ -1,0 +1,169 @@
+"""The capture loop: frames from a webcam, a video file or a stream URL, on their own thread.
+
+A live source (camera, URL, or a file played with `realtime`) keeps only the newest frame:
+when the pipeline is busy, older frames are dropped and counted, so a slow stage never
+builds a backlog and decisions are made on what the camera sees now. A file played
+without `realtime` hands over every frame, as fast as the pipeline takes them.
+A live source that stops delivering is reopened with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(RuntimeError):
+    """The source cannot be opened at all; the message suggests what to do."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # frames read from the source so far (for a file: its position)
+    t: float  # time.monotonic() when it was read; for a file played as fast as possible, its video time
+    image: np.ndarray  # BGR, as OpenCV delivers it
+
+
+END = None  # put on the queue when a file ends
+
+
+def parse_source(spec: str) -> int | str:
+    """`"0"` -> camera 0; a URL stays a URL; anything else must be an existing file."""
+    spec = str(spec).strip()
+    if spec.isdigit():
+        return int(spec)
+    if "://" in spec:
+        return spec
+    if not Path(spec).is_file():
+        raise SourceError(f"video source '{spec}' is not a camera index, a URL or an existing file")
+    return spec
+
+
+class Capture:
+    """Reads a source on a thread into `frames` (a queue); `None` marks the end of a file."""
+
+    def __init__(self, source: int | str, realtime: bool, lost_after_s: float, reconnect_min_s: float,
+                 reconnect_max_s: float, on_status: Callable[[str, str], None] | None = None,
+                 opener: Callable[[int | str], cv2.VideoCapture] = cv2.VideoCapture):
+        self.source = source
+        self.is_file = isinstance(source, str) and "://" not in source
+        self.live = not self.is_file or realtime
+        self.lost_after_s = lost_after_s
+        self.reconnect = (reconnect_min_s, reconnect_max_s)
+        self.on_status = on_status or (lambda kind, detail: None)
+        self._open = opener
+        self.frames: queue.Queue[Frame | None] = queue.Queue(maxsize=1 if self.live else 4)
+        self.frames_in = 0
+        self.dropped = 0
+        self.fps = 0.0
+        self.started_at = 0.0  # monotonic time of the first read: frame i of a realtime file is due i/fps later
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cap = self._open_checked()
+
+    def _open_checked(self) -> cv2.VideoCapture:
+        cap = self._open(self.source)
+        if not cap.isOpened():
+            cap.release()
+            if isinstance(self.source, int):
+                raise SourceError(f"no camera at index {self.source}: plug one in, or use --source FILE_OR_URL")
+            raise SourceError(f"cannot open video source '{self.source}'")
+        self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        if not 1.0 <= self.fps <= 240.0:
+            self.fps = 30.0
+        return cap
+
+    def start(self, on_error: Callable[[BaseException], None]) -> None:
+        def run():
+            try:
+                self._loop()
+            except BaseException as exc:  # reported to the pipeline, which stops the app
+                on_error(exc)
+
+        self._thread = threading.Thread(target=run, name="capture", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._cap.release()
+
+    def _loop(self) -> None:
+        started = self.started_at = time.monotonic()
+        index = 0
+        last_frame_at = time.monotonic()
+        while not self._stop.is_set():
+            ok, image = self._cap.read()
+            now = time.monotonic()
+            if not ok or image is None:
+                if self.is_file:
+                    self._put(END)
+                    return
+                if now - last_frame_at >= self.lost_after_s or not self._cap.isOpened():
+                    self._reconnect()
+                    last_frame_at = time.monotonic()
+                else:
+                    self._stop.wait(0.01)
+                continue
+            last_frame_at = now
+            if self.is_file and self.live:  # play at the file's own rate, like a camera would
+                due = started + index / self.fps
+                if due > now:
+                    self._stop.wait(due - now)
+                    now = time.monotonic()
+            if self.is_file and not self.live:
+                now = started + index / self.fps  # video time: decisions don't depend on how fast this machine is
+            self.frames_in += 1
+            self._put(Frame(index, now, image))
+            index += 1
+
+    def _put(self, item: Frame | None) -> None:
+        if self.live and item is not END:
+            try:
+                self.frames.put_nowait(item)
+            except queue.Full:
+                try:
+                    self.frames.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+                self.frames.put_nowait(item)
+            return
+        while not self._stop.is_set():
+            try:
+                self.frames.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _reconnect(self) -> None:
+        """The camera stopped delivering: report it, then reopen with exponential backoff."""
+        log.warning("camera lost: %s stopped delivering frames", self.source)
+        self.on_status("camera_lost", f"{self.source} stopped delivering frames")
+        delay, limit = self.reconnect
+        attempts = 0
+        while not self._stop.is_set():
+            self._cap.release()
+            if self._stop.wait(delay):
+                return
+            attempts += 1
+            cap = self._open(self.source)
+            ok, _ = cap.read() if cap.isOpened() else (False, None)
+            if ok:
+                self._cap = cap
+                log.warning("camera back: %s after %d attempt(s)", self.source, attempts)
+                self.on_status("camera_back", f"{self.source} back after {attempts} attempt(s)")
+                return
+            cap.release()
+            delay = min(limit, delay * 2)

@@ -1,0 +1,98 @@
+"""Deciding per track: unlock when K of its last N matches name the same enrolled person.
+
+One frame can be misread (motion blur, a turned head); a vote over several encodings of the
+same track cannot be swung by one. Each track unlocks at most once, each person at most once
+per cooldown, and a track that is mostly "unknown" gets one denial.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from .config import DoorConfig, VotingConfig
+from .events import DENIED, UNLOCK
+from .recognizer import Match
+
+
+@dataclass(frozen=True)
+class Decision:
+    event: str  # UNLOCK or DENIED
+    track: int
+    name: str | None
+    distance: float
+    detail: str = ""
+
+
+@dataclass
+class TrackVotes:
+    votes: deque[Match]
+    last_seen: float
+    unlocked: bool = False
+    denied: bool = False
+    live: bool = True
+    liveness_note: str = ""
+
+
+class Decider:
+    def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float):
+        self.window = voting.window
+        self.required = voting.required
+        self.cooldown_s = door.cooldown_seconds
+        self.track_timeout_s = track_timeout_s
+        self.tracks: dict[int, TrackVotes] = {}
+        self.last_unlock: dict[str, float] = {}
+
+    def observe(self, t: float, seen: list[int], matches: dict[int, Match],
+                liveness: dict[int, tuple[bool, str]] | None = None) -> list[Decision]:
+        """One processed frame: the tracks `seen` in it, new `matches` for some of them, and
+        each seen track's liveness verdict `(live, why not)` if liveness is checked."""
+        for tid in seen:
+            state = self.tracks.setdefault(tid, TrackVotes(deque(maxlen=self.window), t))
+            state.last_seen = t
+            if liveness and tid in liveness:
+                state.live, state.liveness_note = liveness[tid]
+        self.tracks = {i: s for i, s in self.tracks.items() if t - s.last_seen <= self.track_timeout_s}
+
+        decisions = []
+        for tid, match in matches.items():
+            state = self.tracks.get(tid)
+            if state is None:
+                continue
+            state.votes.append(match)
+            decision = self._decide(t, tid, state)
+            if decision:
+                decisions.append(decision)
+        return decisions
+
+    def _decide(self, t: float, tid: int, state: TrackVotes) -> Decision | None:
+        if state.unlocked:
+            return None
+        named = Counter(m.name for m in state.votes if m.name is not None)
+        if named:
+            name, count = named.most_common(1)[0]
+            if count >= self.required:
+                if not state.live:
+                    if not state.denied and len(state.votes) >= self.window:
+                        state.denied = True
+                        return Decision(DENIED, tid, name, _mean(state, name), f"no liveness: {state.liveness_note}")
+                    return None
+                if t - self.last_unlock.get(name, float("-inf")) < self.cooldown_s:
+                    return None
+                state.unlocked = True
+                self.last_unlock[name] = t
+                return Decision(UNLOCK, tid, name, _mean(state, name))
+        unknown = sum(m.name is None for m in state.votes)
+        if not state.denied and len(state.votes) >= self.window and unknown >= self.required:
+            state.denied = True
+            closest = min(state.votes, key=lambda m: m.distance)
+            return Decision(DENIED, tid, None, closest.distance, f"unknown face (closest: {closest.closest})")
+        return None
+
+    def door_open_until(self, unlock_seconds: float) -> float:
+        return max(self.last_unlock.values(), default=float("-inf")) + unlock_seconds
+
+
+def _mean(state: TrackVotes, name: str) -> float:
+    ds = [m.distance for m in state.votes if m.name == name]
+    return sum(ds) / len(ds)

@@ -1,0 +1,291 @@
+"""The running door: capture -> detect -> encode -> decide -> actions, wired here and only here.
+
+Each stage is a thread joined to the next by a bounded queue. A camera keeps only its newest
+frame, so when detection is slow frames are dropped at the source instead of queueing; the
+encoder batches chips from several frames and tracks (up to `batch_size` chips or
+`batch_wait_ms`), which is where FaceNet is cheapest per face. Any stage that fails stops
+the whole app with its name in the log and a non-zero exit, never a silent hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .access_log import AccessLog
+from .actions import Actions, Speaker
+from .capture import END, Capture, Frame
+from .config import Config
+from .decision import Decider
+from .detection import Box, FaceDetector
+from .events import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, Event, Notice
+from .facenet import FaceEncoder
+from .gallery import Gallery, GalleryBuilder, GalleryWatcher
+from .recognizer import Match, Recognizer
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1  # how often blocked stages look at the stop flag: bounds shutdown time
+
+
+@dataclass
+class FaceObs:
+    """One face in one frame, as it travels from the detector to the decider."""
+
+    track: int
+    box: Box
+    chip: np.ndarray | None = None  # set when this track is due for an encoding
+    embedding: np.ndarray | None = None
+    match: Match | None = None
+
+
+@dataclass
+class FrameFaces:
+    frame: Frame
+    faces: list[FaceObs] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    processed: int = 0
+    encoded: int = 0
+    batches: int = 0
+
+
+class Pipeline:
+    """Builds every stage from the config and runs them until stopped, the file ends, or a stage fails."""
+
+    def __init__(self, cfg: Config, capture: Capture, encoder: FaceEncoder, gallery_builder: GalleryBuilder,
+                 images_dir, emit: Callable[[Event], None] | None = None, access_log: AccessLog | None = None):
+        self.cfg = cfg
+        self.capture = capture
+        self.encoder = encoder
+        self.detector = FaceDetector(cfg.detection, cfg.path("weights"))
+        self.t0 = time.monotonic()
+        self.stop_event = threading.Event()
+        self.failure: tuple[str, BaseException] | None = None
+        self.finished = threading.Event()
+        self.stats = Stats()
+        self.latest: FrameFaces | None = None  # for the window
+        self.labels: dict[int, tuple[str | None, float]] = {}  # track -> latest (name, distance), for the window
+
+        q = cfg.pipeline.queue_size
+        self.to_encoder: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
+        self.to_decider: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
+
+        p = cfg.pipeline
+        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
+        self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s)
+        self.access_log = access_log or AccessLog(cfg.resolve(cfg.access_log.path))
+        wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
+        self.speaker = Speaker(cfg.tts, wav_dir)
+        self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
+
+        gallery = gallery_builder.build(images_dir)
+        self.recognizer = Recognizer(gallery, cfg.recognition.threshold)
+        self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
+        self.capture.on_status = self._camera_status
+        self._threads: list[threading.Thread] = []
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def clock(self) -> tuple[float, float]:
+        return time.monotonic() - self.t0, time.time()
+
+    def notify(self, kind: str, name=None, distance=None, track=None, detail="", snapshot=None) -> None:
+        t, wall = self.clock()
+        self.actions.submit(Notice(Event(kind, t, wall, name, distance, track, detail), snapshot))
+
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = (stage, exc)
+            log.error("stage '%s' failed: %s", stage, exc, exc_info=exc)
+            try:
+                self.notify(FAULT, detail=f"stage {stage} failed: {exc}")
+            except Exception:  # the actions worker may be the one that failed
+                pass
+        self.stop_event.set()
+
+    def _spawn(self, name: str, body: Callable[[], None]) -> None:
+        def run():
+            try:
+                body()
+            except _Stopped:
+                pass
+            except BaseException as exc:
+                self._fail(name, exc)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _get(self, q: queue.Queue):
+        """Next item, or raise _Stopped once the app is stopping."""
+        while not self.stop_event.is_set():
+            try:
+                return q.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+        raise _Stopped
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while not self.stop_event.is_set():
+            try:
+                q.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def _camera_status(self, kind: str, detail: str) -> None:
+        self.notify(CAMERA_LOST if kind == "camera_lost" else CAMERA_BACK, detail=detail)
+
+    def _swap_gallery(self, gallery: Gallery) -> None:
+        self.recognizer = Recognizer(gallery, self.cfg.recognition.threshold)  # one reference swap
+        self.notify(GALLERY, detail=f"{len(gallery.people())} people, {len(gallery.names)} photos, "
+                                    f"{len(gallery.skipped)} skipped")
+
+    # ---- stages ---------------------------------------------------------------------------
+
+    def _detect_stage(self) -> None:
+        """Find faces, tie them to tracks, and cut chips for the tracks due for an encoding."""
+        while True:
+            frame = self._get(self.capture.frames)
+            if frame is END:
+                self._put(self.to_encoder, END)
+                return
+            rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
+            rects = self.detector.detect(rgb)
+            boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
+            out = FrameFaces(frame)
+            for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
+                obs = FaceObs(track.id, track.box)
+                if self.tracker.take_encode_slot(track, frame.t):
+                    obs.chip = self.detector.align(rgb, rect).chip
+                out.faces.append(obs)
+            self._put(self.to_encoder, out)
+
+    def _encode_stage(self) -> None:
+        """Batch chips across frames: up to batch_size chips or batch_wait_ms, whichever comes first."""
+        p = self.cfg.pipeline
+        pending: list[FrameFaces] = []
+        chips = 0
+        deadline = 0.0
+        while True:
+            timeout = max(0.0, deadline - time.monotonic()) if chips else POLL_S
+            try:
+                item = self.to_encoder.get(timeout=timeout)
+            except queue.Empty:
+                if self.stop_event.is_set():
+                    raise _Stopped from None
+                if chips:
+                    self._flush(pending)
+                    pending, chips = [], 0
+                continue
+            if item is END:
+                self._flush(pending)
+                self._put(self.to_decider, END)
+                return
+            pending.append(item)
+            new = sum(f.chip is not None for f in item.faces)
+            if new and not chips:
+                deadline = time.monotonic() + p.batch_wait_ms / 1000.0
+            chips += new
+            if chips == 0 or chips >= p.batch_size or time.monotonic() >= deadline:
+                self._flush(pending)
+                pending, chips = [], 0
+
+    def _flush(self, pending: list[FrameFaces]) -> None:
+        wanting = [f for item in pending for f in item.faces if f.chip is not None]
+        if wanting:
+            embeddings = self.encoder.encode(np.stack([f.chip for f in wanting]))
+            for face, e in zip(wanting, embeddings):
+                face.embedding = e
+            self.stats.encoded += len(wanting)
+            self.stats.batches += 1
+        for item in pending:
+            self._put(self.to_decider, item)
+
+    def _decide_stage(self) -> None:
+        while True:
+            item = self._get(self.to_decider)
+            if item is END:
+                self.finished.set()
+                return
+            encoded = [f for f in item.faces if f.embedding is not None]
+            recognizer = self.recognizer
+            if encoded:
+                for face, match in zip(encoded, recognizer.identify(np.stack([f.embedding for f in encoded]))):
+                    face.match = match
+                    self.labels[face.track] = (match.name, match.distance)
+            decisions = self.decider.observe(item.frame.t, [f.track for f in item.faces],
+                                             {f.track: f.match for f in encoded})
+            for d in decisions:
+                face = next(f for f in item.faces if f.track == d.track)
+                snapshot = _crop(item.frame.image, face.box) if d.event == "denied" else None
+                self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
+            self.stats.processed += 1
+            self.latest = item
+
+    # ---- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Warm the encoder up (graph tracing takes seconds), then start every thread."""
+        from .facenet import INPUT_SIZE
+
+        for n in (1, 2):
+            self.encoder.encode(np.zeros((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
+        self.t0 = time.monotonic()
+        self.speaker.start()
+        self.actions.start()
+        self.capture.start(lambda exc: self._fail("capture", exc))
+        self._spawn("detector", self._detect_stage)
+        self._spawn("encoder", self._encode_stage)
+        self._spawn("decider", self._decide_stage)
+        self.watcher.start()
+
+    def wait(self, max_seconds: float | None = None, tick: Callable[[], bool] | None = None) -> None:
+        """Block until the file ends, a stage fails, `max_seconds` pass or `tick()` returns False."""
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        while not (self.finished.is_set() or self.stop_event.is_set()):
+            if deadline and time.monotonic() >= deadline:
+                break
+            if tick is not None:
+                if not tick():
+                    break
+            else:
+                self.finished.wait(POLL_S)
+
+    def stop(self) -> None:
+        """Stop every stage; bounded so Ctrl-C or the end of a file returns within about 2 s."""
+        self.stop_event.set()
+        self.watcher.stop(0.5)
+        self.capture.stop(0.5)
+        for thread in self._threads:
+            thread.join(0.5)
+        self.actions.stop(1.0)
+        self.speaker.stop(0.5)
+        self.access_log.close()
+
+    def door_unlocked(self) -> bool:
+        return time.monotonic() < self.decider.door_open_until(self.cfg.door.unlock_seconds)
+
+
+class _Stopped(Exception):
+    """Raised inside a stage when the app is stopping; ends the stage quietly."""
+
+
+def _crop(image: np.ndarray, box: Box, grow: float = 0.3) -> np.ndarray:
+    h, w = image.shape[:2]
+    gx, gy = int(box.w * grow), int(box.h * grow)
+    x0, y0 = max(0, box.x - gx), max(0, box.y - gy)
+    x1, y1 = min(w, box.x + box.w + gx), min(h, box.y + box.h + gy)
+    return image[y0:y1, x0:x1].copy()
