@@ -160,12 +160,16 @@ class Speaker:
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.wav_dir / f"{stamp}-{next(self._counter):04d}-{safe_slug(text)}.wav"
-        engine.save_to_file(text, str(path))
-        engine.runAndWait()
-        # the driver writes the file from a ctypes callback, where its exceptions are swallowed
-        if not path.is_file() or path.stat().st_size <= 44:  # 44 bytes: a WAV header with no samples
-            raise RuntimeError(f"pyttsx3 wrote no audio to {path}")
-        log.debug("welcome written to %s", path)
+        # The driver writes the file from a ctypes callback, where its exceptions are swallowed,
+        # and on a loaded machine it now and then ends its loop before the audio arrives: one retry.
+        for attempt in (1, 2):
+            engine.save_to_file(text, str(path))
+            engine.runAndWait()
+            if path.is_file() and path.stat().st_size > 44:  # 44 bytes: a WAV header with no samples
+                log.debug("welcome written to %s", path)
+                return
+            log.debug("pyttsx3 wrote no audio to %s (attempt %d)", path, attempt)
+        raise RuntimeError(f"pyttsx3 wrote no audio to {path}")
 
     def _give_up(self, reason: str) -> None:
         self._broken = True
@@ -209,6 +213,7 @@ class Actions:
         self._stop_deadline = float("inf")  # monotonic time by which stop() wants the worker gone
         self._relock_due: float | None = None  # monotonic time of the pending relock
         self._unlocked_by: Event | None = None  # the latest unlock, whose name the relock carries
+        self._relock_lock = threading.Lock()  # the worker and stop() may both go for the pending relock
         self._dropping = False  # a "queue full" warning was logged and nothing has been queued since
         self._emit_failing = False
         self._snapshots = itertools.count(1)
@@ -243,6 +248,8 @@ class Actions:
         deadline = time.monotonic() + timeout
         self._stop_deadline = deadline
         self._stopping.set()
+        # lock the door from here: the worker may be stuck on a notice (a locked access log waits its busy timeout)
+        self._relock("app stopping")
         try:
             self._queue.put_nowait(_STOP)
         except queue.Full:
@@ -259,28 +266,34 @@ class Actions:
     # ---- the worker -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        stop_seen = False
         while not self._stopping.is_set():
             # sleep until the next notice or the pending relock, whichever comes first
-            wait = None if self._relock_due is None else max(0.0, self._relock_due - time.monotonic())
+            due = self._relock_due  # stop() may clear it at any moment
+            wait = None if due is None else max(0.0, due - time.monotonic())
             try:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
                 item = None
             if item is _STOP:
+                stop_seen = True
                 break
             if item is not None:
                 self._handle(item)
-            if self._relock_due is not None and time.monotonic() >= self._relock_due:
+            due = self._relock_due
+            if due is not None and time.monotonic() >= due:
                 self._relock("after unlock_seconds")
-        # stopping: lock the door first, then log what is still queued, as far as the timeout allows
-        if self._relock_due is not None:
-            self._relock("app stopping")
-        while time.monotonic() < self._stop_deadline:
+        # stopping: lock the door first (unless stop() did), then log what is still queued, as far as the timeout
+        # allows: at least up to stop()'s _STOP, which follows the relock event that stop() may have queued
+        self._relock("app stopping")
+        while (left := self._stop_deadline - time.monotonic()) > 0:
             try:
-                item = self._queue.get_nowait()
+                item = self._queue.get_nowait() if stop_seen else self._queue.get(timeout=left)
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if item is _STOP:
+                stop_seen = True
+            else:
                 self._handle(item)
 
     def _handle(self, notice: Notice) -> None:
@@ -297,6 +310,9 @@ class Actions:
 
     def _publish(self, event: Event) -> None:
         """Access log first, then `emit` (the `--events-json` line)."""
+        if threading.current_thread() is not self._thread:  # stop() relocking: the worker records it, if it can
+            self.submit(Notice(event))
+            return
         self.access_log.record(event)
         if self.emit is None:
             return
@@ -318,13 +334,16 @@ class Actions:
         if self._webhook is not None:
             self._webhook.post(event)
         self._run_hook("unlock", event, name, event.distance)
-        self._unlocked_by = event
-        self._relock_due = time.monotonic() + self.door.unlock_seconds  # a later unlock moves it
+        with self._relock_lock:
+            self._unlocked_by = event
+            self._relock_due = time.monotonic() + self.door.unlock_seconds  # a later unlock moves it
 
     def _relock(self, why: str) -> None:
-        unlock = self._unlocked_by
-        assert unlock is not None  # set together with _relock_due
-        self._relock_due = self._unlocked_by = None
+        """Run the pending relock, if any, once: whichever of the worker and stop() gets here first does it."""
+        with self._relock_lock:
+            unlock, self._unlocked_by, self._relock_due = self._unlocked_by, None, None
+        if unlock is None:
+            return
         self._run_hook("relock", unlock, unlock.name or "", unlock.distance)
         self._publish(self._event(RELOCK, name=unlock.name, track=unlock.track, detail=why))
 

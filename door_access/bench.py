@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from pathlib import Path
@@ -112,6 +113,8 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
         "cpu_percent": round(100.0 * cpu_s / wall, 1),
         "peak_rss_mb": round(usage1.ru_maxrss / 1024.0, 1),
         "unlocks": [e.name for e in events if e.event == UNLOCK],
+        "liveness_wait_s": [float(m.group(1)) for e in events if e.event == UNLOCK
+                            for m in [re.match(r"live after ([0-9.]+) s", e.detail)] if m],
         "appearances": {name: len(starts) for name, starts in appearances.items()},
     }
 

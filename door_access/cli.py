@@ -84,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo files (default: demo/)")
 
+    p = sub.add_parser("calibrate", help="genuine/impostor distances of the gallery: suggest a threshold")
+    _common(p)
+    p.add_argument("--target-far", type=float, default=0.001, help="false-accept rate to aim for (default 0.001)")
+    p.add_argument("--plot", type=Path, default=Path("calibration.png"), help="PNG to write (default calibration.png)")
+
+    p = sub.add_parser("eval", help="verification accuracy on an LFW-style pairs list")
+    _common(p)
+    p.add_argument("--pairs", type=Path, required=True, help="pairs list in the LFW pairs.txt format")
+    p.add_argument("--root", type=Path, required=True, help="images folder: ROOT/<name>/<name>_NNNN.jpg")
+    p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
+    p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
+
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
@@ -267,16 +279,23 @@ def cmd_run(args, cfg: Config) -> int:
 
 
 def cmd_demo(args, cfg: Config) -> int:
-    """Gallery and clip from the package-shipped photos, then the real app, headless, on the clip."""
+    """Gallery and clips from the package-shipped photos, then the real app, headless, on each clip.
+
+    Part 1 plays visitors made from still photos, so liveness is off for it (a still photo is
+    exactly what liveness refuses); part 2 holds a photo up to the camera with liveness on.
+    """
     import dataclasses
 
     from .assets import testdata_dir
-    from .democlip import build_demo
+    from .democlip import build_demo, write_photo_attack
     from .detection import FaceDetector
     from .runner import run_door
 
     out = args.out.resolve()
-    images, clip = build_demo(FaceDetector(cfg.detection, cfg.path("weights")), testdata_dir(cfg.path("cache")), out)
+    detector = FaceDetector(cfg.detection, cfg.path("weights"))
+    photos = testdata_dir(cfg.path("cache"))
+    images, clip = build_demo(detector, photos, out)
+    attack = write_photo_attack(detector, photos / "face_recognition" / "obama2.jpg", out / "photo_attack.mp4")
     cfg = dataclasses.replace(
         cfg,
         door=dataclasses.replace(cfg.door, cooldown_seconds=5.0, unlock_seconds=1.0),
@@ -284,11 +303,64 @@ def cmd_demo(args, cfg: Config) -> int:
         access_log=dataclasses.replace(cfg.access_log, path=str(out / "access_log.sqlite"),
                                        snapshots_dir=str(out / "snapshots")),
     )
-    log.info("demo: obama enrolled from %s; playing %s (obama, then a stranger, then obama)", images, clip)
-    code = run_door(cfg, images, str(clip), realtime=True, headless=True, events_json=True, max_seconds=None)
-    log.info("demo: welcomes in %s, denied-face snapshots in %s, log in %s (door-access log --config ...)",
-             out / "wav", out / "snapshots", out / "access_log.sqlite")
+    no_liveness = dataclasses.replace(cfg, liveness=dataclasses.replace(cfg.liveness, enabled=False))
+    log.info("demo 1/2: obama enrolled from %s; %s shows obama, a stranger, then obama (liveness off)", images, clip)
+    code = run_door(no_liveness, images, str(clip), realtime=True, headless=True, events_json=True, max_seconds=None)
+    if code == 0:
+        log.info("demo 2/2: %s holds a photo of obama up to the camera (liveness on)", attack)
+        code = run_door(cfg, images, str(attack), realtime=True, headless=True, events_json=True, max_seconds=None)
+    log.info("demo: welcomes in %s, denied-face snapshots in %s, log in %s", out / "wav", out / "snapshots",
+             out / "access_log.sqlite")
     return code
+
+
+def cmd_calibrate(args, cfg: Config) -> int:
+    from .evaluation import calibrate
+
+    if not 0.0 < args.target_far < 1.0:
+        raise UsageError("--target-far must be between 0 and 1")
+    gallery = load_models(cfg, _images_dir(args, cfg)).gallery
+    result = calibrate(gallery, args.target_far, args.plot, current_threshold=cfg.recognition.threshold)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['people']} people ({result['people_with_pairs']} with 2+ photos), {result['photos']} photos: "
+          f"{result['genuine_pairs']} genuine and {result['impostor_pairs']} impostor pairs")
+    print(f"TAR at FAR 1%: {result['tar_at_far']['0.01']:.2%}   TAR at FAR 0.1%: {result['tar_at_far']['0.001']:.2%}   "
+          f"EER: {result['eer']:.2%} (at {result['eer_threshold']:.3f})")
+    print(f"suggested threshold for FAR {args.target_far:g}: {result['suggested_threshold']:.3f} "
+          f"(TAR {result['suggested_tar']:.2%}, FAR {result['suggested_far']:.3%})")
+    print(f"current threshold {cfg.recognition.threshold}: TAR {result['current_tar']:.2%}, "
+          f"FAR {result['current_far']:.3%}")
+    print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_eval(args, cfg: Config) -> int:
+    from .detection import FaceDetector
+    from .evaluation import evaluate_pairs, make_lfw_embedder
+    from .facenet import FaceEncoder
+    from .gallery import EmbeddingCache
+
+    try:
+        folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    except ValueError:
+        raise UsageError(f"--folds must be comma-separated numbers, got {args.folds!r}") from None
+    if not args.pairs.is_file():
+        raise UsageError(f"pairs file {args.pairs} not found")
+    detector = FaceDetector(cfg.detection, cfg.path("weights"))
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    cache = EmbeddingCache(cfg.path("cache") / "eval.sqlite", encoder.weights_id)
+    result = evaluate_pairs(args.pairs, args.root, make_lfw_embedder(cfg, detector, encoder, cache), folds, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['pairs']} pairs: accuracy {result['accuracy']:.2%} ± {result['accuracy_std']:.2%} "
+          f"at threshold {result['threshold']:.3f}")
+    print(f"TAR at FAR 1%: {result['tar_at_far']['0.01']:.2%}   TAR at FAR 0.1%: {result['tar_at_far']['0.001']:.2%}   "
+          f"EER: {result['eer']:.2%}   images without a detected face: {result['failed_images']}")
+    print(f"ROC: {args.plot}")
+    return 0
 
 
 def cmd_log(args, cfg: Config) -> int:
@@ -321,6 +393,8 @@ COMMANDS = {
     "run": cmd_run,
     "log": cmd_log,
     "demo": cmd_demo,
+    "calibrate": cmd_calibrate,
+    "eval": cmd_eval,
 }
 
 

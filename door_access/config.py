@@ -8,6 +8,7 @@ the line, so a typo in the config never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -104,6 +105,18 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True)
+class LivenessConfig:
+    enabled: bool = True
+    blink_ratio: float = meta(0.55, lo=0.1, hi=0.95)
+    reopen_ratio: float = meta(0.8, lo=0.1, hi=1.0)
+    min_closed_frames: int = meta(1, lo=1, hi=30)
+    motion_threshold: float = meta(0.15, lo=0.01, hi=2.0)
+    motion_frames: int = meta(2, lo=1, hi=30)
+    window_s: float = meta(10.0, lo=0.1)
+    timeout_s: float = meta(4.0, lo=0.1)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
@@ -115,6 +128,7 @@ class Config:
     door: DoorConfig = field(default_factory=DoorConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:
@@ -148,6 +162,8 @@ def load_config(path: Path | None) -> Config:
     if cfg.voting.required > cfg.voting.window:
         raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) exceeds 'voting.window' "
                           f"({cfg.voting.window})")
+    if cfg.liveness.reopen_ratio <= cfg.liveness.blink_ratio:
+        raise ConfigError(f"{path}: 'liveness.reopen_ratio' must be above 'liveness.blink_ratio'")
     return cfg
 
 
@@ -158,10 +174,14 @@ def _build(cls, node, prefix: str, path: Path, skip=frozenset()) -> dict:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     hints = typing.get_type_hints(cls)
     out = {}
+    first_line: dict[str, int] = {}
     for key_node, value_node in node.value:
         key = key_node.value
         dotted = f"{prefix}{key}"
         line = key_node.start_mark.line + 1
+        if key in first_line:
+            raise ConfigError(f"{path} line {line}: '{dotted}' is given twice (first on line {first_line[key]})")
+        first_line[key] = line
         if key not in fields:
             known = ", ".join(fields)
             raise ConfigError(f"{path} line {line}: unknown key '{dotted}' (known here: {known})")
@@ -188,6 +208,8 @@ def _scalar(f, hint, node, dotted: str, line: int, path: Path):
         return tuple(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if base is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if base is str and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # e.g. `camera.source: 0`
     if base is int and isinstance(value, bool) or not isinstance(value, base):

@@ -27,31 +27,35 @@ class Decision:
 @dataclass
 class TrackVotes:
     votes: deque[Match]
+    first_seen: float
     last_seen: float
     unlocked: bool = False
     denied: bool = False
     live: bool = True
-    liveness_note: str = ""
+    liveness_note: str = ""  # the cue that proved liveness, or why it is not proven yet
+    live_after_s: float | None = None
 
 
 class Decider:
-    def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float):
+    def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float,
+                 liveness_timeout_s: float = float("inf")):
         self.window = voting.window
         self.required = voting.required
         self.cooldown_s = door.cooldown_seconds
         self.track_timeout_s = track_timeout_s
+        self.liveness_timeout_s = liveness_timeout_s
         self.tracks: dict[int, TrackVotes] = {}
         self.last_unlock: dict[str, float] = {}
 
     def observe(self, t: float, seen: list[int], matches: dict[int, Match],
-                liveness: dict[int, tuple[bool, str]] | None = None) -> list[Decision]:
-        """One processed frame: the tracks `seen` in it, new `matches` for some of them, and
-        each seen track's liveness verdict `(live, why not)` if liveness is checked."""
+                liveness: dict[int, tuple[bool, str, float | None]] | None = None) -> list[Decision]:
+        """One processed frame: the tracks `seen` in it, new `matches` for some of them, and each
+        seen track's liveness verdict `(live, cue or why not, seconds to evidence)` if it is checked."""
         for tid in seen:
-            state = self.tracks.setdefault(tid, TrackVotes(deque(maxlen=self.window), t))
+            state = self.tracks.setdefault(tid, TrackVotes(deque(maxlen=self.window), t, t))
             state.last_seen = t
             if liveness and tid in liveness:
-                state.live, state.liveness_note = liveness[tid]
+                state.live, state.liveness_note, state.live_after_s = liveness[tid]
         self.tracks = {i: s for i, s in self.tracks.items() if t - s.last_seen <= self.track_timeout_s}
 
         decisions = []
@@ -72,8 +76,8 @@ class Decider:
         if named:
             name, count = named.most_common(1)[0]
             if count >= self.required:
-                if not state.live:
-                    if not state.denied and len(state.votes) >= self.window:
+                if not state.live:  # wait for a blink or facial motion, up to the liveness timeout
+                    if not state.denied and t - state.first_seen >= self.liveness_timeout_s:
                         state.denied = True
                         return Decision(DENIED, tid, name, _mean(state, name), f"no liveness: {state.liveness_note}")
                     return None
@@ -81,7 +85,9 @@ class Decider:
                     return None
                 state.unlocked = True
                 self.last_unlock[name] = t
-                return Decision(UNLOCK, tid, name, _mean(state, name))
+                detail = f"live after {state.live_after_s:.2f} s ({state.liveness_note})" \
+                    if state.live_after_s is not None else ""
+                return Decision(UNLOCK, tid, name, _mean(state, name), detail)
         unknown = sum(m.name is None for m in state.votes)
         if not state.denied and len(state.votes) >= self.window and unknown >= self.required:
             state.denied = True

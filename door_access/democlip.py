@@ -77,4 +77,37 @@ def build_demo(detector: FaceDetector, testdata: Path, out_dir: Path) -> tuple[P
     shutil.copy(photos / "obama3.jpg", images / "obama" / "2.jpg")
     segments = [Segment(None, 0.5), Segment(photos / "obama2.jpg", 2.5), Segment(None, 1.0),
                 Segment(photos / "biden.jpg", 2.5), Segment(None, 1.0), Segment(photos / "obama2.jpg", 2.5)]
-    return images, write_clip(detector, segments, out_dir / "demo.mp4")
+    return images, write_clip(detector, segments, out_dir / "demo.mp4", fps=30.0)
+
+
+def write_photo_attack(detector: FaceDetector, photo: Path, out: Path, seconds: float = 6.0, fps: float = 15.0,
+                       face_px: int = 130) -> Path:
+    """A printed photo held up to the camera: held still, then moved as a whole (translation,
+    rotation, scaling, a slight perspective tilt, changing brightness). Everything a hand can
+    do to a photo, nothing a face can do by itself (blink, talk, change expression)."""
+    scene = _scene(detector, photo, face_px)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (WIDTH, HEIGHT))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write video {out}")
+    n = max(2, round(seconds * fps))
+    still = n // 4
+    src = np.float32([[0, 0], [WIDTH, 0], [WIDTH, HEIGHT], [0, HEIGHT]])
+    try:
+        for i in range(n):
+            if i < still:
+                writer.write(scene)
+                continue
+            p = (i - still) / max(1, n - still - 1)
+            wave = np.sin(2 * np.pi * p)
+            m = cv2.getRotationMatrix2D((WIDTH / 2, HEIGHT / 2), 12 * wave, 1.0 + 0.15 * np.sin(np.pi * p))
+            m[:, 2] += (40 * wave, 15 * np.cos(2 * np.pi * p))
+            moved = cv2.warpAffine(scene, m, (WIDTH, HEIGHT), borderMode=cv2.BORDER_REPLICATE)
+            tilt = 25 * np.sin(3 * np.pi * p)  # one edge of the photo leans away from the camera
+            dst = src + np.float32([[tilt, tilt / 2], [-tilt, -tilt / 2], [-tilt, tilt / 2], [tilt, -tilt / 2]])
+            warped = cv2.warpPerspective(moved, cv2.getPerspectiveTransform(src, dst), (WIDTH, HEIGHT),
+                                         borderMode=cv2.BORDER_REPLICATE)
+            gain = 1.0 + 0.35 * np.sin(2 * np.pi * p + 1.0)
+            writer.write(cv2.convertScaleAbs(warped, alpha=gain, beta=0))
+    finally:
+        writer.release()
+    return out

@@ -55,19 +55,20 @@ class FaceDetector:
     def __init__(self, cfg: DetectionConfig, models_dir: Path):
         self.cfg = cfg
         models_dir = Path(models_dir)
-        for name in (SHAPE_PREDICTOR_5, CNN_DETECTOR):
-            if not (models_dir / name).is_file():
-                raise FileNotFoundError(f"dlib model {models_dir / name} not found: run `door-access setup`")
-        self._predictor = dlib.shape_predictor(str(models_dir / SHAPE_PREDICTOR_5))
-        self._cnn_path = str(models_dir / CNN_DETECTOR)
-        self._cnn = None
+        self._predictor = load_dlib_model(dlib.shape_predictor, models_dir / SHAPE_PREDICTOR_5)
+        self._cnn_path = models_dir / CNN_DETECTOR
+        self._cnn = None  # only loaded when needed: most photos and every frame use HOG
+        if cfg.model == "cnn":
+            self._cnn = load_dlib_model(dlib.cnn_face_detection_model_v1, self._cnn_path)
+        elif not self._cnn_path.is_file():
+            raise FileNotFoundError(f"dlib model {self._cnn_path} not found: run `door-access setup`")
         self._hog = dlib.get_frontal_face_detector()
 
     def _detect(self, img: np.ndarray, upsample: int, model: str) -> list[dlib.rectangle]:
         if model == "hog":
             return list(self._hog(img, upsample))
         if self._cnn is None:
-            self._cnn = dlib.cnn_face_detection_model_v1(self._cnn_path)
+            self._cnn = load_dlib_model(dlib.cnn_face_detection_model_v1, self._cnn_path)
         return [d.rect for d in self._cnn(img, upsample)]
 
     def detect(self, rgb: np.ndarray, downscale: float | None = None, upsample: int | None = None,
@@ -123,6 +124,17 @@ class FaceDetector:
             box = _clipped_box(*edges, rgb.shape)
             faces.append(Face(box=box, chip=face.chip, landmarks=(face.landmarks - pad) / grow))
         return faces
+
+
+def load_dlib_model(loader, path: Path):
+    """A dlib model file, or an error that says how to get a good one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"dlib model {path} not found: run `door-access setup`")
+    try:
+        return loader(str(path))
+    except RuntimeError as exc:  # dlib's word for a truncated or corrupt file
+        raise ValueError(f"dlib model {path} is unreadable ({str(exc).strip().splitlines()[0]}): "
+                         "run `door-access setup`") from None
 
 
 def _clipped_box(left, top, right, bottom, shape) -> Box:

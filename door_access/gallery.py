@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,9 @@ class GalleryBuilder:
         digests = {}
         for _, photo in found:
             try:
+                if not stat.S_ISREG(photo.stat().st_mode):  # reading a FIFO or a device would never end
+                    skipped.append(SkippedPhoto(photo, "not a regular file"))
+                    continue
                 digests[photo] = sha256_file(photo)
             except OSError as exc:
                 skipped.append(SkippedPhoto(photo, f"cannot read file ({exc.strerror or exc})"))

@@ -28,6 +28,7 @@ from .detection import Box, FaceDetector
 from .events import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, Event, Notice
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryWatcher
+from .liveness import LivenessChecker
 from .recognizer import Match, Recognizer
 from .tracking import Tracker
 
@@ -45,6 +46,7 @@ class FaceObs:
     chip: np.ndarray | None = None  # set when this track is due for an encoding
     embedding: np.ndarray | None = None
     match: Match | None = None
+    live: tuple[bool, str, float | None] | None = None  # liveness verdict, when it is checked
 
 
 @dataclass
@@ -83,7 +85,10 @@ class Pipeline:
 
         p = cfg.pipeline
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
-        self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s)
+        live = cfg.liveness
+        self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
+        self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
+                               live.timeout_s if live.enabled else float("inf"))
         self.access_log = access_log or AccessLog(cfg.resolve(cfg.access_log.path))
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
@@ -170,7 +175,11 @@ class Pipeline:
                 obs = FaceObs(track.id, track.box)
                 if self.tracker.take_encode_slot(track, frame.t):
                     obs.chip = self.detector.align(rgb, rect).chip
+                if self.liveness:
+                    obs.live = self.liveness.update(track.id, frame.t, rgb, rect)
                 out.faces.append(obs)
+            if self.liveness:
+                self.liveness.forget(set(self.tracker.tracks))
             self._put(self.to_encoder, out)
 
     def _encode_stage(self) -> None:
@@ -227,7 +236,8 @@ class Pipeline:
                     face.match = match
                     self.labels[face.track] = (match.name, match.distance)
             decisions = self.decider.observe(item.frame.t, [f.track for f in item.faces],
-                                             {f.track: f.match for f in encoded})
+                                             {f.track: f.match for f in encoded},
+                                             {f.track: f.live for f in item.faces if f.live is not None})
             for d in decisions:
                 face = next(f for f in item.faces if f.track == d.track)
                 snapshot = _crop(item.frame.image, face.box) if d.event == "denied" else None

@@ -59,13 +59,24 @@ def test_a_lingering_track_unlocks_once_its_cooldown_ends():
     assert [d.event for d in decisions] == ["unlock"]
 
 
-def test_no_liveness_means_denial_not_unlock():
-    dec = decider()
+def test_no_liveness_waits_then_denies_once():
+    dec = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, liveness_timeout_s=2.0)
     out = []
-    for i in range(6):
-        out += dec.observe(i * 0.1, [1], {1: kian()}, liveness={1: (False, "no blink")})
+    for i in range(40):  # four seconds of matches, never live
+        out += dec.observe(i * 0.1, [1], {1: kian()}, liveness={1: (False, "no blink", None)})
     assert [(d.event, d.name) for d in out] == [("denied", "kian")]
     assert "no liveness" in out[0].detail
+
+
+def test_liveness_arriving_late_still_unlocks():
+    dec = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, liveness_timeout_s=2.0)
+    out = []
+    for i in range(10):
+        out += dec.observe(i * 0.1, [1], {1: kian()}, liveness={1: (False, "no blink", None)})
+    assert out == []
+    out = dec.observe(1.0, [1], {1: kian()}, liveness={1: (True, "blink", 0.95)})
+    assert [(d.event, d.name) for d in out] == [("unlock", "kian")]
+    assert out[0].detail == "live after 0.95 s (blink)"
 
 
 def test_tracks_expire():

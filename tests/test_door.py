@@ -56,6 +56,8 @@ tts:
   wav_dir: wav
 access_log:
   path: log.sqlite
+liveness:
+  enabled: false   # the clip is made of still photos: these tests are about the door; see test_liveness.py
 """)
     return root
 

@@ -1,0 +1,489 @@
+"""How well the embeddings tell people apart: threshold calibration on the gallery, and LFW-style accuracy.
+
+Both measures reduce to two sets of L2 distances, genuine (same person) and impostor (two
+different people), summarised by one `Roc`. The app accepts a face when its distance is
+`<= recognition.threshold`, and every figure here uses that same rule.
+
+Operating points are read off the impostor distances without interpolation: at a target FAR
+`f` with `n` impostor pairs, at most `k = floor(f * n)` impostors may be accepted, so the
+threshold is the largest one under the (k+1)-th smallest impostor distance. With 1,000
+impostor pairs, FAR 0.1% allows 1 of them; with fewer than 1/f pairs it allows none, and the
+figure is the TAR at FAR 0, a lower bound on the TAR at FAR f. The achieved FAR never
+exceeds the target (ties at the boundary make it smaller).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dlib
+import numpy as np
+
+from .config import Config
+from .detection import FaceDetector
+from .facenet import EMBEDDING_SIZE, FaceEncoder
+from .files import sha256_file
+from .gallery import EmbeddingCache, Gallery
+from .photos import PhotoError, load_rgb
+
+log = logging.getLogger(__name__)
+
+REPORT_FARS = (0.01, 0.001)  # the FARs that TAR is reported at
+MISSING_DISTANCE = 2.0  # distance given to a pair with an unreadable image: the largest between unit vectors
+LFW_BATCH = 64
+CENTRAL_BOX = 110 / 250  # LFW crops are 250 px with the face around the central 110 px
+EmbedFn = Callable[[list[Path]], tuple[np.ndarray, list[bool]]]
+
+
+def far_key(far: float) -> str:
+    """The dict key a FAR is reported under: 0.01 -> "0.01"."""
+    return f"{far:g}"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float  # accept when distance <= threshold
+    tar: float  # genuine pairs accepted
+    far: float  # impostor pairs accepted
+    accepted_impostors: int
+
+
+@dataclass(frozen=True)
+class Roc:
+    """Genuine and impostor distances, sorted, with the TAR/FAR/EER maths shared by all evaluations."""
+
+    genuine: np.ndarray
+    impostor: np.ndarray
+
+    @classmethod
+    def from_distances(cls, genuine: np.ndarray, impostor: np.ndarray) -> Roc:
+        genuine = np.sort(np.asarray(genuine, np.float64).ravel())
+        impostor = np.sort(np.asarray(impostor, np.float64).ravel())
+        if genuine.size == 0 or impostor.size == 0:
+            raise ValueError("a ROC needs at least one genuine and one impostor distance")
+        return cls(genuine, impostor)
+
+    def at_threshold(self, threshold: float) -> OperatingPoint:
+        g = int(np.searchsorted(self.genuine, threshold, side="right"))
+        i = int(np.searchsorted(self.impostor, threshold, side="right"))
+        return OperatingPoint(float(threshold), g / self.genuine.size, i / self.impostor.size, i)
+
+    def at_far(self, target_far: float) -> OperatingPoint:
+        """The largest threshold accepting at most floor(target_far * impostors) impostor pairs (see module doc)."""
+        allowed = math.floor(target_far * self.impostor.size + 1e-9)  # 1e-9: 0.29 * 100 is 28.999...
+        if allowed >= self.impostor.size:
+            return OperatingPoint(math.inf, 1.0, 1.0, self.impostor.size)
+        boundary = self.impostor[allowed]  # the first impostor that must stay rejected
+        g = int(np.searchsorted(self.genuine, boundary, side="left"))
+        i = int(np.searchsorted(self.impostor, boundary, side="left"))
+        return OperatingPoint(float(np.nextafter(boundary, -np.inf)), g / self.genuine.size,
+                              i / self.impostor.size, i)
+
+    def tar_at_far(self, fars: Sequence[float] = REPORT_FARS) -> dict[str, float]:
+        return {far_key(f): self.at_far(f).tar for f in fars}
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(thresholds, tar, far) at every distinct distance, starting from 'accept nothing'."""
+        thresholds = np.unique(np.concatenate([self.genuine, self.impostor]))
+        thresholds = np.concatenate([[np.nextafter(thresholds[0], -np.inf)], thresholds])
+        tar = np.searchsorted(self.genuine, thresholds, side="right") / self.genuine.size
+        far = np.searchsorted(self.impostor, thresholds, side="right") / self.impostor.size
+        return thresholds, tar, far
+
+    def eer(self) -> tuple[float, float]:
+        """(equal error rate, its threshold).
+
+        FAR - FRR rises from -1 (accept nothing) to +1 (accept all) over the curve's points;
+        where it changes sign between two points, both rates and the threshold are
+        interpolated linearly between them.
+        """
+        thresholds, tar, far = self.curve()
+        diff = far - (1.0 - tar)
+        i = int(np.argmax(diff >= 0))  # the first point is 'accept nothing' (diff -1), the last accepts all (+1)
+        alpha = -diff[i - 1] / (diff[i] - diff[i - 1])
+        rate = far[i - 1] + alpha * (far[i] - far[i - 1])
+        return float(rate), float(thresholds[i - 1] + alpha * (thresholds[i] - thresholds[i - 1]))
+
+
+def pair_distances(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine, impostor) distances over every unordered pair of rows: same name or not."""
+    e = np.asarray(embeddings, np.float64)
+    sq = np.einsum("ij,ij->i", e, e)
+    dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2.0 * (e @ e.T), 0.0, None))
+    first, second = np.triu_indices(len(e), k=1)
+    labels = np.asarray(names, dtype=object)
+    same = labels[first] == labels[second]
+    d = dist[first, second]
+    return d[same], d[~same]
+
+
+def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_threshold: float | None = None) -> dict:
+    """Suggest `recognition.threshold` from the enrolled photos, so the choice rests on data, not a guess.
+
+    Every pair of photos of one person is a genuine pair; every pair of photos of two people
+    an impostor pair. The suggestion is the largest threshold (rounded down to 0.001, ready
+    for config.yaml) whose impostor FAR is <= `target_far`. Writes a PNG with the two
+    distance histograms and the ROC. Raises ValueError when the gallery cannot support it.
+
+    Returns: people, people_with_pairs (2+ photos), photos, genuine_pairs, impostor_pairs,
+    target_far, suggested_threshold, suggested_tar, suggested_far, current_threshold,
+    current_tar, current_far (None without a current threshold), tar_at_far {"0.01", "0.001"}
+    (unrounded operating points), eer, eer_threshold, far_resolution (1 / impostor_pairs:
+    the FAR of one accepted impostor) and plot (the PNG's path).
+    """
+    if not 0.0 < target_far < 1.0:
+        raise ValueError(f"target FAR must be between 0 and 1 (exclusive), got {target_far}")
+    people = gallery.people()
+    genuine, impostor = pair_distances(gallery.names, gallery.embeddings)
+    if genuine.size < 2:
+        raise ValueError(
+            f"calibration needs at least 2 same-person photo pairs, found {genuine.size}: give some people 2 or more "
+            "photos (images/<name>/*.jpg)")
+    if impostor.size == 0:
+        raise ValueError("calibration needs photos of at least 2 different people, found "
+                         f"{len(people)} person(s)")
+    roc = Roc.from_distances(genuine, impostor)
+    best = roc.at_far(target_far)
+    suggested = max(0.0, math.floor(best.threshold * 1000) / 1000)
+    point = roc.at_threshold(suggested)
+    if point.far > target_far and suggested > 0:  # floor landed exactly on the boundary impostor
+        suggested = round(suggested - 0.001, 3)
+        point = roc.at_threshold(suggested)
+    current = roc.at_threshold(current_threshold) if current_threshold is not None else None
+    eer, eer_threshold = roc.eer()
+    lines = {f"suggested {suggested:.3f}": suggested}
+    if current_threshold is not None:
+        lines[f"current {current_threshold:.3f}"] = current_threshold
+    plot_roc(roc, Path(plot_path), lines, f"Gallery calibration: {len(people)} people, {len(gallery.names)} photos")
+    log.info("calibration: %d genuine and %d impostor pairs; threshold %.3f gives TAR %.4f at FAR %.5f",
+             genuine.size, impostor.size, suggested, point.tar, point.far)
+    return {
+        "people": len(people),
+        "people_with_pairs": sum(1 for n in people.values() if n >= 2),
+        "photos": len(gallery.names),
+        "genuine_pairs": int(genuine.size),
+        "impostor_pairs": int(impostor.size),
+        "target_far": target_far,
+        "suggested_threshold": suggested,
+        "suggested_tar": point.tar,
+        "suggested_far": point.far,
+        "current_threshold": current_threshold,
+        "current_tar": current.tar if current is not None else None,
+        "current_far": current.far if current is not None else None,
+        "tar_at_far": roc.tar_at_far(),
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "far_resolution": 1.0 / impostor.size,
+        "plot": str(plot_path),
+    }
+
+
+def plot_roc(roc: Roc, path: Path, thresholds: dict[str, float], title: str) -> None:
+    """PNG: genuine/impostor histograms with threshold lines, and TAR against log-scale FAR."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    hist, curve = fig.subplots(1, 2)
+    top = max(roc.genuine[-1], roc.impostor[-1])
+    bins = np.linspace(0.0, top * 1.02 + 1e-9, 60)
+    hist.hist(roc.genuine, bins, density=True, alpha=0.6, color="tab:green", label=f"genuine ({roc.genuine.size})")
+    hist.hist(roc.impostor, bins, density=True, alpha=0.6, color="tab:red", label=f"impostor ({roc.impostor.size})")
+    colors = ["black", "tab:purple", "tab:orange", "tab:brown"]
+    for (label, t), color in zip(thresholds.items(), colors):
+        hist.axvline(t, color=color, linestyle="--", label=f"threshold {label}")
+    hist.set_xlabel("L2 distance between embeddings")
+    hist.set_ylabel("density")
+    hist.legend(fontsize="small")
+
+    _, tar, far = roc.curve()
+    floor = 0.5 / roc.impostor.size  # FAR 0 cannot sit on a log axis: draw it half a step below the first impostor
+    curve.step(np.maximum(far, floor), tar, where="post", color="tab:blue")
+    marked = [0.9, tar[far > 0].min(initial=1.0)]
+    for (label, t), color in zip(thresholds.items(), colors):
+        p = roc.at_threshold(t)
+        marked.append(p.tar)
+        curve.plot(max(p.far, floor), p.tar, "o", color=color, label=f"{label}: TAR {p.tar:.3f}, FAR {p.far:.4f}")
+    eer, _ = roc.eer()
+    curve.plot(max(eer, floor), 1 - eer, "x", color="grey", label=f"EER {eer:.2%}")
+    curve.set_xscale("log")
+    curve.set_xlim(floor * 0.8, 1.0)
+    curve.set_ylim(max(0.0, min(marked) - 0.02), 1.005)
+    curve.set_xlabel(f"FAR (impostor pairs accepted; one pair = {1 / roc.impostor.size:.1e})")
+    curve.set_ylabel("TAR (genuine pairs accepted)")
+    curve.set_title("ROC")
+    curve.grid(True, which="both", alpha=0.3)
+    curve.legend(fontsize="small", loc="lower right")
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+# --- LFW-style pair evaluation -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    first: Path
+    second: Path
+    same: bool
+    fold: int  # 1-based
+
+
+def read_pairs(pairs_file: Path, root: Path) -> tuple[list[Pair], int]:
+    """(pairs, number of folds) from an LFW `pairs.txt`: header `folds n` (or just `n`: one fold), then per
+    fold n lines `name i j` (same person) and n lines `name1 i name2 j` (different people)."""
+    lines = [(no, line.split()) for no, line in enumerate(Path(pairs_file).read_text().splitlines(), 1)]
+    lines = [(no, tokens) for no, tokens in lines if tokens]
+    if not lines:
+        raise ValueError(f"{pairs_file}: empty pairs file")
+    header = lines[0][1]
+    try:
+        folds, per_half = (1, int(header[0])) if len(header) == 1 else (int(header[0]), int(header[1]))
+    except ValueError:
+        folds, per_half = 0, 0
+    if len(header) > 2 or folds < 1 or per_half < 1:
+        raise ValueError(f"{pairs_file} line 1: expected a header `folds pairs_per_half`, got {' '.join(header)!r}")
+    body = lines[1:]
+    if len(body) != 2 * folds * per_half:
+        raise ValueError(f"{pairs_file}: header says {folds} folds x 2 x {per_half} pairs = {2 * folds * per_half} "
+                         f"lines, found {len(body)}")
+
+    def image(name: str, index: str, no: int) -> Path:
+        if not index.isdigit():
+            raise ValueError(f"{pairs_file} line {no}: image number {index!r} is not a number")
+        return Path(root) / name / f"{name}_{int(index):04d}.jpg"
+
+    pairs = []
+    for k, (no, t) in enumerate(body):
+        fold, same = k // (2 * per_half) + 1, k % (2 * per_half) < per_half
+        if same and len(t) == 3:
+            pairs.append(Pair(image(t[0], t[1], no), image(t[0], t[2], no), True, fold))
+        elif not same and len(t) == 4:
+            pairs.append(Pair(image(t[0], t[1], no), image(t[2], t[3], no), False, fold))
+        else:
+            expected = "`name i j` (same person)" if same else "`name1 i name2 j` (different people)"
+            raise ValueError(f"{pairs_file} line {no}: expected {expected} in fold {fold}, got {' '.join(t)!r}")
+    return pairs, folds
+
+
+def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:
+    """The threshold with the most pairs right (same and <= it, or different and above it): a gap midpoint."""
+    order = np.argsort(distances, kind="stable")
+    d, s = distances[order], same[order]
+    # accept the first i pairs, i = 0..n: right = same ones among them + different ones among the rest
+    right = np.concatenate([[0], np.cumsum(s)]) + (np.count_nonzero(~s) - np.concatenate([[0], np.cumsum(~s)]))
+    possible = np.concatenate([[True], d[1:] > d[:-1], [True]])  # no threshold splits equal distances
+    i = int(np.argmax(np.where(possible, right, -1)))
+    if i == 0:
+        return float(np.nextafter(d[0], -np.inf))
+    if i == d.size:
+        return float(d[-1])
+    return float((d[i - 1] + d[i]) / 2)
+
+
+def cross_validate(distances: np.ndarray, same: np.ndarray, fold_of: np.ndarray) -> tuple[list[float], list[float]]:
+    """(accuracy, threshold) per fold, in fold order: each fold scored at the threshold best on all the others,
+    or on itself when it is the only one."""
+    accuracies, thresholds = [], []
+    folds = np.unique(fold_of)
+    for f in folds:
+        test = fold_of == f
+        train = ~test if folds.size > 1 else test
+        t = best_threshold(distances[train], same[train])
+        thresholds.append(t)
+        accuracies.append(float(np.mean((distances[test] <= t) == same[test])))
+    return accuracies, thresholds
+
+
+@dataclass
+class PairsEvaluation:
+    """Everything `evaluate_pairs_detailed` measured; `summary()` is the dict the CLI prints."""
+
+    pairs: int
+    accuracy: float
+    accuracy_std: float  # population std over folds
+    tar_at_far: dict[str, float]
+    eer: float
+    eer_threshold: float
+    threshold: float  # mean of the per-fold thresholds
+    failed_images: int  # no face found (aligned on the central box) or unreadable
+    unreadable_images: int  # subset of failed_images: no embedding at all
+    unreadable_pairs: int  # pairs given MISSING_DISTANCE because of an unreadable image
+    images: int
+    folds: list[int]
+    fold_accuracies: list[float]
+    fold_thresholds: list[float]
+    threshold_from_test_fold: bool  # one fold only: its threshold was tuned on the very pairs it is scored on
+    distances: np.ndarray = field(repr=False)
+    same: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict:
+        return {"pairs": self.pairs, "accuracy": self.accuracy, "accuracy_std": self.accuracy_std,
+                "tar_at_far": dict(self.tar_at_far), "eer": self.eer, "threshold": self.threshold,
+                "failed_images": self.failed_images}
+
+
+def evaluate_pairs(pairs_file: Path, root: Path, embed: EmbedFn, folds: list[int] | None = None,
+                   plot_path: Path | None = None) -> dict:
+    """LFW accuracy: exactly pairs, accuracy, accuracy_std, tar_at_far, eer, threshold, failed_images.
+
+    See `evaluate_pairs_detailed` for the protocol and for the per-fold figures.
+    """
+    return evaluate_pairs_detailed(pairs_file, root, embed, folds, plot_path).summary()
+
+
+def evaluate_pairs_detailed(pairs_file: Path, root: Path, embed: EmbedFn, folds: list[int] | None = None,
+                            plot_path: Path | None = None) -> PairsEvaluation:
+    """The standard LFW protocol on the selected folds (1-based; default all).
+
+    Each fold is scored at the threshold that is best on the other selected folds, so no fold
+    is scored with a threshold tuned on itself; with a single fold there is nothing else to
+    tune on, it is tuned on itself (optimistic) and `threshold_from_test_fold` says so.
+    Each image is embedded once. A pair with an unreadable image gets distance 2.0 (the
+    maximum): it stays in the count, as the protocol scores all pairs, and is a false
+    reject when same-person. TAR at FAR and EER are over all evaluated pairs.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"LFW images folder {root} does not exist")
+    all_pairs, n_folds = read_pairs(pairs_file, root)
+    selected = sorted(set(folds)) if folds else list(range(1, n_folds + 1))
+    if not selected or any(not 1 <= f <= n_folds for f in selected):
+        raise ValueError(f"folds must be between 1 and {n_folds} ({pairs_file} has {n_folds}), got {folds}")
+    pairs = [p for p in all_pairs if p.fold in selected]
+
+    images = list(dict.fromkeys(path for p in pairs for path in (p.first, p.second)))
+    index = {path: i for i, path in enumerate(images)}
+    log.info("LFW: %d pairs in fold(s) %s, %d images", len(pairs), selected, len(images))
+    embeddings, ok = embed(images)
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.shape != (len(images), EMBEDDING_SIZE) or len(ok) != len(images):
+        raise ValueError(f"embed returned {embeddings.shape} embeddings and {len(ok)} flags for {len(images)} images")
+    unreadable = np.isnan(embeddings).any(axis=1)
+
+    first = np.array([index[p.first] for p in pairs])
+    second = np.array([index[p.second] for p in pairs])
+    same = np.array([p.same for p in pairs])
+    fold_of = np.array([p.fold for p in pairs])
+    missing = unreadable[first] | unreadable[second]
+    distances = np.linalg.norm(embeddings[first].astype(np.float64) - embeddings[second], axis=1)
+    distances = np.where(missing, MISSING_DISTANCE, distances)
+
+    accuracies, thresholds = cross_validate(distances, same, fold_of)
+    if len(selected) == 1:
+        log.warning("only fold %d selected: its threshold is tuned on its own pairs, so the accuracy is optimistic",
+                    selected[0])
+
+    roc = Roc.from_distances(distances[same], distances[~same])
+    eer, eer_threshold = roc.eer()
+    result = PairsEvaluation(
+        pairs=len(pairs), accuracy=float(np.mean(accuracies)), accuracy_std=float(np.std(accuracies)),
+        tar_at_far=roc.tar_at_far(), eer=eer, eer_threshold=eer_threshold, threshold=float(np.mean(thresholds)),
+        failed_images=sum(1 for flag in ok if not flag), unreadable_images=int(unreadable.sum()),
+        unreadable_pairs=int(missing.sum()), images=len(images), folds=selected, fold_accuracies=accuracies,
+        fold_thresholds=thresholds, threshold_from_test_fold=len(selected) == 1, distances=distances, same=same)
+    if result.unreadable_pairs:
+        log.warning("LFW: %d unreadable image(s); their %d pair(s) were scored at distance %.1f",
+                    result.unreadable_images, result.unreadable_pairs, MISSING_DISTANCE)
+    if plot_path is not None:
+        plot_roc(roc, Path(plot_path), {f"{result.threshold:.3f} (mean of folds)": result.threshold},
+                 f"{Path(pairs_file).name}: {len(pairs)} pairs, accuracy {result.accuracy:.2%} "
+                 f"± {result.accuracy_std:.2%}")
+    return result
+
+
+def make_lfw_embedder(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
+                      cache: EmbeddingCache | None = None, batch_size: int = LFW_BATCH) -> EmbedFn:
+    """An `embed(paths) -> (embeddings, ok)` for LFW-style crops centred on their subject.
+
+    Per photo: the detected face closest to the image centre (others at the edges are
+    bystanders); with no face found, the 5-point aligner on the central 44% box (110 px of
+    LFW's 250), flagged not ok. An unreadable photo gets a NaN row, also not ok. Chips are
+    encoded `batch_size` at a time. With a cache, results are stored by file content under
+    the cache's key plus this pipeline's settings, so a rerun detects and encodes nothing.
+    """
+    d = cfg.detection
+    settings = (f"{encoder.weights_id}:m{d.margin}:s{d.photo_max_side}:u{d.photo_upsample}:{d.model}"
+                f":p{cfg.photo.max_pixels}:c{CENTRAL_BOX:.3f}")
+    # two namespaces, because a cached embedding row cannot carry the 'found no face' flag
+    found_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-face:{settings}") if cache else None
+    central_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-central:{settings}") if cache else None
+
+    def chip(path: Path) -> tuple[np.ndarray, bool]:
+        rgb = load_rgb(path, cfg.photo.max_pixels)
+        h, w = rgb.shape[:2]
+        faces = detector.photo_faces(rgb)
+        if faces:
+            centres = np.array([[f.box.x + f.box.w / 2, f.box.y + f.box.h / 2] for f in faces])
+            return faces[int(np.argmin(np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)))].chip, True
+        side = CENTRAL_BOX * min(h, w)
+        left, top = round((w - side) / 2), round((h - side) / 2)
+        rect = dlib.rectangle(left, top, left + round(side) - 1, top + round(side) - 1)
+        return detector.align(rgb, rect).chip, False
+
+    def embed(paths: list[Path]) -> tuple[np.ndarray, list[bool]]:
+        paths = [Path(p) for p in paths]
+        out = np.full((len(paths), EMBEDDING_SIZE), np.nan, np.float32)
+        ok = [False] * len(paths)
+        by_digest: dict[str, list[int]] = {}
+        for i, path in enumerate(paths):
+            try:
+                if not stat.S_ISREG(path.stat().st_mode):  # reading a FIFO or a device would never end
+                    log.warning("LFW image %s is not a regular file", path)
+                    continue
+                by_digest.setdefault(sha256_file(path), []).append(i)
+            except OSError as exc:
+                log.warning("LFW image %s cannot be read (%s)", path, exc.strerror or exc)
+        found = found_cache.get(list(by_digest)) if found_cache else {}
+        central = central_cache.get(list(by_digest)) if central_cache else {}
+
+        def store(sha: str, value: np.ndarray | str, detected: bool) -> None:
+            for i in by_digest[sha]:
+                if isinstance(value, np.ndarray):
+                    out[i] = value
+                ok[i] = detected and isinstance(value, np.ndarray)
+
+        todo = []
+        for sha in by_digest:
+            if sha in found:
+                store(sha, found[sha], True)
+            elif sha in central:
+                store(sha, central[sha], False)
+            else:
+                todo.append(sha)
+        log.info("LFW: %d images, %d from the cache, %d to detect and encode", len(paths), len(by_digest) - len(todo),
+                 len(todo))
+
+        for start in range(0, len(todo), batch_size):
+            chips, digests, detected, reasons = [], [], [], []
+            for sha in todo[start:start + batch_size]:
+                path = paths[by_digest[sha][0]]
+                try:
+                    c, was_found = chip(path)
+                except PhotoError as exc:
+                    log.warning("LFW image %s is unusable: %s", path, exc)
+                    store(sha, str(exc), False)
+                    reasons.append((sha, None, str(exc)))
+                    continue
+                if not was_found:
+                    log.info("LFW image %s: no face found, aligned on the central box", path)
+                chips.append(c)
+                digests.append(sha)
+                detected.append(was_found)
+            emb = encoder.encode(np.stack(chips)) if chips else np.zeros((0, EMBEDDING_SIZE), np.float32)
+            for sha, e, was_found in zip(digests, emb, detected):
+                store(sha, e, was_found)
+            if found_cache is not None and central_cache is not None:
+                found_cache.put(reasons + [(s, e, None) for s, e, f in zip(digests, emb, detected) if f])
+                central_cache.put([(s, e, None) for s, e, f in zip(digests, emb, detected) if not f])
+            log.info("LFW: encoded %d/%d", min(start + batch_size, len(todo)), len(todo))
+        return out, ok
+
+    return embed

@@ -1,0 +1,326 @@
+"""Threshold calibration and LFW-style evaluation: ROC maths on known numbers, then real photos and the real model."""
+
+import itertools
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from door_access.evaluation import (
+    MISSING_DISTANCE,
+    Roc,
+    best_threshold,
+    calibrate,
+    cross_validate,
+    evaluate_pairs,
+    evaluate_pairs_detailed,
+    make_lfw_embedder,
+    read_pairs,
+)
+from door_access.gallery import EmbeddingCache, Gallery
+from door_access.photos import load_rgb
+
+from conftest import CELEBRITY, REPO, SHARED_DATA
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NO_FACE_PHOTO = CELEBRITY / "train" / "mindy_kaling" / "httpssmediacacheakpinimgcomxeedccadejpg.jpg"
+SUMMARY_TYPES = {"pairs": int, "accuracy": float, "accuracy_std": float, "tar_at_far": dict, "eer": float,
+                 "threshold": float, "failed_images": int}
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 20_000  # two panels with curves and histograms, not an empty canvas
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.size == (1200, 480)
+
+
+def all_distances(embeddings: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(embeddings[:, None, :] - embeddings[None, :, :], axis=2)
+
+
+# --- the shared ROC maths, on hand-made distances (numbers, not faces) ----------------------------------------------
+
+
+def test_tar_at_far_accepts_at_most_floor_far_times_impostors():
+    impostor = (500 + np.arange(1000)) / 1000  # 0.500, 0.501, ... 1.499
+    genuine = np.array([0.2, 0.4, 0.505, 0.8])
+    roc = Roc.from_distances(genuine, impostor)
+
+    p = roc.at_far(0.001)  # 1 of 1,000 impostors may pass: 0.500 does, 0.501 must not
+    assert p.accepted_impostors == 1 and p.far == 0.001
+    assert 0.500 <= p.threshold < 0.501
+    assert p.tar == 0.5  # 0.2 and 0.4
+    assert roc.at_threshold(p.threshold) == p  # the threshold reproduces the point under the app's `<=` rule
+
+    p = roc.at_far(0.01)  # 10 impostors (0.500..0.509) pass, 0.510 does not
+    assert p.accepted_impostors == 10 and 0.509 <= p.threshold < 0.510
+    assert p.tar == 0.75  # now 0.505 too
+    assert roc.tar_at_far() == {"0.01": 0.75, "0.001": 0.5}
+
+
+def test_too_few_impostors_for_the_far_means_none_accepted_and_ties_stay_rejected():
+    roc = Roc.from_distances(np.array([0.1, 0.3, 0.6]), np.array([0.3, 0.3, 0.9]))
+    p = roc.at_far(0.001)  # 3 impostors: 0.001 * 3 < 1, so FAR 0
+    assert p.accepted_impostors == 0 and p.far == 0.0 and p.threshold < 0.3
+    assert p.tar == pytest.approx(1 / 3)  # the genuine pair at 0.3 ties the closest impostor and is not accepted
+    p = roc.at_far(0.34)  # one impostor allowed, but the first two tie at 0.3: accepting one accepts both
+    assert p.accepted_impostors == 0 and p.far == 0.0
+
+
+def test_eer_exact_and_interpolated():
+    # accept <= 0.5: genuine 0.6 rejected (FRR 1/4), impostor 0.5 accepted (FAR 1/4)
+    rate, threshold = Roc.from_distances(np.array([0.1, 0.2, 0.3, 0.6]), np.array([0.5, 0.7, 0.8, 0.9])).eer()
+    assert rate == pytest.approx(0.25) and threshold == pytest.approx(0.5)
+    # FAR - FRR goes -1/6 (at 0.2) -> +1/6 (at 0.25): halfway is FAR = FRR = 1/2 at 0.225
+    rate, threshold = Roc.from_distances(np.array([0.1, 0.3]), np.array([0.2, 0.25, 0.4])).eer()
+    assert rate == pytest.approx(0.5) and threshold == pytest.approx(0.225)
+    # perfectly separated
+    rate, threshold = Roc.from_distances(np.array([0.1, 0.2]), np.array([0.8, 0.9])).eer()
+    assert rate == 0.0 and 0.2 <= threshold < 0.8
+
+
+def test_best_threshold_is_the_middle_of_the_best_gap():
+    d = np.array([1.3, 0.2, 0.95, 0.4, 1.0, 0.35, 0.9])
+    same = np.array([False, True, True, False, False, True, True])
+    # sorted: 0.2 S, 0.35 S, 0.4 D, 0.9 S, 0.95 S, 1.0 D, 1.3 D: only the cut between 0.95 and 1.0 gets 6 of 7 right
+    assert best_threshold(d, same) == pytest.approx(0.975)
+    # equal distances cannot be split: the three at 0.5 are accepted together (3 of 4 right) or not at all (2 of 4)
+    assert best_threshold(np.array([0.5, 0.5, 0.5, 0.7]), np.array([True, False, True, False])) == pytest.approx(0.6)
+
+
+def test_each_fold_is_scored_at_the_threshold_tuned_on_the_other_folds():
+    # fold 1 alone is best cut at 0.4, fold 2 alone at 0.8; each is scored with the other's cut and gets half right
+    distances = np.array([0.3, 0.5, 0.7, 0.9])
+    same = np.array([True, False, True, False])
+    accuracies, thresholds = cross_validate(distances, same, np.array([1, 1, 2, 2]))
+    assert thresholds == pytest.approx([0.8, 0.4])
+    assert accuracies == [0.5, 0.5]
+    # a single fold has nothing else to tune on: its own best cut
+    accuracies, thresholds = cross_validate(distances[:2], same[:2], np.array([1, 1]))
+    assert thresholds == pytest.approx([0.4]) and accuracies == [1.0]
+
+
+# --- calibration on the enrolled celebrity photos --------------------------------------------------------------------
+
+
+def test_calibrate_on_the_celebrity_gallery(celebrity_gallery, tmp_path):
+    plot = tmp_path / "plots" / "calibration.png"
+    result = calibrate(celebrity_gallery, 0.01, plot, current_threshold=0.9)
+
+    assert_png(plot)
+    assert result["plot"] == str(plot)
+    counts = Counter(celebrity_gallery.names)
+    n = len(celebrity_gallery.names)
+    genuine = sum(c * (c - 1) // 2 for c in counts.values())
+    assert result["genuine_pairs"] == genuine
+    assert result["impostor_pairs"] == n * (n - 1) // 2 - genuine
+    assert result["people"] == result["people_with_pairs"] == len(counts) == 5
+    assert result["photos"] == n
+
+    # recomputed from the embeddings: FAR <= 1% at the suggestion, and 0.001 higher is already over
+    d = all_distances(celebrity_gallery.embeddings)
+    names = np.array(celebrity_gallery.names)
+    i, j = np.triu_indices(n, k=1)
+    impostor, genuine_d = d[i, j][names[i] != names[j]], d[i, j][names[i] == names[j]]
+    t = result["suggested_threshold"]
+    assert np.mean(impostor <= t) <= 0.01
+    assert np.mean(impostor <= t + 0.0011) > 0.01
+    assert result["suggested_far"] == pytest.approx(np.mean(impostor <= t))
+    assert result["suggested_tar"] == pytest.approx(np.mean(genuine_d <= t))
+    assert result["current_tar"] == pytest.approx(np.mean(genuine_d <= 0.9))
+    assert 0.0 < result["eer"] < 0.2
+    assert result["tar_at_far"]["0.01"] >= result["tar_at_far"]["0.001"] > 0.8
+
+
+def test_calibrate_needs_genuine_and_impostor_pairs(celebrity_gallery, tmp_path):
+    names = np.array(celebrity_gallery.names)
+    first = [int(np.flatnonzero(names == name)[0]) for name in sorted(set(names))]
+    one_each = Gallery(names=[names[i] for i in first], photos=[celebrity_gallery.photos[i] for i in first],
+                       embeddings=celebrity_gallery.embeddings[first])
+    with pytest.raises(ValueError, match="same-person photo pairs"):
+        calibrate(one_each, 0.01, tmp_path / "a.png")
+
+    madonna = np.flatnonzero(names == "madonna")
+    one_person = Gallery(names=["madonna"] * len(madonna), embeddings=celebrity_gallery.embeddings[madonna])
+    with pytest.raises(ValueError, match="at least 2 different people"):
+        calibrate(one_person, 0.01, tmp_path / "b.png")
+    with pytest.raises(ValueError, match="target FAR"):
+        calibrate(celebrity_gallery, 1.5, tmp_path / "c.png")
+    assert not any(tmp_path.glob("*.png"))
+
+
+# --- LFW-style pairs over real photos ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lfw_like(tmp_path_factory) -> tuple[Path, Path]:
+    """The celebrity photos laid out as LFW (root/<name>/<name>_0001.jpg), and a 2-fold pairs.txt over them:
+    per fold 10 same-person pairs (2 per person) and 10 different-person pairs (one per pair of people)."""
+    base = tmp_path_factory.mktemp("lfw_like")
+    root = base / "images"
+    people = sorted(p.name for p in (CELEBRITY / "train").iterdir())
+    for name in people:
+        (root / name).mkdir(parents=True)
+        usable = [p for p in sorted((CELEBRITY / "train" / name).glob("*.jpg")) if p != NO_FACE_PHOTO]
+        for k, photo in enumerate(usable[:8], 1):
+            shutil.copy(photo, root / name / f"{name}_{k:04d}.jpg")
+    lines = ["2\t10"]
+    for fold in range(2):
+        o = 4 * fold
+        lines += [f"{name}\t{o + a}\t{o + b}" for name in people for a, b in ((1, 2), (3, 4))]
+        lines += [f"{a}\t{o + 1 + k % 4}\t{b}\t{o + 4 - k % 4}"
+                  for k, (a, b) in enumerate(itertools.combinations(people, 2))]
+    (base / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return base / "pairs.txt", root
+
+
+def test_evaluate_pairs_on_celebrity_photos(lfw_like, cfg, detector, encoder, tmp_path):
+    pairs_file, root = lfw_like
+    embed = make_lfw_embedder(cfg, detector, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
+    plot = tmp_path / "roc.png"
+    result = evaluate_pairs(pairs_file, root, embed, None, plot)
+
+    assert set(result) == set(SUMMARY_TYPES)
+    for key, kind in SUMMARY_TYPES.items():
+        assert type(result[key]) is kind, key
+    assert set(result["tar_at_far"]) == {"0.01", "0.001"}
+    assert all(type(v) is float for v in result["tar_at_far"].values())
+    assert result["pairs"] == 40
+    assert result["accuracy"] >= 0.9
+    assert result["failed_images"] == 0
+    assert 0.5 < result["threshold"] < 1.5
+    assert 0.0 <= result["eer"] < 0.1
+    assert_png(plot)
+
+    detailed = evaluate_pairs_detailed(pairs_file, root, embed)
+    assert detailed.folds == [1, 2] and not detailed.threshold_from_test_fold
+    assert detailed.images == 40
+    assert detailed.summary() == result
+    only_two = evaluate_pairs_detailed(pairs_file, root, embed, folds=[2])
+    assert only_two.pairs == 20 and only_two.images == 20 and only_two.threshold_from_test_fold
+    assert evaluate_pairs(pairs_file, root, embed, [2])["pairs"] == 20
+    with pytest.raises(ValueError, match="folds must be between 1 and 2"):
+        evaluate_pairs(pairs_file, root, embed, [3])
+
+
+def failure_layout(base: Path) -> tuple[Path, Path]:
+    """A real photo with no detectable face, a good photo, a missing one and a truncated one."""
+    root = base / "images"
+    (root / "mindy_kaling").mkdir(parents=True)
+    (root / "ben_afflek").mkdir(parents=True)
+    good = sorted(p for p in (CELEBRITY / "val" / "mindy_kaling").glob("*.jpg"))[0]
+    shutil.copy(NO_FACE_PHOTO, root / "mindy_kaling" / "mindy_kaling_0001.jpg")
+    shutil.copy(good, root / "mindy_kaling" / "mindy_kaling_0002.jpg")  # 0003 is missing
+    ben = sorted((CELEBRITY / "val" / "ben_afflek").glob("*.jpg"))
+    shutil.copy(ben[0], root / "ben_afflek" / "ben_afflek_0001.jpg")
+    (root / "ben_afflek" / "ben_afflek_0002.jpg").write_bytes(ben[1].read_bytes()[:300])  # truncated
+    pairs = base / "pairs.txt"
+    pairs.write_text("1 3\nmindy_kaling 1 2\nmindy_kaling 2 3\nben_afflek 1 2\n"
+                     "mindy_kaling 2 ben_afflek 1\nmindy_kaling 3 ben_afflek 1\nmindy_kaling 1 ben_afflek 2\n")
+    return pairs, root
+
+
+def test_no_face_falls_back_to_the_central_box_and_unreadable_pairs_score_distance_2(cfg, detector, encoder,
+                                                                                      tmp_path):
+    assert detector.photo_faces(load_rgb(NO_FACE_PHOTO, cfg.photo.max_pixels)) == []  # the premise of this test
+    pairs_file, root = failure_layout(tmp_path)
+    embed = make_lfw_embedder(cfg, detector, encoder)
+    paths = [root / "mindy_kaling" / f"mindy_kaling_{k:04d}.jpg" for k in (1, 2, 3)]
+    os.mkfifo(root / "fifo.jpg")  # would block a reader forever
+    embeddings, ok = embed(paths + [root / "ben_afflek" / "ben_afflek_0002.jpg", root / "fifo.jpg"])
+    assert ok == [False, True, False, False, False]
+    assert np.linalg.norm(embeddings[:2], axis=1) == pytest.approx([1.0, 1.0], abs=1e-4)  # central box: embedded
+    assert np.isnan(embeddings[2:]).all()
+
+    r = evaluate_pairs_detailed(pairs_file, root, embed)
+    assert r.pairs == 6 and r.images == 5
+    assert r.failed_images == 3 and r.unreadable_images == 2 and r.unreadable_pairs == 4
+    assert r.distances.tolist()[1:3] + r.distances.tolist()[4:] == [MISSING_DISTANCE] * 4
+    assert r.distances[0] < MISSING_DISTANCE and r.distances[3] < MISSING_DISTANCE
+
+
+def test_cached_rerun_detects_and_encodes_nothing(cfg, detector, encoder, tmp_path):
+    class Refuse:
+        weights_id = encoder.weights_id
+
+        def __getattr__(self, name):
+            raise AssertionError(f"{name} called although everything is cached")
+
+    pairs_file, root = failure_layout(tmp_path)
+    paths = sorted(root.rglob("*.jpg")) + [root / "mindy_kaling" / "mindy_kaling_0003.jpg"]
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", "k")
+    first, first_ok = make_lfw_embedder(cfg, detector, encoder, cache)(paths)
+    again, again_ok = make_lfw_embedder(cfg, Refuse(), Refuse(), cache)(paths)
+    np.testing.assert_array_equal(again, first)  # NaN rows included
+    assert again_ok == first_ok == [True, False, False, True, False]  # the central-box verdict is cached too
+
+    other = EmbeddingCache(tmp_path / "cache.sqlite", "another-key")  # a different key shares nothing
+    with pytest.raises(AssertionError, match="called although everything is cached"):
+        make_lfw_embedder(cfg, Refuse(), Refuse(), other)(paths[:1])
+
+
+def test_read_pairs_rejects_malformed_files(tmp_path):
+    f = tmp_path / "pairs.txt"
+    f.write_text("1 1\nA 1 2\nA x B 2\n")
+    with pytest.raises(ValueError, match="line 3: image number 'x'"):
+        read_pairs(f, tmp_path)
+    f.write_text("1 1\nA 1 B 2\nA 1 2\n")
+    with pytest.raises(ValueError, match=r"line 2: expected `name i j` \(same person\) in fold 1"):
+        read_pairs(f, tmp_path)
+    f.write_text("2 1\nA 1 2\nA 1 B 2\n")
+    with pytest.raises(ValueError, match="header says 2 folds"):
+        read_pairs(f, tmp_path)
+    f.write_text("2 1\nA 1 2\nA 1 B 2\nC 3 4\nC 1 D 12\n")
+    pairs, folds = read_pairs(f, tmp_path)
+    assert folds == 2 and [(p.fold, p.same) for p in pairs] == [(1, True), (1, False), (2, True), (2, False)]
+    assert pairs[3].second == tmp_path / "D" / "D_0012.jpg"
+
+
+LFW = SHARED_DATA / "lfw"
+
+
+@pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason=f"LFW not present at {LFW} (pairs.txt)")
+def test_lfw_fold_1(cfg, detector, encoder, tmp_path):
+    """600 real LFW pairs (~1 minute on 2 cores): FaceNet should get well over 95% of them right."""
+    embed = make_lfw_embedder(cfg, detector, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
+    result = evaluate_pairs(LFW / "pairs.txt", LFW / "images_deepfunneled", embed, [1], None)
+    assert result["pairs"] == 600
+    assert result["accuracy"] >= 0.95
+    assert result["failed_images"] <= 5
+    assert result["tar_at_far"]["0.01"] >= 0.9
+
+
+# --- the commands -----------------------------------------------------------------------------------------------------
+
+
+def test_calibrate_and_eval_commands(lfw_like, tmp_path, capsys):
+    from door_access.cli import main
+
+    pairs_file, root = lfw_like
+    config = tmp_path / "config.yaml"
+    config.write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n")
+
+    code = main(["calibrate", "--config", str(config), "--images", str(root), "--plot", str(tmp_path / "c.png"),
+                 "--target-far", "0.01", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["people"] == 5 and result["photos"] == 40
+    assert 0.5 < result["suggested_threshold"] < 1.5
+    assert_png(tmp_path / "c.png")
+
+    code = main(["eval", "--config", str(config), "--pairs", str(pairs_file), "--root", str(root), "--folds", "1",
+                 "--plot", str(tmp_path / "roc.png"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(result) == set(SUMMARY_TYPES) and result["pairs"] == 20
+    assert_png(tmp_path / "roc.png")
+
+    assert main(["eval", "--config", str(config), "--pairs", str(pairs_file), "--root", str(root), "--folds", "x"]) == 2
+    assert "--folds" in capsys.readouterr().err
+    assert main(["calibrate", "--config", str(config), "--images", str(root), "--target-far", "2"]) == 2

@@ -1,0 +1,123 @@
+"""Liveness: a photo held up to the camera never opens the door; a live person still gets in."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from door_access.config import LivenessConfig
+from door_access.democlip import write_photo_attack
+from door_access.liveness import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
+from door_access.photos import load_rgb
+
+from conftest import FR_IMAGES, REPO, SHARED_DATA
+
+DOOR = str(REPO / ".venv" / "bin" / "door-access")
+HAMILTON = SHARED_DATA / "face_recognition_examples"
+
+
+@pytest.fixture(scope="module")
+def landmarks(detector, cfg):
+    """Real 68-point landmarks of a real face."""
+    checker = LivenessChecker(LivenessConfig(), cfg.path("weights"))
+    rgb = load_rgb(FR_IMAGES / "obama.jpg", cfg.photo.max_pixels)
+    rect = detector.detect(rgb)[0]
+    return np.array([[p.x, p.y] for p in checker._predictor(rgb, rect).parts()], np.float64)
+
+
+def test_a_photo_moved_as_a_whole_shows_no_non_rigid_motion(landmarks):
+    angle = np.deg2rad(15)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    shear = np.array([[1.1, 0.08], [0.0, 0.92]])  # anisotropic scale and shear: a tilted photo
+    moved = landmarks @ (rot @ shear).T * 0.7 + np.array([40.0, -25.0])
+    assert non_rigid_motion(landmarks, moved) < 1e-6
+
+
+def test_talking_moves_the_lips_relative_to_the_nose(landmarks):
+    talking = landmarks.copy()
+    eye_distance = np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0))
+    talking[57:60] += [0, 0.35 * eye_distance]  # lower lip drops
+    talking[65:68] += [0, 0.35 * eye_distance]
+    assert non_rigid_motion(landmarks, talking) > LivenessConfig().motion_threshold
+    assert set(range(57, 60)) <= set(DEFORMABLE)
+
+
+def test_a_blink_is_evidence_and_a_steady_stare_is_not(landmarks, cfg):
+    # motion cue off: this is about blinks; landmarks are fed directly
+    checker = LivenessChecker(LivenessConfig(motion_threshold=5.0), cfg.path("weights"))
+    closed = landmarks.copy()
+    for eye in (range(36, 42), range(42, 48)):
+        idx = list(eye)
+        centre_y = landmarks[idx, 1].mean()
+        closed[idx, 1] = centre_y + (landmarks[idx, 1] - centre_y) * 0.2  # lids nearly shut
+    assert eye_aspect_ratio(closed) < 0.5 * eye_aspect_ratio(landmarks)
+
+    stare = [checker.observe(1, i / 15, landmarks) for i in range(60)]
+    assert not any(live for live, _, _ in stare)
+    assert "no blink or facial motion" in stare[-1][1]
+
+    frames = [landmarks] * 10 + [closed] * 2 + [landmarks] * 3
+    verdicts = [checker.observe(2, i / 15, shape) for i, shape in enumerate(frames)]
+    assert not verdicts[9][0] and verdicts[-1][0]
+    assert verdicts[-1][1] == "blink" and 0.7 < verdicts[-1][2] < 0.9
+
+
+def _site(root, liveness: bool):
+    (root / "images" / "obama").mkdir(parents=True)
+    shutil.copy(FR_IMAGES / "obama.jpg", root / "images" / "obama" / "a.jpg")
+    shutil.copy(FR_IMAGES / "obama3.jpg", root / "images" / "obama" / "b.jpg")
+    (root / "config.yaml").write_text(f"""
+paths:
+  weights: {REPO / 'weights'}
+  cache: cache
+tts:
+  enabled: false
+access_log:
+  path: log.sqlite
+liveness:
+  enabled: {'true' if liveness else 'false'}
+""")
+    return root
+
+
+@pytest.fixture(scope="module")
+def attack_clip(tmp_path_factory, detector):
+    return write_photo_attack(detector, FR_IMAGES / "obama2.jpg", tmp_path_factory.mktemp("attack") / "attack.mp4",
+                              seconds=6.0)
+
+
+def _events(site, source, *extra):
+    proc = subprocess.run([DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(source),
+                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_photo_attack_is_denied_for_no_liveness(tmp_path, attack_clip):
+    events = _events(_site(tmp_path, liveness=True), attack_clip)
+    assert not [e for e in events if e["event"] == "unlock"]
+    denied = [e for e in events if e["event"] == "denied"]
+    assert denied and denied[0]["name"] == "obama" and denied[0]["detail"].startswith("no liveness")
+
+
+def test_same_clip_without_liveness_unlocks(tmp_path, attack_clip):
+    """The control: the face in the attack clip is recognised, so the denial above is liveness's doing."""
+    events = _events(_site(tmp_path, liveness=False), attack_clip)
+    assert [e["name"] for e in events if e["event"] == "unlock"] == ["obama"]
+
+
+@pytest.mark.skipif(not (HAMILTON / "short_hamilton_clip.mp4").is_file(), reason="../shared/data is not present")
+def test_real_people_on_video_still_get_in(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("lin-manuel-miranda.png", "alex-lacamoire.png"):
+        shutil.copy(HAMILTON / name, tmp_path / "images" / name)
+    (tmp_path / "config.yaml").write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n"
+                                          "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n")
+    events = _events(tmp_path, HAMILTON / "short_hamilton_clip.mp4")
+    unlocks = [e for e in events if e["event"] == "unlock"]
+    assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]
+    assert unlocks[0]["detail"].startswith("live after")
