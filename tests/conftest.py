@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,26 @@ def encoder(cfg):
     from door_access.facenet import FaceEncoder
 
     return FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+
+
+def write_site(root: Path, config_yaml: str) -> Path:
+    """An installation folder: images/obama/ (two package photos; a third, obama2.jpg, is left
+    for clips) and a config.yaml using the real weights, with `config_yaml` appended."""
+    (root / "images" / "obama").mkdir(parents=True)
+    shutil.copy(FR_IMAGES / "obama.jpg", root / "images" / "obama" / "a.jpg")
+    shutil.copy(FR_IMAGES / "obama3.jpg", root / "images" / "obama" / "b.jpg")
+    (root / "config.yaml").write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n{config_yaml}")
+    return root
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes (a bound on waiting, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
 
 
 def copy_people(src: Path, dest: Path) -> Path:

@@ -20,7 +20,7 @@ from door_access.actions import Actions, Speaker, fill_argv, safe_slug, welcome_
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig
 from door_access.events import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
 
-from conftest import REPO, make_config
+from conftest import REPO, make_config, wait_for
 
 WAIT_S = 20  # generous bound on every wait, so a broken worker fails a test instead of hanging it
 
@@ -32,15 +32,6 @@ HANGING_HOOK = ("import os, subprocess, sys, time; "
                 "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
                 "open(sys.argv[1], 'a').write(f'{child.pid} {os.getpid()}\\n'); "
                 "time.sleep(60)")
-
-
-def wait_for(predicate, timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def hook_calls(path: Path) -> list[dict]:

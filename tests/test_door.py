@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from door_access.access_log import AccessLog
 from door_access.democlip import Segment, write_clip
 
-from conftest import FR_IMAGES, REPO
+from conftest import FR_IMAGES, REPO, write_site
 
 DOOR = str(REPO / ".venv" / "bin" / "door-access")
 HOOK = ("import json, os, sys; "
@@ -38,14 +37,8 @@ def clip(tmp_path_factory, detector):
 
 
 def make_site(root, unlock_command, hook_timeout=5.0):
-    """An installation folder: images/ with obama enrolled, and a config.yaml for the test."""
-    (root / "images" / "obama").mkdir(parents=True)
-    shutil.copy(FR_IMAGES / "obama.jpg", root / "images" / "obama" / "a.jpg")
-    shutil.copy(FR_IMAGES / "obama3.jpg", root / "images" / "obama" / "b.jpg")
-    (root / "config.yaml").write_text(f"""
-paths:
-  weights: {REPO / 'weights'}
-  cache: cache
+    """obama enrolled; hooks that record their argv; WAV welcomes; no liveness (still photos)."""
+    return write_site(root, f"""
 door:
   unlock_command: {json.dumps(unlock_command)}
   relock_command: {json.dumps([sys.executable, "-c", HOOK, "relock"])}
@@ -59,7 +52,6 @@ access_log:
 liveness:
   enabled: false   # the clip is made of still photos: these tests are about the door; see test_liveness.py
 """)
-    return root
 
 
 def run_door(site, clip, *extra, timeout=300):

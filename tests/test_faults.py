@@ -32,7 +32,7 @@ from door_access.events import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY,
 from door_access.gallery import GalleryBuilder
 from door_access.pipeline import Pipeline
 
-from conftest import FR_IMAGES, REPO, make_config
+from conftest import FR_IMAGES, REPO, make_config, wait_for
 
 DOOR = str(REPO / ".venv" / "bin" / "door-access")
 FPS = 15.0
@@ -47,15 +47,6 @@ RECORD_HOOK = "import json, sys; open(sys.argv[1], 'a').write(json.dumps(sys.arg
 
 
 # ---- helpers --------------------------------------------------------------------------------------
-
-
-def wait_for(predicate, timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def kinds(events: list[Event], kind: str, name: str | None = ...) -> list[Event]:

@@ -14,7 +14,7 @@ from door_access.democlip import write_photo_attack
 from door_access.liveness import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
 from door_access.photos import load_rgb
 
-from conftest import FR_IMAGES, REPO, SHARED_DATA
+from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
 
 DOOR = str(REPO / ".venv" / "bin" / "door-access")
 HAMILTON = SHARED_DATA / "face_recognition_examples"
@@ -67,13 +67,7 @@ def test_a_blink_is_evidence_and_a_steady_stare_is_not(landmarks, cfg):
 
 
 def _site(root, liveness: bool):
-    (root / "images" / "obama").mkdir(parents=True)
-    shutil.copy(FR_IMAGES / "obama.jpg", root / "images" / "obama" / "a.jpg")
-    shutil.copy(FR_IMAGES / "obama3.jpg", root / "images" / "obama" / "b.jpg")
-    (root / "config.yaml").write_text(f"""
-paths:
-  weights: {REPO / 'weights'}
-  cache: cache
+    return write_site(root, f"""
 tts:
   enabled: false
 access_log:
@@ -81,7 +75,6 @@ access_log:
 liveness:
   enabled: {'true' if liveness else 'false'}
 """)
-    return root
 
 
 @pytest.fixture(scope="module")
