@@ -66,7 +66,7 @@ class Pipeline:
     """Builds every stage from the config and runs them until stopped, the file ends, or a stage fails."""
 
     def __init__(self, cfg: Config, capture: Capture, encoder: FaceEncoder, gallery_builder: GalleryBuilder,
-                 images_dir, emit: Callable[[Event], None] | None = None, access_log: AccessLog | None = None):
+                 images_dir, emit: Callable[[Event], None] | None = None):
         self.cfg = cfg
         self.capture = capture
         self.encoder = encoder
@@ -89,7 +89,7 @@ class Pipeline:
         self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"))
-        self.access_log = access_log or AccessLog(cfg.resolve(cfg.access_log.path))
+        self.access_log = AccessLog(cfg.resolve(cfg.access_log.path))
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
