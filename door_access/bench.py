@@ -91,7 +91,7 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
             raise RuntimeError(f"stage {pipeline.failure[0]} failed: {pipeline.failure[1]}")
         capture, stats = pipeline.capture, pipeline.stats
         fps, started = capture.fps, capture.started_at
-        appearances = _appearances(cfg, pipeline.recognizer, source, cfg.pipeline.track_timeout_s * fps)
+        appearances = _appearances(pipeline, source, cfg.pipeline.track_timeout_s * fps)
 
     latencies = []
     for e in events:
@@ -119,15 +119,12 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
     }
 
 
-def _appearances(cfg: Config, recognizer, source: str, max_gap_frames: float) -> dict[str, list[int]]:
-    """Per enrolled person, the first frame of each run of frames in which they are identified."""
+def _appearances(pipeline, source: str, max_gap_frames: float) -> dict[str, list[int]]:
+    """Per enrolled person, the first frame of each run of frames in which they are identified
+    (with the stopped pipeline's own detector, encoder and recognizer)."""
     import cv2
 
-    from .detection import FaceDetector
-    from .facenet import FaceEncoder
-
-    detector = FaceDetector(cfg.detection, cfg.path("weights"))
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    detector, encoder, recognizer = pipeline.detector, pipeline.encoder, pipeline.recognizer
     cap = cv2.VideoCapture(source)
     seen: dict[str, list[int]] = {}
     last: dict[str, int] = {}

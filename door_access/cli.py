@@ -314,6 +314,11 @@ def cmd_demo(args, cfg: Config) -> int:
     return code
 
 
+def _roc_summary(result: dict) -> str:
+    tar = result["tar_at_far"]
+    return f"TAR at FAR 1%: {tar['0.01']:.2%}   TAR at FAR 0.1%: {tar['0.001']:.2%}   EER: {result['eer']:.2%}"
+
+
 def cmd_calibrate(args, cfg: Config) -> int:
     from .evaluation import calibrate
 
@@ -326,8 +331,7 @@ def cmd_calibrate(args, cfg: Config) -> int:
         return 0
     print(f"{result['people']} people ({result['people_with_pairs']} with 2+ photos), {result['photos']} photos: "
           f"{result['genuine_pairs']} genuine and {result['impostor_pairs']} impostor pairs")
-    print(f"TAR at FAR 1%: {result['tar_at_far']['0.01']:.2%}   TAR at FAR 0.1%: {result['tar_at_far']['0.001']:.2%}   "
-          f"EER: {result['eer']:.2%} (at {result['eer_threshold']:.3f})")
+    print(f"{_roc_summary(result)} (at {result['eer_threshold']:.3f})")
     print(f"suggested threshold for FAR {args.target_far:g}: {result['suggested_threshold']:.3f} "
           f"(TAR {result['suggested_tar']:.2%}, FAR {result['suggested_far']:.3%})")
     print(f"current threshold {cfg.recognition.threshold}: TAR {result['current_tar']:.2%}, "
@@ -357,8 +361,7 @@ def cmd_eval(args, cfg: Config) -> int:
         return 0
     print(f"{result['pairs']} pairs: accuracy {result['accuracy']:.2%} ± {result['accuracy_std']:.2%} "
           f"at threshold {result['threshold']:.3f}")
-    print(f"TAR at FAR 1%: {result['tar_at_far']['0.01']:.2%}   TAR at FAR 0.1%: {result['tar_at_far']['0.001']:.2%}   "
-          f"EER: {result['eer']:.2%}   images without a detected face: {result['failed_images']}")
+    print(f"{_roc_summary(result)}   images without a detected face: {result['failed_images']}")
     print(f"ROC: {args.plot}")
     return 0
 

@@ -28,7 +28,7 @@ from .config import Config
 from .detection import FaceDetector
 from .facenet import EMBEDDING_SIZE, FaceEncoder
 from .files import sha256_file
-from .gallery import EmbeddingCache, Gallery
+from .gallery import EmbeddingCache, Gallery, chip_settings
 from .photos import PhotoError, load_rgb
 
 log = logging.getLogger(__name__)
@@ -409,9 +409,7 @@ def make_lfw_embedder(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
     encoded `batch_size` at a time. With a cache, results are stored by file content under
     the cache's key plus this pipeline's settings, so a rerun detects and encodes nothing.
     """
-    d = cfg.detection
-    settings = (f"{encoder.weights_id}:m{d.margin}:s{d.photo_max_side}:u{d.photo_upsample}:{d.model}"
-                f":p{cfg.photo.max_pixels}:c{CENTRAL_BOX:.3f}")
+    settings = f"{chip_settings(cfg, encoder)}:c{CENTRAL_BOX:.3f}"
     # two namespaces, because a cached embedding row cannot carry the 'found no face' flag
     found_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-face:{settings}") if cache else None
     central_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-central:{settings}") if cache else None

@@ -57,20 +57,41 @@ def scan_images(images_dir: Path) -> tuple[list[tuple[str, Path]], list[SkippedP
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder {images_dir} does not exist")
     found, skipped = [], []
+    candidates = []
     for entry in sorted(images_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
         if entry.is_dir():
-            for photo in sorted(entry.iterdir()):
-                if is_photo(photo) and photo.is_file():
-                    found.append((entry.name, photo))
-                elif not photo.name.startswith("."):
-                    skipped.append(SkippedPhoto(photo, "not a photo (expected .jpg, .jpeg, .png, .bmp or .webp)"))
-        elif is_photo(entry):
-            found.append((entry.stem, entry))
+            candidates += [(entry.name, photo) for photo in sorted(entry.iterdir())]
         else:
-            skipped.append(SkippedPhoto(entry, "not a photo (expected .jpg, .jpeg, .png, .bmp or .webp)"))
+            candidates.append((entry.stem, entry))
+    for name, photo in candidates:
+        if photo.name.startswith(".") or name.startswith("."):
+            continue
+        problem = _photo_problem(photo)
+        if problem:
+            skipped.append(SkippedPhoto(photo, problem))
+        else:
+            found.append((name, photo))
     return found, skipped
+
+
+def _photo_problem(path: Path) -> str | None:
+    """Why `path` cannot be an enrollment photo before it is even read, or None."""
+    if not is_photo(path):
+        return "not a photo (expected .jpg, .jpeg, .png, .bmp or .webp)"
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})"
+    if not stat.S_ISREG(mode):  # reading a FIFO or a device would never end
+        return "not a regular file"
+    return None
+
+
+def chip_settings(cfg: Config, encoder: FaceEncoder) -> str:
+    """What a photo's embedding depends on besides its bytes: the model and the photo-detection settings."""
+    d = cfg.detection
+    return (f"{encoder.weights_id}:m{d.margin}:s{d.photo_max_side}:u{d.photo_upsample}:{d.model}:f{d.min_face}"
+            f":p{cfg.photo.max_pixels}")
 
 
 class EmbeddingCache:
@@ -115,18 +136,13 @@ class GalleryBuilder:
         self.cfg = cfg
         self.detector = detector
         self.encoder = encoder
-        d = cfg.detection
-        key = f"{encoder.weights_id}:m{d.margin}:s{d.photo_max_side}:f{d.min_face}:p{cfg.photo.max_pixels}"
-        self.cache = EmbeddingCache(cfg.path("cache") / "embeddings.sqlite", key)
+        self.cache = EmbeddingCache(cfg.path("cache") / "embeddings.sqlite", chip_settings(cfg, encoder))
 
     def build(self, images_dir: Path) -> Gallery:
         found, skipped = scan_images(images_dir)
         digests = {}
         for _, photo in found:
             try:
-                if not stat.S_ISREG(photo.stat().st_mode):  # reading a FIFO or a device would never end
-                    skipped.append(SkippedPhoto(photo, "not a regular file"))
-                    continue
                 digests[photo] = sha256_file(photo)
             except OSError as exc:
                 skipped.append(SkippedPhoto(photo, f"cannot read file ({exc.strerror or exc})"))
