@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from .events import Event
+from .core import Event
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from .access_log import AccessLog
 from .config import Config, TtsConfig
-from .events import DENIED, FAULT, RELOCK, UNLOCK, Event, Notice
+from .core import DENIED, FAULT, RELOCK, UNLOCK, Event, Notice
 
 log = logging.getLogger(__name__)
 

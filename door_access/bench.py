@@ -66,7 +66,7 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
     import resource
     import tempfile
 
-    from .events import UNLOCK
+    from .core import UNLOCK
     from .runner import build_pipeline
 
     events = []

@@ -11,8 +11,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from .config import DoorConfig, VotingConfig
-from .events import DENIED, UNLOCK
-from .recognizer import Match
+from .core import DENIED, UNLOCK, Match
 
 
 @dataclass(frozen=True)

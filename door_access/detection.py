@@ -14,32 +14,12 @@ import dlib
 import numpy as np
 
 from .config import DetectionConfig
-from .facenet import INPUT_SIZE
+from .core import INPUT_SIZE, Box
 
 SHAPE_PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 CNN_DETECTOR = "mmod_human_face_detector.dat"
 CNN_FALLBACK_SIDE = 400  # px: finds faces down to ~1/8 of the photo in under a second on one core
-
-
-@dataclass(frozen=True)
-class Box:
-    """A face box in pixels of the frame it was found in."""
-
-    x: int
-    y: int
-    w: int
-    h: int
-
-    def as_list(self) -> list[int]:
-        return [self.x, self.y, self.w, self.h]
-
-    def iou(self, other: Box) -> float:
-        ix = max(0, min(self.x + self.w, other.x + other.w) - max(self.x, other.x))
-        iy = max(0, min(self.y + self.h, other.y + other.h) - max(self.y, other.y))
-        inter = ix * iy
-        union = self.w * self.h + other.w * other.h - inter
-        return inter / union if union else 0.0
 
 
 @dataclass(frozen=True)

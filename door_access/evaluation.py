@@ -26,7 +26,8 @@ import numpy as np
 
 from .config import Config
 from .detection import FaceDetector
-from .facenet import EMBEDDING_SIZE, FaceEncoder
+from .core import EMBEDDING_SIZE
+from .facenet import FaceEncoder
 from .files import sha256_file
 from .gallery import EmbeddingCache, Gallery, chip_settings
 from .photos import PhotoError, load_rgb

@@ -20,12 +20,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
+from .core import EMBEDDING_SIZE, INPUT_SIZE  # noqa: E402
 from .files import sha256_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-INPUT_SIZE = 160
-EMBEDDING_SIZE = 128
 
 
 class ScaledResidual(layers.Layer):

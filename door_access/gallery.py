@@ -19,7 +19,8 @@ import numpy as np
 
 from .config import Config
 from .detection import FaceDetector
-from .facenet import EMBEDDING_SIZE, FaceEncoder
+from .core import EMBEDDING_SIZE
+from .facenet import FaceEncoder
 from .files import sha256_file
 from .photos import PhotoError, is_photo, load_rgb
 

@@ -24,12 +24,12 @@ from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
 from .decision import Decider
-from .detection import Box, FaceDetector
-from .events import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, Event, Notice
+from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, Match, Notice
+from .detection import FaceDetector
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryWatcher
 from .liveness import LivenessChecker
-from .recognizer import Match, Recognizer
+from .recognizer import Recognizer
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -249,8 +249,6 @@ class Pipeline:
 
     def start(self) -> None:
         """Warm the encoder up (graph tracing takes seconds), then start every thread."""
-        from .facenet import INPUT_SIZE
-
         for n in (1, 2):
             self.encoder.encode(np.zeros((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
         self.t0 = time.monotonic()

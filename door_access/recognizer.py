@@ -7,18 +7,14 @@ gives the distance to each person.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .gallery import Gallery
+from .core import Match
 
-
-@dataclass(frozen=True)
-class Match:
-    name: str | None  # the enrolled person, or None when nobody is under the threshold
-    distance: float  # distance to the closest person (whether or not under the threshold)
-    closest: str | None  # that closest person, for logs and tuning
+if TYPE_CHECKING:
+    from .gallery import Gallery
 
 
 class Recognizer:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .capture import Capture, parse_source
 from .config import Config
-from .events import Event
+from .core import Event
 from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)

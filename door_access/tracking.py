@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .detection import Box
+from .core import Box
 
 
 @dataclass

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from door_access.access_log import AccessLog, AccessLogError, format_event
-from door_access.events import DENIED, FAULT, UNLOCK, Event
+from door_access.core import DENIED, FAULT, UNLOCK, Event
 
 
 def ev(i: int, kind: str = UNLOCK, name: str | None = "alice") -> Event:

@@ -18,7 +18,7 @@ import pytest
 from door_access.access_log import AccessLog
 from door_access.actions import Actions, Speaker, fill_argv, safe_slug, welcome_text
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig
-from door_access.events import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
+from door_access.core import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
 
 from conftest import REPO, make_config, wait_for
 

@@ -2,7 +2,7 @@
 
 from door_access.config import DoorConfig, VotingConfig
 from door_access.decision import Decider
-from door_access.recognizer import Match
+from door_access.core import Match
 
 
 def decider(window=5, required=3, cooldown=30.0):

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from door_access.facenet import INPUT_SIZE
+from door_access.core import INPUT_SIZE
 from door_access.photos import load_rgb
 
 from conftest import FR_IMAGES

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 
 from door_access.capture import Frame
-from door_access.detection import Box
+from door_access.core import Box
 from door_access.display import GREEN, RED, annotate
 from door_access.pipeline import FaceObs, FrameFaces
 

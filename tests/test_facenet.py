@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from door_access.facenet import EMBEDDING_SIZE, build_inception_resnet_v1
+from door_access.core import EMBEDDING_SIZE
+from door_access.facenet import build_inception_resnet_v1
 from door_access.photos import load_rgb
 
 from conftest import FR_IMAGES

@@ -28,7 +28,7 @@ from door_access.access_log import AccessLog
 from door_access.capture import Capture
 from door_access.config import AccessLogConfig, Config, DoorConfig, PipelineConfig, TtsConfig
 from door_access.democlip import Segment, write_clip
-from door_access.events import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, UNLOCK, Event
+from door_access.core import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, UNLOCK, Event
 from door_access.gallery import GalleryBuilder
 from door_access.pipeline import Pipeline
 
