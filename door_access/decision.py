@@ -11,7 +11,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from .config import DoorConfig, VotingConfig
-from .core import DENIED, UNLOCK, Match
+from .core import DENIED, UNLOCK, LiveVerdict, Match
 
 
 @dataclass(frozen=True)
@@ -37,24 +37,27 @@ class TrackVotes:
 
 class Decider:
     def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float,
-                 liveness_timeout_s: float = float("inf")):
+                 liveness_timeout_s: float = float("inf"), liveness_window_s: float = float("inf")):
         self.window = voting.window
         self.required = voting.required
         self.cooldown_s = door.cooldown_seconds
         self.track_timeout_s = track_timeout_s
         self.liveness_timeout_s = liveness_timeout_s
+        self.liveness_window_s = liveness_window_s
         self.tracks: dict[int, TrackVotes] = {}
         self.last_unlock: dict[str, float] = {}
 
     def observe(self, t: float, seen: list[int], matches: dict[int, Match],
-                liveness: dict[int, tuple[bool, str, float | None]] | None = None) -> list[Decision]:
+                liveness: dict[int, LiveVerdict] | None = None) -> list[Decision]:
         """One processed frame: the tracks `seen` in it, new `matches` for some of them, and each
-        seen track's liveness verdict `(live, cue or why not, seconds to evidence)` if it is checked."""
+        seen track's liveness verdict if it is checked (a track without one counts as live)."""
         for tid in seen:
             state = self.tracks.setdefault(tid, TrackVotes(deque(maxlen=self.window), t, t))
             state.last_seen = t
             if liveness and tid in liveness:
-                state.live, state.liveness_note, state.live_after_s = liveness[tid]
+                v = liveness[tid]
+                state.live = v.evidence_t is not None and t - v.evidence_t <= self.liveness_window_s
+                state.liveness_note, state.live_after_s = v.cue, v.first_wait_s
         self.tracks = {i: s for i, s in self.tracks.items() if t - s.last_seen <= self.track_timeout_s}
 
         decisions = []

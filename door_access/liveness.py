@@ -7,7 +7,7 @@ Two cues from dlib's 68 landmarks, either of which counts:
   corners) with an affine fit, the mouth and eyelid points still move relative to them, as
   they do when someone talks or changes expression. A photo moved as a whole (shifted,
   rotated, scaled, tilted, lit differently) is one plane: the affine fit absorbs all of it.
-A track counts as live while its latest evidence is at most `window_s` old.
+Each frame's verdict carries the time of the latest evidence; the decider judges whether it is recent enough.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import dlib
 import numpy as np
 
 from .config import LivenessConfig
+from .core import LiveVerdict
 from .detection import load_dlib_model
 
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
@@ -68,12 +69,12 @@ class LivenessChecker:
         self._predictor = load_dlib_model(dlib.shape_predictor, Path(models_dir) / SHAPE_PREDICTOR_68)
         self.tracks: dict[int, _TrackLiveness] = {}
 
-    def update(self, track: int, t: float, rgb: np.ndarray, rect: dlib.rectangle) -> tuple[bool, str, float | None]:
-        """Feed one frame of a track; returns (live, why not / which cue, seconds from first sight to evidence)."""
+    def update(self, track: int, t: float, rgb: np.ndarray, rect: dlib.rectangle) -> LiveVerdict:
+        """Feed one frame of a track; returns what liveness knows about it now."""
         points = np.array([[p.x, p.y] for p in self._predictor(rgb, rect).parts()], np.float64)
         return self.observe(track, t, points)
 
-    def observe(self, track: int, t: float, points: np.ndarray) -> tuple[bool, str, float | None]:
+    def observe(self, track: int, t: float, points: np.ndarray) -> LiveVerdict:
         cfg = self.cfg
         s = self.tracks.setdefault(track, _TrackLiveness(first_seen=t))
         ear = eye_aspect_ratio(points)
@@ -98,9 +99,9 @@ class LivenessChecker:
         while s.shapes and t - s.shapes[0][0] > HISTORY_S:
             s.shapes.popleft()
 
-        if s.last_evidence_t is not None and t - s.last_evidence_t <= cfg.window_s:
-            return True, s.cue, s.first_evidence_t - s.first_seen
-        return False, f"no blink or facial motion in {t - s.first_seen:.1f} s", None
+        if s.last_evidence_t is not None:
+            return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen)
+        return LiveVerdict(None, f"no blink or facial motion in {t - s.first_seen:.1f} s")
 
     @staticmethod
     def _evidence(s: _TrackLiveness, t: float, cue: str) -> None:

@@ -24,7 +24,7 @@ from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
 from .decision import Decider
-from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, Match, Notice
+from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match, Notice
 from .detection import FaceDetector
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryWatcher
@@ -46,7 +46,7 @@ class FaceObs:
     chip: np.ndarray | None = None  # set when this track is due for an encoding
     embedding: np.ndarray | None = None
     match: Match | None = None
-    live: tuple[bool, str, float | None] | None = None  # liveness verdict, when it is checked
+    live: LiveVerdict | None = None  # when liveness is checked
 
 
 @dataclass
@@ -88,7 +88,7 @@ class Pipeline:
         live = cfg.liveness
         self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
-                               live.timeout_s if live.enabled else float("inf"))
+                               live.timeout_s if live.enabled else float("inf"), live.window_s)
         self.access_log = AccessLog(cfg.resolve(cfg.access_log.path))
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)

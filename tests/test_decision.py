@@ -2,7 +2,7 @@
 
 from door_access.config import DoorConfig, VotingConfig
 from door_access.decision import Decider
-from door_access.core import Match
+from door_access.core import LiveVerdict, Match
 
 
 def decider(window=5, required=3, cooldown=30.0):
@@ -63,7 +63,7 @@ def test_no_liveness_waits_then_denies_once():
     dec = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, liveness_timeout_s=2.0)
     out = []
     for i in range(40):  # four seconds of matches, never live
-        out += dec.observe(i * 0.1, [1], {1: kian()}, liveness={1: (False, "no blink", None)})
+        out += dec.observe(i * 0.1, [1], {1: kian()}, liveness={1: LiveVerdict(None, "no blink")})
     assert [(d.event, d.name) for d in out] == [("denied", "kian")]
     assert "no liveness" in out[0].detail
 
@@ -72,9 +72,9 @@ def test_liveness_arriving_late_still_unlocks():
     dec = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, liveness_timeout_s=2.0)
     out = []
     for i in range(10):
-        out += dec.observe(i * 0.1, [1], {1: kian()}, liveness={1: (False, "no blink", None)})
+        out += dec.observe(i * 0.1, [1], {1: kian()}, liveness={1: LiveVerdict(None, "no blink")})
     assert out == []
-    out = dec.observe(1.0, [1], {1: kian()}, liveness={1: (True, "blink", 0.95)})
+    out = dec.observe(1.0, [1], {1: kian()}, liveness={1: LiveVerdict(1.0, "blink", 0.95)})
     assert [(d.event, d.name) for d in out] == [("unlock", "kian")]
     assert out[0].detail == "live after 0.95 s (blink)"
 

@@ -57,13 +57,13 @@ def test_a_blink_is_evidence_and_a_steady_stare_is_not(landmarks, cfg):
     assert eye_aspect_ratio(closed) < 0.5 * eye_aspect_ratio(landmarks)
 
     stare = [checker.observe(1, i / 15, landmarks) for i in range(60)]
-    assert not any(live for live, _, _ in stare)
-    assert "no blink or facial motion" in stare[-1][1]
+    assert not any(v.evidence_t is not None for v in stare)
+    assert "no blink or facial motion" in stare[-1].cue
 
     frames = [landmarks] * 10 + [closed] * 2 + [landmarks] * 3
     verdicts = [checker.observe(2, i / 15, shape) for i, shape in enumerate(frames)]
-    assert not verdicts[9][0] and verdicts[-1][0]
-    assert verdicts[-1][1] == "blink" and 0.7 < verdicts[-1][2] < 0.9
+    assert verdicts[9].evidence_t is None and verdicts[-1].evidence_t is not None
+    assert verdicts[-1].cue == "blink" and 0.7 < verdicts[-1].first_wait_s < 0.9
 
 
 def _site(root, liveness: bool):
