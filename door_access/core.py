@@ -56,6 +56,7 @@ class LiveVerdict:
     cue: str = ""  # the cue behind `evidence_t`, or why there is none yet
     first_wait_s: float | None = None  # seconds from first sight to the first evidence, for reports
     spoof: str | None = None  # a DENY cue that fired on this track (fails the attempt outright)
+    challenge: str | None = None  # the action the door is asking for right now (the attempt stays pending)
 
 # ---- events: the one record that actions, the access log and `--events-json` share ----------
 
@@ -66,6 +67,8 @@ CAMERA_LOST = "camera_lost"
 CAMERA_BACK = "camera_back"
 FAULT = "fault"
 GALLERY = "gallery"
+ALARM = "alarm"  # repeated failed attempts: unlocks refused for a cool-off period
+CHALLENGE = "challenge"  # the door asks the person for an action (liveness challenge)
 
 
 @dataclass(frozen=True)
