@@ -1,17 +1,29 @@
 """The access log: every unlock, denial, relock and fault, in a SQLite file that survives restarts.
 
-Writing to the log must never stop the door: `record()` swallows every failure (read-only or
-missing folder, a database locked by another process, a corrupt file), logs one warning per
-failure episode and returns False. It reopens the database on the next call, so a log that
-becomes writable again picks up where it left off.
+Writing to the log must never hold up the door, and must never lose an event. `record()`
+appends the event to a spool next to the database (`<log>.spool.jsonl`: JSON lines,
+append-only, fsynced) and queues it for the log's own writer thread, then returns: no caller
+ever waits on SQLite. The writer inserts queued events in order; while the database is locked,
+read-only, deleted or corrupt it warns once and retries, and once it is writable again every
+event lands, in order. Each event carries a unique id (`uid`, a UNIQUE column), so an event
+replayed from the spool after a crash is inserted exactly once. The spool is emptied whenever
+everything in it is in SQLite, and replayed at the next start if the app stopped before that.
+
+One process owns the spool at a time (an exclusive `flock`); another `AccessLog` on the same
+file (`door-access log` while the door runs) writes straight to SQLite, from memory.
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
+import json
 import logging
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from .core import Event
@@ -30,87 +42,259 @@ CREATE TABLE IF NOT EXISTS events(
     detail TEXT
 )
 """
+_FIELDS = ("uid", "wall", "t", "event", "name", "distance", "track", "detail")
 
 
 class AccessLogError(Exception):
     """The access log cannot be read; the message names the file and the reason."""
 
 
-class AccessLog:
-    """The SQLite access log, safe to write from one thread while others read it."""
+def spool_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".spool.jsonl")
 
-    def __init__(self, path: Path, busy_timeout_s: float = 2.0):
+
+class AccessLog:
+    """The SQLite access log with a durable spool and its own writer thread; `record()` from any thread."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 0.5, retry_s: float = 0.5):
         self.path = Path(path)
+        self.spool = spool_path(self.path)
         self.busy_timeout_s = busy_timeout_s
-        self._lock = threading.Lock()  # one connection, shared by the worker that writes and the readers
-        self._conn: sqlite3.Connection | None = None
-        self._failing = False  # a warning was logged and nothing has succeeded since
+        self.retry_s = retry_s
+        self._cond = threading.Condition()  # guards the pending rows and the spool file
+        self._pending: list[dict] = []  # rows not yet in SQLite, oldest first
+        self._uid_prefix = uuid.uuid4().hex[:16]  # this run's; with a counter, unique across runs
+        self._uid_count = itertools.count(1)  # next() on a count is atomic under the GIL
+        self._spool_fd: int | None = None
+        self._spool_ino: int | None = None
+        self._owns_spool = False
+        self._spool_failing = False
+        self._failing = False  # a warning was logged and no write has succeeded since
         self._closed = False
-        with self._lock:
-            try:
-                self._connection()
-            except Exception as exc:  # the app runs without a log rather than not at all
-                self._failed("cannot open", exc)
+        self._close_by = float("inf")
+        self._written = 0  # rows committed so far (for flush())
+        self._conn: sqlite3.Connection | None = None
+        self._conn_ino: int | None = None
+        with self._cond:
+            self._take_spool()
+        self._thread = threading.Thread(target=self._writer, name="access-log", daemon=True)
+        self._thread.start()
+
+    # ---- the callers' side ---------------------------------------------------------------------
 
     def record(self, event: Event) -> bool:
-        """Append `event`; False (and one warning per failure episode) when it could not be written."""
-        with self._lock:
+        """Spool `event` and queue it for the writer; never waits on the database. False once closed."""
+        row = _row(f"{self._uid_prefix}-{next(self._uid_count)}", event)
+        with self._cond:
             if self._closed:
                 log.debug("access log %s is closed; not recording %s", self.path, event.event)
                 return False
-            try:
-                self._connection().execute(
-                    "INSERT INTO events(wall, t, event, name, distance, track, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (float(event.wall), float(event.t), event.event, event.name,
-                     None if event.distance is None else float(event.distance),
-                     None if event.track is None else int(event.track), event.detail),
-                )
-            except Exception as exc:  # never raise into the worker: the door decides without the log
-                self._failed("cannot write to", exc)
-                return False
-            if self._failing:
-                log.info("access log %s is writable again", self.path)
-                self._failing = False
-            return True
+            self._pending.append(row)
+            self._spool_append(row)
+            self._cond.notify_all()
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` for every event recorded so far to be in SQLite; True when it is."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._written + len(self._pending)
+            while self._written < target and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return self._written >= target
+
+    def pending(self) -> int:
+        """Events recorded but not yet in SQLite."""
+        with self._cond:
+            return len(self._pending)
 
     def last(self, n: int) -> list[Event]:
-        """The newest `n` events, oldest first; raises AccessLogError when the log cannot be read."""
+        """The newest `n` events in SQLite, oldest first (after a short wait for this log's own
+        queued events); raises AccessLogError when the log cannot be read."""
         if n <= 0:
             return []
-        with self._lock:
-            if self._closed:
-                raise AccessLogError(f"access log {self.path} is closed")
+        self.flush(self.busy_timeout_s * 4)
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s)
             try:
-                rows = self._connection().execute(
-                    "SELECT event, t, wall, name, distance, track, detail FROM events ORDER BY id DESC LIMIT ?", (n,)
-                ).fetchall()
-            except (sqlite3.Error, OSError) as exc:
-                self._drop_connection()
-                raise AccessLogError(f"cannot read access log {self.path}: {exc}") from exc
+                rows = conn.execute("SELECT event, t, wall, name, distance, track, detail FROM events "
+                                    "ORDER BY id DESC LIMIT ?", (n,)).fetchall()
+            finally:
+                conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            raise AccessLogError(f"cannot read access log {self.path}: {exc}") from exc
         return [Event(event, t, wall, name, distance, track, detail or "")
                 for event, t, wall, name, distance, track, detail in reversed(rows)]
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued, for up to `timeout`; what is left stays in the spool for the next start."""
+        with self._cond:
+            if self._closed:
+                return
             self._closed = True
+            self._close_by = time.monotonic() + timeout
+            self._cond.notify_all()
+        self._thread.join(timeout + self.busy_timeout_s + 1.0)
+        with self._cond:
+            if self._pending:
+                log.warning("access log: %d event(s) not yet in %s; they stay in %s for the next start",
+                            len(self._pending), self.path, self.spool if self._owns_spool else "memory (lost)")
+            if self._spool_fd is not None:
+                os.close(self._spool_fd)  # also releases the flock
+                self._spool_fd = None
+
+    # ---- the spool (called with the condition held) ---------------------------------------------
+
+    def _take_spool(self) -> None:
+        """Own the spool if no other process does, and queue what a previous run left in it."""
+        try:
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.spool, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            self._spool_failed(exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            log.debug("access log spool %s is owned by another process", self.spool)
+            return
+        self._spool_fd, self._spool_ino, self._owns_spool = fd, os.fstat(fd).st_ino, True
+        with open(self.spool, "rb") as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            try:
+                row = json.loads(line)
+                self._pending.append({k: row[k] for k in _FIELDS})
+            except (ValueError, KeyError, TypeError):  # a line torn by a crash mid-write
+                log.warning("access log spool %s: skipping a damaged line (%d bytes)", self.spool, len(line))
+        if self._pending:
+            log.info("access log: replaying %d event(s) from %s", len(self._pending), self.spool)
+        if len(self._pending) != len(lines):
+            self._spool_rewrite()
+
+    def _spool_append(self, row: dict) -> None:
+        if not self._owns_spool:
+            return
+        try:
+            if self._spool_fd is None or _ino(self.spool) != self._spool_ino:  # deleted or replaced under us
+                self._spool_reopen()
+                return
+            os.write(self._spool_fd, _line(row))
+            os.fsync(self._spool_fd)
+        except OSError as exc:
+            self._spool_failed(exc)
+            return
+        self._spool_ok()
+
+    def _spool_reopen(self) -> None:
+        """The spool file went away (its folder deleted...): a new one with every pending row."""
+        if self._spool_fd is not None:
+            os.close(self._spool_fd)
+            self._spool_fd = None
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.spool, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._spool_fd, self._spool_ino = fd, os.fstat(fd).st_ino
+        self._spool_rewrite()
+
+    def _spool_rewrite(self) -> None:
+        os.ftruncate(self._spool_fd, 0)
+        os.write(self._spool_fd, b"".join(_line(r) for r in self._pending))
+        os.fsync(self._spool_fd)
+        self._spool_ok()
+
+    def _spool_empty(self) -> None:
+        if self._spool_fd is None:
+            return
+        try:
+            if _ino(self.spool) == self._spool_ino:
+                os.ftruncate(self._spool_fd, 0)
+        except OSError as exc:
+            self._spool_failed(exc)
+
+    def _spool_ok(self) -> None:
+        if self._spool_failing:
+            log.info("access log spool %s is writable again", self.spool)
+            self._spool_failing = False
+
+    def _spool_failed(self, exc: BaseException) -> None:
+        if not self._spool_failing:
+            log.warning("access log: cannot write the spool %s (%s: %s); events are kept in memory until "
+                        "the database takes them", self.spool, type(exc).__name__, exc)
+            self._spool_failing = True
+
+    # ---- the writer thread -----------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        try:
+            self._insert([])  # create the file and its schema now, so readers find them
+            while True:
+                with self._cond:
+                    while not self._pending and not self._closed:
+                        self._cond.wait()
+                    if not self._pending or time.monotonic() >= self._close_by:
+                        return
+                    batch = list(self._pending)
+                ok = self._insert(batch)
+                with self._cond:
+                    if ok:
+                        del self._pending[:len(batch)]
+                        self._written += len(batch)
+                        if not self._pending and self._owns_spool:
+                            self._spool_empty()
+                        self._cond.notify_all()
+                    else:
+                        self._cond.wait(min(self.retry_s, max(0.0, self._close_by - time.monotonic())))
+        finally:
             self._drop_connection()
 
-    # ---- internals (called with the lock held) ---------------------------------------------
+    def _insert(self, rows: list[dict]) -> bool:
+        """All `rows` in one transaction (a replayed row is ignored: exactly once); False on failure."""
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(f"INSERT OR IGNORE INTO events({', '.join(_FIELDS)}) "
+                                 f"VALUES ({', '.join('?' * len(_FIELDS))})", [tuple(r[k] for k in _FIELDS) for r in rows])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+        except Exception as exc:  # locked, read-only, deleted folder, not a database: retried
+            if not self._failing:
+                log.warning("access log: cannot write to %s (%s: %s); events are kept and written when it works "
+                            "again", self.path, type(exc).__name__, exc)
+                self._failing = True
+            self._drop_connection()  # reopen next time: the cause may be gone by then
+            return False
+        if self._failing:
+            log.info("access log %s is writable again", self.path)
+            self._failing = False
+        return True
 
     def _connection(self) -> sqlite3.Connection:
-        """The open connection, (re)opening the database when a previous attempt failed."""
-        if self._conn is not None:
+        """The open connection; reopened when the file was deleted or replaced under it."""
+        if self._conn is not None and _ino(self.path) == self._conn_ino:
             return self._conn
+        self._drop_connection()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: autocommit, so each INSERT is its own transaction and holds no lock afterwards
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers (`door-access log`) never block the writer
             conn.execute(_SCHEMA)
+            if "uid" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
+                conn.execute("ALTER TABLE events ADD COLUMN uid TEXT")  # a log written before the spool existed
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_uid ON events(uid)")
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        self._conn, self._conn_ino = conn, _ino(self.path)
         return conn
 
     def _drop_connection(self) -> None:
@@ -121,12 +305,33 @@ class AccessLog:
                 pass
             self._conn = None
 
-    def _failed(self, what: str, exc: BaseException) -> None:
-        if not self._failing:
-            log.warning("access log: %s %s (%s: %s); events are not recorded until it works again",
-                        what, self.path, type(exc).__name__, exc)
-            self._failing = True
-        self._drop_connection()  # reopen on the next call: the cause may be gone by then
+
+def _ino(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _text(value: str | None) -> str | None:
+    """Names from file names may hold undecodable bytes (surrogates): kept as escapes SQLite can store."""
+    if value is None:
+        return None
+    try:
+        raw = str(value).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = str(value).encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _row(uid: str, e: Event) -> dict:
+    return {"uid": uid, "wall": float(e.wall), "t": float(e.t), "event": str(e.event), "name": _text(e.name),
+            "distance": None if e.distance is None else float(e.distance),
+            "track": None if e.track is None else int(e.track), "detail": _text(e.detail) or ""}
+
+
+def _line(row: dict) -> bytes:
+    return (json.dumps(row, ensure_ascii=True) + "\n").encode("ascii")
 
 
 def format_event(e: Event) -> str:

@@ -10,23 +10,19 @@ Who owns what: the caller creates, starts and stops the `Speaker` and closes the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import importlib
 import itertools
 import json
 import logging
-import os
 import queue
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unicodedata
-import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +32,12 @@ import numpy as np
 
 from .access_log import AccessLog
 from .config import Config, TtsConfig
-from .core import DENIED, FAULT, RELOCK, UNLOCK, Event, Notice
+from .core import ALARM, DENIED, FAULT, UNLOCK, Event, Notice
+from .door import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
 
 log = logging.getLogger(__name__)
 
 _STOP = object()  # queue sentinel: the worker drains nothing after it
-_POLL_S = 0.05  # how often a waiting hook checks whether the app is stopping
-_STDERR_TAIL = 300  # characters of a failed hook's stderr kept in the FAULT detail
 
 
 # ---- text helpers -------------------------------------------------------------------------------
@@ -51,13 +46,6 @@ _STDERR_TAIL = 300  # characters of a failed hook's stderr kept in the FAULT det
 def welcome_text(template: str, name: str) -> str:
     """The spoken welcome: `{name}` filled by plain replacement (a name may contain braces), `_` read as a space."""
     return template.replace("{name}", name.replace("_", " "))
-
-
-def fill_argv(argv: tuple[str, ...] | list[str], name: str, distance: float | None) -> list[str]:
-    """A hook's argv with `{name}` and `{distance}` filled in, in one pass, so a name containing
-    "{distance}" stays as it is. No shell ever sees the result."""
-    values = {"name": name, "distance": "" if distance is None else f"{distance:.4f}"}
-    return [re.sub(r"\{(name|distance)\}", lambda m: values[m.group(1)], arg) for arg in argv]
 
 
 def safe_slug(text: str, max_len: int = 40) -> str:
@@ -182,38 +170,37 @@ class Speaker:
 class Actions:
     """The worker that turns notices into door actions, one at a time, in its own thread.
 
-    - Every notice's event is recorded in the access log, then passed to `emit`.
-    - UNLOCK: welcome spoken, webhook posted (its own thread), unlock hook run, relock scheduled
-      `unlock_seconds` later; a new unlock while open extends that (one relock at the end).
+    - Every notice's event is published: queued for the access log (whose own writer thread
+      deals with the database, so nothing here waits on it), then passed to `emit`.
+    - UNLOCK: welcome spoken, webhook posted (its own thread), `door.unlock()` run (the hook).
+    - ALARM: webhook posted.
     - DENIED: the face crop saved as a JPEG in `snapshots_dir`, keeping the newest `snapshots_keep`
       (0 keeps none, so nothing is written).
     - Anything else: recorded and emitted.
 
-    `submit()` never blocks: when the queue is full (the worker is stuck on a slow access log),
-    the new notice is dropped with a warning. `stop()` runs a pending relock at once, so the door
-    never stays unlocked after the app exits, and returns within its timeout even if a hook hangs
-    (a running unlock hook is killed). Notices still queued then are recorded and emitted, but an
-    unlock among them does not open the door.
+    The lock state belongs to `self.door` (a `DoorController`), which publishes its own relock
+    and fault events through `publish`. `submit()` never blocks: when the queue is full the new
+    notice is dropped with a warning. `stop()` locks the door first (the full hook timeout),
+    then logs the notices still queued, as far as its timeout allows; an unlock among them
+    does not open the door.
     """
 
     def __init__(self, cfg: Config, access_log: AccessLog, speaker: Speaker,
                  emit: Callable[[Event], None] | None = None,
                  clock: Callable[[], tuple[float, float]] | None = None, queue_size: int = 64):
         self.cfg = cfg
-        self.door = cfg.door
         self.access_log = access_log
         self.speaker = speaker
         self.emit = emit
         t0 = time.monotonic()
         self.clock = clock or (lambda: (time.monotonic() - t0, time.time()))
+        self.door = DoorController(cfg.door, self.publish, self.clock)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._webhook: _WebhookSender | None = None
         self._stopping = threading.Event()
         self._stop_deadline = float("inf")  # monotonic time by which stop() wants the worker gone
-        self._relock_due: float | None = None  # monotonic time of the pending relock
-        self._unlocked_by: Event | None = None  # the latest unlock, whose name the relock carries
-        self._relock_lock = threading.Lock()  # the worker and stop() may both go for the pending relock
+        self._publishing = threading.Lock()  # the worker, the door's timer and the webhook all publish
         self._dropping = False  # a "queue full" warning was logged and nothing has been queued since
         self._emit_failing = False
         self._snapshots = itertools.count(1)
@@ -221,10 +208,13 @@ class Actions:
     # ---- the caller's side ----------------------------------------------------------------
 
     def start(self) -> None:
+        """Lock the door first (its state is unknown after a crash), then start the worker."""
         if self._thread is not None:
             return
-        if self.door.webhook_url:
-            self._webhook = _WebhookSender(self.door.webhook_url, self.door.hook_timeout_s, self._webhook_failed)
+        self.door.start()
+        d = self.cfg.door
+        if d.webhook_url:
+            self._webhook = _WebhookSender(d.webhook_url, d.webhook_secret, d.hook_timeout_s, self._webhook_failed)
             self._webhook.start()
         self._thread = threading.Thread(target=self._run, name="actions", daemon=True)
         self._thread.start()
@@ -242,18 +232,17 @@ class Actions:
         self._dropping = False
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Run a pending relock, end the worker; returns within about `timeout` whatever the hooks do."""
+        """Lock the door (as long as the relock hook needs), then end the worker within about `timeout`."""
         if self._thread is None:
             return
+        self._stopping.set()
+        self.door.stop()  # kills a running unlock hook, then relocks with the full hook timeout
         deadline = time.monotonic() + timeout
         self._stop_deadline = deadline
-        self._stopping.set()
-        # lock the door from here: the worker may be stuck on a notice (a locked access log waits its busy timeout)
-        self._relock("app stopping")
         try:
             self._queue.put_nowait(_STOP)
         except queue.Full:
-            pass  # the worker is busy, and checks `_stopping` after each notice
+            pass  # the worker checks `_stopping` after each notice
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.warning("actions worker did not stop within %.1f s; leaving it behind", timeout)
@@ -263,29 +252,31 @@ class Actions:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def publish(self, event: Event) -> None:
+        """Queue `event` for the access log, then `emit` it (the `--events-json` line); from any thread."""
+        with self._publishing:
+            self.access_log.record(event)  # spooled and queued: never waits on the database
+            if self.emit is None:
+                return
+            try:
+                self.emit(event)
+                self._emit_failing = False
+            except Exception as exc:
+                if not self._emit_failing:
+                    log.warning("actions: emitting events failed (%s: %s)", type(exc).__name__, exc)
+                    self._emit_failing = True
+
     # ---- the worker -----------------------------------------------------------------------
 
     def _run(self) -> None:
         stop_seen = False
         while not self._stopping.is_set():
-            # sleep until the next notice or the pending relock, whichever comes first
-            due = self._relock_due  # stop() may clear it at any moment
-            wait = None if due is None else max(0.0, due - time.monotonic())
-            try:
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = None
+            item = self._queue.get()
             if item is _STOP:
                 stop_seen = True
                 break
-            if item is not None:
-                self._handle(item)
-            due = self._relock_due
-            if due is not None and time.monotonic() >= due:
-                self._relock("after unlock_seconds")
-        # stopping: lock the door first (unless stop() did), then log what is still queued, as far as the timeout
-        # allows: at least up to stop()'s _STOP, which follows the relock event that stop() may have queued
-        self._relock("app stopping")
+            self._handle(item)
+        # stopping: log what is still queued, as far as the timeout allows
         while (left := self._stop_deadline - time.monotonic()) > 0:
             try:
                 item = self._queue.get_nowait() if stop_seen else self._queue.get(timeout=left)
@@ -299,30 +290,16 @@ class Actions:
     def _handle(self, notice: Notice) -> None:
         event = notice.event
         try:
-            self._publish(event)
+            self.publish(event)
             if event.event == UNLOCK and not self._stopping.is_set():  # no door opening while the app exits
                 self._unlock(event)
+            elif event.event == ALARM and self._webhook is not None:
+                self._webhook.post(event)
             elif event.event == DENIED:
                 self._snapshot(event, notice.snapshot)
         except Exception as exc:  # a bug in one action must not end the worker
             log.exception("actions: handling %s failed", event.event)
-            self._publish(self._event(FAULT, detail=f"actions: handling {event.event} failed: {exc}"))
-
-    def _publish(self, event: Event) -> None:
-        """Access log first, then `emit` (the `--events-json` line)."""
-        if threading.current_thread() is not self._thread:  # stop() relocking: the worker records it, if it can
-            self.submit(Notice(event))
-            return
-        self.access_log.record(event)
-        if self.emit is None:
-            return
-        try:
-            self.emit(event)
-            self._emit_failing = False
-        except Exception as exc:
-            if not self._emit_failing:
-                log.warning("actions: emitting events failed (%s: %s)", type(exc).__name__, exc)
-                self._emit_failing = True
+            self.publish(self._event(FAULT, detail=f"actions: handling {event.event} failed: {exc}"))
 
     def _event(self, kind: str, name: str | None = None, track: int | None = None, detail: str = "") -> Event:
         t, wall = self.clock()
@@ -333,82 +310,11 @@ class Actions:
         self.speaker.say(welcome_text(self.cfg.tts.template, name))
         if self._webhook is not None:
             self._webhook.post(event)
-        self._run_hook("unlock", event, name, event.distance)
-        with self._relock_lock:
-            self._unlocked_by = event
-            self._relock_due = time.monotonic() + self.door.unlock_seconds  # a later unlock moves it
-
-    def _relock(self, why: str) -> None:
-        """Run the pending relock, if any, once: whichever of the worker and stop() gets here first does it."""
-        with self._relock_lock:
-            unlock, self._unlocked_by, self._relock_due = self._unlocked_by, None, None
-        if unlock is None:
-            return
-        self._run_hook("relock", unlock, unlock.name or "", unlock.distance)
-        self._publish(self._event(RELOCK, name=unlock.name, track=unlock.track, detail=why))
-
-    def _run_hook(self, which: str, cause: Event, name: str, distance: float | None) -> None:
-        """Run the `which` command (no shell), bounded by hook_timeout_s; failures become FAULT events."""
-        template = self.door.unlock_command if which == "unlock" else self.door.relock_command
-        if not template:
-            return
-        argv = fill_argv(template, name, distance)
-        env = {**os.environ, "DOOR_EVENT": which, "DOOR_NAME": name,
-               "DOOR_DISTANCE": "" if distance is None else f"{distance:.4f}",
-               "DOOR_TRACK": "" if cause.track is None else str(cause.track)}
-        track = cause.track
-        # stderr goes to a file, not a pipe: a grandchild holding a pipe open could block us forever
-        with tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(argv, shell=False, start_new_session=True, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=err, env=env)
-            except (OSError, ValueError) as exc:
-                self._fault(f"{which} hook {argv[0]!r} could not start: {exc}", name, track)
-                return
-            code, why_killed = self._wait_or_kill(proc, which)
-            err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_TAIL))
-            tail = err.read().decode("utf-8", "replace").strip()
-        if why_killed:
-            self._fault(f"{which} hook {argv[0]!r} {why_killed}; killed", name, track)
-        elif code != 0:
-            self._fault(f"{which} hook {argv[0]!r} exited with code {code}" + (f": {tail}" if tail else ""),
-                        name, track)
-        else:
-            log.debug("%s hook done: %s", which, argv)
-
-    def _wait_or_kill(self, proc: subprocess.Popen, which: str) -> tuple[int | None, str]:
-        """(exit code, "") when the hook ends by itself; (None, why) when it had to be killed.
-
-        A relock may use what is left of stop()'s timeout; any other hook is killed as soon as the
-        app stops, since the relock that follows matters more."""
-        deadline = time.monotonic() + self.door.hook_timeout_s
-        why = ""
-        while True:
-            try:
-                return proc.wait(timeout=_POLL_S), ""
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.monotonic()
-            if now >= deadline:
-                why = f"timed out after {self.door.hook_timeout_s:g} s"
-            elif self._stopping.is_set() and (which != "relock" or now >= self._stop_deadline - 0.2):
-                why = "was still running when the app stopped"
-            if why:
-                break
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a shell script's children too
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        return None, why
+        self.door.unlock(name, event.distance, event.track, source="face")
 
     def _webhook_failed(self, event: Event, detail: str) -> None:
-        """Called from the webhook thread: the FAULT goes through the queue, to be recorded by the worker."""
-        self.submit(Notice(self._event(FAULT, name=event.name, track=event.track, detail=detail)))
-
-    def _fault(self, detail: str, name: str | None, track: int | None) -> None:
-        log.warning("actions: %s", detail)
-        self._publish(self._event(FAULT, name=name, track=track, detail=detail))
+        """Called from the webhook thread: the FAULT is published from there (publishing never blocks)."""
+        self.publish(self._event(FAULT, name=event.name, track=event.track, detail=detail))
 
     def _snapshot(self, event: Event, image: np.ndarray | None) -> None:
         """Save a denied face as JPEG; the name is time + counter + track, never text from a user."""
@@ -435,16 +341,35 @@ def _is_image(image) -> bool:
             and (image.ndim == 2 or image.ndim == 3 and image.shape[2] in (1, 3, 4)))
 
 
-class _WebhookSender:
-    """POSTs unlock events from its own thread, so a slow server never holds up the door.
+SIGNATURE_HEADER = "X-Door-Signature"  # "sha256=" + hex HMAC-SHA256 of the raw body with door.webhook_secret
 
-    A failure is logged and handed to `report(event, detail)`, which queues a FAULT for the worker,
-    so it is recorded and emitted like any other event."""
+
+def sign(body: bytes, secret: str) -> str:
+    """The signature header's value: a receiver recomputes it over the raw body and compares in constant time."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error (HTTPError 3xx): the signed event is not replayed to another host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+class _WebhookSender:
+    """POSTs unlock and alarm events from its own thread, so a slow server never holds up the door.
+
+    The body is JSON, signed in `X-Door-Signature` when `door.webhook_secret` is set; redirects
+    are not followed. A failure is logged and handed to `report(event, detail)`, which records a FAULT."""
 
     MAX_PENDING = 16
 
-    def __init__(self, url: str, timeout_s: float, report: Callable[[Event, str], None]):
+    def __init__(self, url: str, secret: str | None, timeout_s: float, report: Callable[[Event, str], None]):
         self.url = url
+        self.secret = secret
         self.timeout_s = timeout_s
         self.report = report
         self._queue: queue.Queue = queue.Queue()
@@ -467,17 +392,18 @@ class _WebhookSender:
         while (event := self._queue.get()) is not _STOP:
             try:
                 self._send(event)
-            except Exception as exc:  # refused, timed out, HTTP error, bad URL: all the same to the door
+            except Exception as exc:  # refused, timed out, HTTP error, redirect: all the same to the door
                 self._failed(event, f"{type(exc).__name__}: {exc}")
 
     def _send(self, event: Event) -> None:
-        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
-            raise ValueError("webhook_url must start with http:// or https://")
         body = json.dumps({"event": event.event, "name": event.name, "distance": event.distance,
-                           "track": event.track, "t": event.t, "wall": event.wall}, ensure_ascii=False)
-        request = urllib.request.Request(self.url, data=body.encode("utf-8"), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # raises HTTPError on 4xx/5xx
+                           "track": event.track, "t": event.t, "wall": event.wall, "detail": event.detail},
+                          ensure_ascii=False).encode("utf-8", "backslashreplace")
+        headers = {"Content-Type": "application/json"}
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(body, self.secret)
+        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
+        with _OPENER.open(request, timeout=self.timeout_s) as response:  # raises HTTPError on 3xx/4xx/5xx
             response.read(65536)
 
     def _failed(self, event: Event, reason: str) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,8 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and the line."""
 
 
-def meta(default, lo=None, hi=None, choices=None):
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+def meta(default, lo=None, hi=None, choices=None, schemes=None):
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "schemes": schemes})
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class VotingConfig:
 class DoorConfig:
     unlock_command: tuple[str, ...] = ()
     relock_command: tuple[str, ...] = ()
-    webhook_url: str | None = None
+    webhook_url: str | None = meta(None, schemes=("http", "https"))
+    webhook_secret: str | None = None  # HMAC-SHA256 key for the webhook body's X-Door-Signature header
     hook_timeout_s: float = meta(5.0, lo=0.1, hi=600.0)
     unlock_seconds: float = meta(5.0, lo=0.0)
     cooldown_seconds: float = meta(30.0, lo=0.0)
@@ -215,6 +217,11 @@ def _scalar(f, hint, node, dotted: str, line: int, path: Path):
     if base is int and isinstance(value, bool) or not isinstance(value, base):
         raise ConfigError(f"{where} must be {base.__name__}, got {value!r}")
     m = f.metadata
+    if m.get("schemes"):
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in m["schemes"] or not parts.netloc:
+            raise ConfigError(f"{where} must be a URL starting with {' or '.join(s + '://' for s in m['schemes'])}, "
+                              f"got {value!r}")
     if m.get("choices") and value not in m["choices"]:
         raise ConfigError(f"{where} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
     if m.get("lo") is not None and value < m["lo"] or m.get("hi") is not None and value > m["hi"]:

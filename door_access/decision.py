@@ -97,9 +97,6 @@ class Decider:
             return Decision(DENIED, tid, None, closest.distance, f"unknown face (closest: {closest.closest})")
         return None
 
-    def door_open_until(self, unlock_seconds: float) -> float:
-        return max(self.last_unlock.values(), default=float("-inf")) + unlock_seconds
-
 
 def _mean(state: TrackVotes, name: str) -> float:
     ds = [m.distance for m in state.votes if m.name == name]

@@ -24,6 +24,7 @@ from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
 from .decision import Decider
+from .door import LOCKED
 from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match, Notice
 from .detection import FaceDetector
 from .facenet import FaceEncoder
@@ -93,6 +94,7 @@ class Pipeline:
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
+        self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
 
         gallery = gallery_builder.build(images_dir)
         self.recognizer = Recognizer(gallery, cfg.recognition.threshold)
@@ -273,18 +275,19 @@ class Pipeline:
                 self.finished.wait(POLL_S)
 
     def stop(self) -> None:
-        """Stop every stage; bounded so Ctrl-C or the end of a file returns within about 2 s."""
+        """Stop every stage within about 2 s, plus what the relock hook needs (up to `door.hook_timeout_s`)."""
         self.stop_event.set()
         self.watcher.stop(0.5)
         self.capture.stop(0.5)
         for thread in self._threads:
             thread.join(0.5)
-        self.actions.stop(1.0)
+        self.actions.stop(1.0)  # relocks with the full door.hook_timeout_s, then logs what is queued
         self.speaker.stop(0.5)
-        self.access_log.close()
+        self.access_log.close(1.0)  # what is not in SQLite by then stays in the spool, replayed at next start
 
     def door_unlocked(self) -> bool:
-        return time.monotonic() < self.decider.door_open_until(self.cfg.door.unlock_seconds)
+        """The door controller's state (the door may be open while a relock keeps failing)."""
+        return self.door.state() != LOCKED
 
 
 class _Stopped(Exception):

@@ -57,16 +57,19 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
 
             window = Window()
 
-    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop_event.set())
-    pipeline.start()
-    log.info("door running on %s with %d people enrolled", source, len(pipeline.recognizer.people))
+    # Ctrl-C and SIGTERM only ask the pipeline to stop; a second one while stopping is logged and
+    # ignored, so it can never cut the relock short (the handlers stay until the door is locked).
+    handler = _stop_handler(pipeline)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        pipeline.start()
+        log.info("door running on %s with %d people enrolled", source, len(pipeline.recognizer.people))
         pipeline.wait(max_seconds, tick=_window_tick(pipeline, window) if window else None)
-    except KeyboardInterrupt:
-        log.info("interrupted: stopping")
     finally:
+        pipeline.stop_event.set()
         pipeline.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         if window:
             window.close()
     s = pipeline.stats
@@ -77,6 +80,18 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
         print(f"error: stage '{stage}' failed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _stop_handler(pipeline: Pipeline):
+    def handler(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if pipeline.stop_event.is_set():
+            log.warning("%s while stopping: ignored, the door is locked first", name)
+        else:
+            log.info("%s: stopping", name)
+        pipeline.stop_event.set()
+
+    return handler
 
 
 def _window_tick(pipeline: Pipeline, window) -> Callable[[], bool]:
