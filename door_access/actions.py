@@ -199,7 +199,6 @@ class Actions:
         self._thread: threading.Thread | None = None
         self._webhook: _WebhookSender | None = None
         self._stopping = threading.Event()
-        self._stop_deadline = float("inf")  # monotonic time by which stop() wants the worker gone
         self._publishing = threading.Lock()  # the worker, the door's timer and the webhook all publish
         self._dropping = False  # a "queue full" warning was logged and nothing has been queued since
         self._emit_failing = False
@@ -232,17 +231,17 @@ class Actions:
         self._dropping = False
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Lock the door (as long as the relock hook needs), then end the worker within about `timeout`."""
+        """Lock the door (as long as the relock hook needs), then end the worker within about `timeout`,
+        after it has handled the notices queued so far."""
         if self._thread is None:
             return
-        self._stopping.set()
+        self._stopping.set()  # unlocks still queued are recorded, but do not open the door
         self.door.stop()  # kills a running unlock hook, then relocks with the full hook timeout
         deadline = time.monotonic() + timeout
-        self._stop_deadline = deadline
         try:
-            self._queue.put_nowait(_STOP)
+            self._queue.put(_STOP, timeout=timeout)
         except queue.Full:
-            pass  # the worker checks `_stopping` after each notice
+            pass
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.warning("actions worker did not stop within %.1f s; leaving it behind", timeout)
@@ -269,23 +268,8 @@ class Actions:
     # ---- the worker -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        stop_seen = False
-        while not self._stopping.is_set():
-            item = self._queue.get()
-            if item is _STOP:
-                stop_seen = True
-                break
+        while (item := self._queue.get()) is not _STOP:
             self._handle(item)
-        # stopping: log what is still queued, as far as the timeout allows
-        while (left := self._stop_deadline - time.monotonic()) > 0:
-            try:
-                item = self._queue.get_nowait() if stop_seen else self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if item is _STOP:
-                stop_seen = True
-            else:
-                self._handle(item)
 
     def _handle(self, notice: Notice) -> None:
         event = notice.event

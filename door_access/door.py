@@ -112,7 +112,7 @@ class DoorController:
                 return True
             if attempt:
                 time.sleep(self.retry[0])
-            self._relock("app stopping")
+            self._relock("app stopping", force=True)
         locked = self.state() == LOCKED
         if not locked:
             log.error("door: the relock failed at stop; the door may be UNLOCKED")

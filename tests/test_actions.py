@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from door_access.access_log import AccessLog
-from door_access.actions import Actions, Speaker, fill_argv, safe_slug, welcome_text
+from door_access.actions import SIGNATURE_HEADER, Actions, Speaker, fill_argv, safe_slug, welcome_text
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig
 from door_access.core import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
 
@@ -26,7 +27,8 @@ WAIT_S = 20  # generous bound on every wait, so a broken worker fails a test ins
 
 # A hook that appends one JSON line (its argv and DOOR_* environment) to the file named by its first argument.
 RECORD_HOOK = ("import json, os, sys; open(sys.argv[1], 'a').write(json.dumps({'argv': sys.argv[2:], "
-               "'env': {k: v for k, v in os.environ.items() if k.startswith('DOOR_')}}) + '\\n')")
+               "'env': {k: v for k, v in os.environ.items() if k.startswith('DOOR_')}, 'keys': sorted(os.environ)})"
+               " + '\\n')")
 # A hook that starts a grandchild, writes both pids, then hangs.
 HANGING_HOOK = ("import os, subprocess, sys, time; "
                 "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
@@ -63,9 +65,9 @@ class Rig:
     """An Actions worker wired to a real access log, with every emitted event collected."""
 
     def __init__(self, tmp_path: Path, door: DoorConfig, tts: TtsConfig, access: AccessLogConfig,
-                 speaker: Speaker | None, queue_size: int):
+                 speaker: Speaker | None, queue_size: int, log_name: str = "access.sqlite"):
         self.cfg = make_config(tmp_path, door=door, tts=tts, access_log=access)
-        self.log = AccessLog(tmp_path / "access.sqlite")
+        self.log = AccessLog(tmp_path / log_name, retry_s=0.1)
         self.speaker = speaker or Speaker(self.cfg.tts, None)
         self.events: list[Event] = []
         self.actions = Actions(self.cfg, self.log, self.speaker, emit=self.events.append,
@@ -96,9 +98,10 @@ def rig(tmp_path, monkeypatch):
     made: list[Rig] = []
 
     def make(door: DoorConfig | None = None, tts: TtsConfig | None = None, access: AccessLogConfig | None = None,
-             speaker: Speaker | None = None, start: bool = True, queue_size: int = 64) -> Rig:
+             speaker: Speaker | None = None, start: bool = True, queue_size: int = 64,
+             log_name: str = "access.sqlite") -> Rig:
         r = Rig(tmp_path, door or DoorConfig(), tts or TtsConfig(enabled=False),
-                access or AccessLogConfig(snapshots_dir=None), speaker, queue_size)
+                access or AccessLogConfig(snapshots_dir=None), speaker, queue_size, log_name)
         if start:
             r.speaker.start()
             r.actions.start()
@@ -113,7 +116,8 @@ def rig(tmp_path, monkeypatch):
 # ---- hooks --------------------------------------------------------------------------------------
 
 
-def test_unlock_hook_gets_the_name_verbatim_and_no_shell_runs_it(rig, tmp_path):
+def test_unlock_hook_gets_the_name_verbatim_and_no_shell_runs_it(rig, tmp_path, monkeypatch):
+    monkeypatch.setenv("APP_DATABASE_PASSWORD", "s3cret")  # the app's environment is not the hook's
     calls = tmp_path / "unlock.jsonl"
     name = (f"O'Brien $(touch {tmp_path / 'PWNED'}); `touch {tmp_path / 'PWNED2'}`; rm -rf x "
             "{distance} \"q\" -n ünï")
@@ -123,7 +127,9 @@ def test_unlock_hook_gets_the_name_verbatim_and_no_shell_runs_it(rig, tmp_path):
 
     (call,) = hook_calls(calls)
     assert call["argv"] == [f"--who={name}", "0.4322", f"-{name}-"]
-    assert call["env"] == {"DOOR_EVENT": "unlock", "DOOR_NAME": name, "DOOR_DISTANCE": "0.4322", "DOOR_TRACK": "7"}
+    assert call["env"] == {"DOOR_EVENT": "unlock", "DOOR_NAME": name, "DOOR_DISTANCE": "0.4322", "DOOR_TRACK": "7",
+                           "DOOR_SOURCE": "face"}
+    assert set(call["keys"]) - {"LC_CTYPE"} == {"PATH", *call["env"]}  # LC_CTYPE: set by Python itself (PEP 538)
     time.sleep(0.2)  # a shell, had one run, would have had time to create the files
     for folder in (tmp_path, REPO, Path.cwd()):
         assert not (folder / "PWNED").exists() and not (folder / "PWNED2").exists()
@@ -134,16 +140,18 @@ def test_relock_runs_after_unlock_seconds(rig, tmp_path):
     relocks = tmp_path / "relock.jsonl"
     r = rig(DoorConfig(relock_command=record_hook(relocks, "{name}"), unlock_seconds=0.2))
     r.actions.submit(unlock("bob", track=5))
-    assert r.wait_kinds(UNLOCK, RELOCK)
-    assert wait_for(lambda: len(hook_calls(relocks)) == 1)
+    assert r.wait_kinds(RELOCK, UNLOCK, RELOCK)
+    assert wait_for(lambda: len(hook_calls(relocks)) == 2)
 
-    (call,) = hook_calls(relocks)
+    at_start, call = hook_calls(relocks)  # the door is locked at start-up: its state is unknown
+    assert at_start["argv"] == [""] and at_start["env"]["DOOR_NAME"] == ""
     assert call["argv"] == ["bob"]
     assert call["env"]["DOOR_EVENT"] == "relock" and call["env"]["DOOR_NAME"] == "bob"
-    unlocked, relocked = r.events
+    started, unlocked, relocked = r.events
+    assert started.detail.startswith("start-up")
     assert (relocked.event, relocked.name, relocked.track) == (RELOCK, "bob", 5)
     assert relocked.t - unlocked.t >= 0.2  # not before it was due
-    assert [e.event for e in r.log.last(10)] == [UNLOCK, RELOCK]
+    assert [e.event for e in r.log.last(10)] == [RELOCK, UNLOCK, RELOCK]
 
 
 def test_an_unlock_while_open_extends_it_with_one_relock(rig, tmp_path):
@@ -158,9 +166,9 @@ def test_an_unlock_while_open_extends_it_with_one_relock(rig, tmp_path):
     assert r.wait_kinds(UNLOCK, UNLOCK, RELOCK)
     r.actions.stop(5.0)  # would run a second pending relock, if there were one
 
-    assert r.kinds() == [UNLOCK, UNLOCK, RELOCK]
+    assert r.kinds() == [RELOCK, UNLOCK, UNLOCK, RELOCK]  # the first: at start-up
     assert [c["argv"] for c in hook_calls(unlocks)] == [["alice"], ["carol"]]
-    assert [c["argv"] for c in hook_calls(relocks)] == [["carol"]]
+    assert [c["argv"] for c in hook_calls(relocks)] == [[""], ["carol"]]
     assert r.events[-1].name == "carol"
     assert r.events[-1].t - second.event.t >= 0.6  # counted from the second unlock
 
@@ -170,14 +178,14 @@ def test_stop_runs_a_pending_relock_at_once(rig, tmp_path):
     r = rig(DoorConfig(relock_command=record_hook(relocks, "{name}"), unlock_seconds=600))
     r.actions.submit(unlock("dave"))
     assert r.wait_kinds(UNLOCK)
-    assert hook_calls(relocks) == []
+    assert [c["argv"] for c in hook_calls(relocks)] == [[""]]  # at start-up only
     r.actions.stop(5.0)
 
     assert not r.actions.is_alive()
-    assert [c["argv"] for c in hook_calls(relocks)] == [["dave"]]
-    assert r.kinds() == [UNLOCK, RELOCK]
+    assert [c["argv"] for c in hook_calls(relocks)] == [[""], ["dave"]]
+    assert r.kinds() == [RELOCK, UNLOCK, RELOCK]
     assert r.events[-1].detail == "app stopping"
-    assert [e.event for e in r.log.last(10)] == [UNLOCK, RELOCK]
+    assert [e.event for e in r.log.last(10)] == [RELOCK, UNLOCK, RELOCK]
 
 
 def test_a_hanging_hook_is_killed_with_its_children_and_the_next_unlock_is_handled(rig, tmp_path):
@@ -212,22 +220,66 @@ def test_stop_kills_a_running_hook_instead_of_waiting_for_its_timeout(rig, tmp_p
     assert "still running when the app stopped" in r.events[1].detail
 
 
-def test_failing_and_missing_hooks_are_faults_and_the_app_goes_on(rig, tmp_path, caplog):
+def test_failing_and_missing_hooks_are_faults_never_relocks_and_the_app_goes_on(rig, tmp_path, caplog):
     failing = (sys.executable, "-c", "import sys; sys.stderr.write('boom: no door here'); sys.exit(3)")
     missing = (str(tmp_path / "no-such-program"), "{name}")
     r = rig(DoorConfig(unlock_command=failing, relock_command=missing, unlock_seconds=0.0))
-    with caplog.at_level(logging.WARNING, logger="door_access.actions"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door"):
+        assert r.actions.door.state() == "relock_failing"  # the start-up relock failed: retried with backoff
         r.actions.submit(unlock("hank"))
-        assert r.wait_kinds(UNLOCK, FAULT, FAULT, RELOCK)
+        assert r.wait_kinds(FAULT, UNLOCK, FAULT, FAULT)
         r.actions.submit(unlock("ivy"))
-        assert r.wait_kinds(UNLOCK, FAULT, FAULT, RELOCK, UNLOCK, FAULT, FAULT, RELOCK)
+        assert r.wait_kinds(FAULT, UNLOCK, FAULT, FAULT, UNLOCK, FAULT, FAULT)
+        r.actions.stop(5.0)
 
-    unlock_fault, relock_fault = r.faults()[:2]
-    assert "unlock hook" in unlock_fault.detail and "exited with code 3" in unlock_fault.detail
-    assert "boom: no door here" in unlock_fault.detail
-    assert "relock hook" in relock_fault.detail and "could not start" in relock_fault.detail
+    assert RELOCK not in r.kinds()  # a relock is recorded only when its hook succeeded
+    assert r.actions.door.state() == "relock_failing"
+    unlock_faults = [e for e in r.faults() if "unlock hook" in e.detail]
+    assert len(unlock_faults) == 2 and all("exited with code 3" in e.detail for e in unlock_faults)
+    assert "boom: no door here" in unlock_faults[0].detail
+    relock_faults = [e for e in r.faults() if "relock hook" in e.detail]
+    assert len(relock_faults) >= 3 and all("could not start" in e.detail for e in relock_faults)
     assert sum("exited with code 3" in rec.getMessage() for rec in caplog.records) == 2
-    assert [e.event for e in r.log.last(20)] == r.kinds()
+    assert [e.event for e in r.log.last(50)] == r.kinds()
+
+
+def test_a_locked_access_log_does_not_delay_the_unlock_hook_and_loses_nothing(rig, tmp_path):
+    """The database locked by another connection for 10 s around an unlock: the hook runs as soon
+    as with a free log, and once the lock goes every event is in the database, in order."""
+    unlocks = tmp_path / "unlock.jsonl"
+
+    def hook_delay(r: Rig, name: str) -> float:
+        submitted = time.monotonic()
+        r.actions.submit(unlock(name))
+        assert wait_for(lambda: any(c["argv"] == [name] for c in hook_calls(unlocks)))
+        return time.monotonic() - submitted
+
+    door = DoorConfig(unlock_command=record_hook(unlocks, "{name}"), unlock_seconds=600)
+    free = rig(door, log_name="free.sqlite")
+    free.actions.submit(notice(CAMERA_LOST, detail="before"))
+    free_s = hook_delay(free, "free")
+
+    locked = rig(door)
+    for i in range(3):
+        locked.actions.submit(notice(DENIED, track=i))
+    assert locked.log.flush(WAIT_S)
+    other = sqlite3.connect(tmp_path / "access.sqlite", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    held_since = time.monotonic()
+    try:
+        locked.actions.submit(notice(CAMERA_LOST, detail="before"))
+        locked_s = hook_delay(locked, "locked")
+        locked.actions.submit(notice(CAMERA_BACK, detail="after"))
+        assert locked.wait_kinds(DENIED, DENIED, DENIED, CAMERA_LOST, UNLOCK, CAMERA_BACK)  # emitted meanwhile
+        assert time.monotonic() - held_since < 10  # all of it happened while the database was locked
+        assert locked.log.pending() >= 3  # ...and none of it is in the database yet
+        time.sleep(max(0.0, 10 - (time.monotonic() - held_since)))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert locked_s < free_s + 1.5, (locked_s, free_s)  # the old log made the door wait 2 s per event before it
+    assert locked.log.flush(WAIT_S)
+    assert locked.log.last(100) == locked.events  # in order, exactly once
 
 
 # ---- webhook --------------------------------------------------------------------------------------
@@ -286,7 +338,8 @@ def test_webhook_receives_the_unlock_as_json(rig, web):
     assert headers["Content-Type"] == "application/json"
     e = sent.event
     assert json.loads(body) == {"event": "unlock", "name": "jo {x}", "distance": 0.5, "track": 9, "t": e.t,
-                                "wall": e.wall}
+                                "wall": e.wall, "detail": ""}
+    assert SIGNATURE_HEADER not in headers  # no secret configured
     r.actions.stop(5.0)
     assert r.faults() == []
 
