@@ -8,10 +8,13 @@ is listed with its reason (and that verdict is cached too); it never stops the o
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,38 +99,79 @@ def chip_settings(cfg: Config, encoder: FaceEncoder) -> str:
 
 
 class EmbeddingCache:
-    """SQLite table: (photo sha256, encoder key) -> embedding, or the reason the photo was unusable."""
+    """SQLite table: (photo sha256, encoder key) -> embedding, or the reason the photo was unusable.
+
+    Only a cache: a file that is corrupt, not SQLite, or laid out by something else is moved aside
+    (`embeddings.sqlite.bad-<time>`) with one warning and rebuilt, so the photos are simply
+    re-encoded; it never stops the app. A failure later on is a cache miss (get) or a lost
+    entry (put), with one warning.
+    """
+
+    COLUMNS = ["sha256", "encoder", "embedding", "reason"]
 
     def __init__(self, path: Path, encoder_key: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.key = encoder_key
-        with self._connect() as db:
+        self._warned = False
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:  # not a database, corrupt, or someone else's table
+            aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("embedding cache %s is unusable (%s); moved aside to %s and rebuilt: photos are re-encoded",
+                        path, exc, aside.name)
+            self._warned = True
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    os.replace(side, aside.with_name(aside.name + suffix))
+            self._create()
+
+    def _create(self) -> None:
+        with closing(self._connect()) as db, db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS embeddings (sha256 TEXT, encoder TEXT, embedding BLOB, reason TEXT,"
                 " PRIMARY KEY (sha256, encoder))"
             )
+            columns = [row[1] for row in db.execute("PRAGMA table_info(embeddings)")]
+            if columns != self.COLUMNS:
+                raise sqlite3.DatabaseError(f"foreign layout: columns {columns}")
+            db.execute("SELECT count(*) FROM embeddings").fetchone()  # reads the pages: finds most corruption
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=10)
 
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if not self._warned:
+            log.warning("embedding cache %s: cannot %s (%s); photos are re-encoded", self.path, what, exc)
+            self._warned = True
+
     def get(self, digests: list[str]) -> dict[str, np.ndarray | str]:
         out: dict[str, np.ndarray | str] = {}
-        with self._connect() as db:
-            for sha, blob, reason in db.execute(
-                "SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ?", (self.key,)
-            ):
-                out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
+        try:
+            with closing(self._connect()) as db:
+                for sha, blob, reason in db.execute(
+                    "SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ?", (self.key,)
+                ):
+                    if blob is not None and len(blob) != EMBEDDING_SIZE * 4:
+                        continue  # a damaged entry: encode the photo again
+                    out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            return {}
         wanted = set(digests)
         return {k: v for k, v in out.items() if k in wanted}
 
     def put(self, rows: list[tuple[str, np.ndarray | None, str | None]]) -> None:
-        with self._connect() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
-                [(sha, self.key, None if e is None else np.asarray(e, np.float32).tobytes(), reason)
-                 for sha, e, reason in rows],
-            )
+        try:
+            with closing(self._connect()) as db, db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
+                    [(sha, self.key, None if e is None else np.asarray(e, np.float32).tobytes(), reason)
+                     for sha, e, reason in rows],
+                )
+        except sqlite3.Error as exc:
+            self._failed("write", exc)
 
 
 class GalleryBuilder:
@@ -228,6 +272,9 @@ class GalleryWatcher:
 
     Polling the folder's listing every few seconds costs a few stat calls and works on every
     filesystem; the rebuild itself reuses the embedding cache, so only new photos are encoded.
+    The folder's signature is taken before each build and kept only once the build (and the
+    swap) succeeded: a photo dropped in during a build is seen at the next poll, and a reload
+    that failed is tried again at the next poll.
     """
 
     def __init__(self, builder: GalleryBuilder, images_dir: Path, poll_s: float,
@@ -238,7 +285,15 @@ class GalleryWatcher:
         self.on_change = on_change
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._signature = folder_signature(images_dir)
+        self._signature: tuple | None = None  # of the folder as the current gallery was built from it
+        self._failing = False
+
+    def load(self) -> Gallery:
+        """The first build (raises if it fails); its signature is the one taken before it started."""
+        signature = folder_signature(self.images_dir)
+        gallery = self.builder.build(self.images_dir)
+        self._signature = signature
+        return gallery
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="gallery-watcher", daemon=True)
@@ -249,14 +304,24 @@ class GalleryWatcher:
         if self._thread:
             self._thread.join(timeout)
 
+    def poll(self) -> bool:
+        """One check: rebuild if the folder changed; True when a new gallery was handed over."""
+        try:
+            signature = folder_signature(self.images_dir)
+            if signature == self._signature:
+                return False
+            log.info("images folder changed: reloading the gallery")
+            self.on_change(self.builder.build(self.images_dir))
+        except Exception as exc:  # a bad moment (folder renamed mid-scan...) must not end hot enroll
+            if not self._failing:
+                log.warning("gallery reload failed (%s: %s); keeping the previous gallery, retrying at the next poll",
+                            type(exc).__name__, exc, exc_info=True)
+                self._failing = True
+            return False
+        self._signature = signature  # only now: a failed reload is retried, a change during the build is seen
+        self._failing = False
+        return True
+
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
-            try:
-                signature = folder_signature(self.images_dir)
-                if signature == self._signature:
-                    continue
-                self._signature = signature
-                log.info("images folder changed: reloading the gallery")
-                self.on_change(self.builder.build(self.images_dir))
-            except Exception:  # a bad moment (folder renamed mid-scan...) must not end hot enroll
-                log.exception("gallery reload failed; keeping the previous gallery")
+            self.poll()

@@ -96,9 +96,8 @@ class Pipeline:
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
 
-        gallery = gallery_builder.build(images_dir)
-        self.recognizer = Recognizer(gallery, cfg.recognition.threshold)
         self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
+        self.recognizer = Recognizer(self.watcher.load(), cfg.recognition.threshold)
         self.capture.on_status = self._camera_status
         self._threads: list[threading.Thread] = []
 

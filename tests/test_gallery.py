@@ -105,3 +105,89 @@ def test_awkward_names_are_kept_verbatim(tmp_path, builder, name):
     gallery = builder.build(images)
     assert gallery.people() == {name: 1}
     assert not (tmp_path / "pwned").exists() and not (images.parent / "pwned").exists()
+
+
+# ---- hot enroll without races, and a cache that is only a cache -------------------------------------
+
+
+class DropDuringFirstBuild(GalleryBuilder):
+    """A real builder whose first build has a photo dropped into the folder while it encodes."""
+
+    def __init__(self, *args, drop: tuple, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drop = drop
+        self.fail_next = False
+
+    def _encode(self, todo):
+        if self.drop:
+            shutil.copy(*self.drop)  # after the folder was scanned, before the build is done
+            self.drop = ()
+        return super()._encode(todo)
+
+    def build(self, images_dir):
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("the disk hiccuped")
+        return super().build(images_dir)
+
+
+def test_a_photo_dropped_in_during_the_first_build_is_enrolled_within_two_polls(tmp_path, detector, encoder):
+    from door_access.gallery import GalleryWatcher
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
+    builder = DropDuringFirstBuild(make_config(tmp_path), detector, encoder,
+                                   drop=(FR_IMAGES / "biden.jpg", images / "biden.jpg"))
+    swapped = []
+    watcher = GalleryWatcher(builder, images, 0.1, swapped.append)
+    assert watcher.load().people() == {"obama": 1}  # biden arrived too late for this build
+    assert watcher.poll() or watcher.poll()
+    assert swapped[-1].people() == {"biden": 1, "obama": 1}
+    assert not watcher.poll()  # nothing changed since
+
+
+def test_a_reload_that_fails_once_succeeds_at_the_next_poll(tmp_path, detector, encoder, caplog):
+    from door_access.gallery import GalleryWatcher
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
+    builder = DropDuringFirstBuild(make_config(tmp_path), detector, encoder, drop=())
+    swapped = []
+    watcher = GalleryWatcher(builder, images, 0.1, swapped.append)
+    watcher.load()
+    shutil.copy(FR_IMAGES / "biden.jpg", images / "biden.jpg")
+    builder.fail_next = True
+    with caplog.at_level("WARNING", logger="door_access.gallery"):
+        assert not watcher.poll()  # failed: the previous gallery stays
+    assert swapped == [] and "disk hiccuped" in caplog.text
+    assert watcher.poll()  # retried, although the folder has not changed since
+    assert swapped[-1].people() == {"biden": 1, "obama": 1}
+
+
+@pytest.mark.parametrize("damage", ["garbage_bytes", "foreign_table"])
+def test_an_unusable_embedding_cache_is_moved_aside_with_one_warning_and_rebuilt(tmp_path, detector, encoder,
+                                                                                  caplog, damage):
+    import sqlite3
+
+    cfg = make_config(tmp_path)
+    cache = cfg.path("cache") / "embeddings.sqlite"
+    cache.parent.mkdir(parents=True)
+    if damage == "garbage_bytes":
+        cache.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    else:
+        with sqlite3.connect(cache) as db:
+            db.execute("CREATE TABLE embeddings (path TEXT, vector BLOB)")
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
+    with caplog.at_level("WARNING", logger="door_access.gallery"):
+        gallery = GalleryBuilder(cfg, detector, encoder).build(images)  # starts, does not raise
+    warned = [r for r in caplog.records if "embedding cache" in r.getMessage()]
+    assert len(warned) == 1 and "moved aside" in warned[0].getMessage()
+    assert gallery.people() == {"obama": 1} and gallery.encoded == 1  # re-encoded
+    assert len(list(cache.parent.glob("embeddings.sqlite.bad-*"))) == 1
+    caplog.clear()
+    again = GalleryBuilder(cfg, detector, encoder).build(images)  # the rebuilt cache works
+    assert again.encoded == 0 and not [r for r in caplog.records if "embedding cache" in r.getMessage()]
