@@ -38,15 +38,31 @@ END = None  # put on the queue when a file ends
 
 
 def parse_source(spec: str) -> int | str:
-    """`"0"` -> camera 0; a URL stays a URL; anything else must be an existing file."""
+    """`"0"` -> camera 0; a URL or a device path (`/dev/video2`) stays as it is; anything else must be
+    an existing file."""
     spec = str(spec).strip()
     if spec.isdigit():
         return int(spec)
-    if "://" in spec:
+    if "://" in spec or is_device(spec):
         return spec
     if not Path(spec).is_file():
         raise SourceError(f"video source '{spec}' is not a camera index, a URL or an existing file")
     return spec
+
+
+def is_device(source: int | str) -> bool:
+    return isinstance(source, str) and source.startswith("/dev/")
+
+
+def open_source(source: int | str, open_timeout_s: float, read_timeout_s: float) -> cv2.VideoCapture:
+    """Open a camera index, device path, file or stream URL (the one place a source is opened).
+
+    A stream gets FFmpeg's open and read timeouts, so a server that accepts and then stalls
+    makes `read()` fail after `read_timeout_s` (and `camera_lost` fire) instead of blocking."""
+    if isinstance(source, str) and "://" in source:
+        return cv2.VideoCapture(source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                                                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)])
+    return cv2.VideoCapture(source)
 
 
 class Capture:
@@ -54,14 +70,14 @@ class Capture:
 
     def __init__(self, source: int | str, realtime: bool, lost_after_s: float, reconnect_min_s: float,
                  reconnect_max_s: float, on_status: Callable[[str, str], None] | None = None,
-                 opener: Callable[[int | str], cv2.VideoCapture] = cv2.VideoCapture):
+                 opener: Callable[[int | str], cv2.VideoCapture] | None = None, open_timeout_s: float = 10.0):
         self.source = source
-        self.is_file = isinstance(source, str) and "://" not in source
+        self.is_file = isinstance(source, str) and "://" not in source and not is_device(source)
         self.live = not self.is_file or realtime
         self.lost_after_s = lost_after_s
         self.reconnect = (reconnect_min_s, reconnect_max_s)
         self.on_status = on_status or (lambda kind, detail: None)
-        self._open = opener
+        self._open = opener or (lambda src: open_source(src, open_timeout_s, lost_after_s))
         self.frames: queue.Queue[Frame | None] = queue.Queue(maxsize=1 if self.live else 4)
         self.frames_in = 0
         self.dropped = 0
@@ -77,6 +93,8 @@ class Capture:
             cap.release()
             if isinstance(self.source, int):
                 raise SourceError(f"no camera at index {self.source}: plug one in, or use --source FILE_OR_URL")
+            if is_device(self.source):
+                raise SourceError(f"no camera at {self.source}: plug one in, or use --source FILE_OR_URL")
             raise SourceError(f"cannot open video source '{self.source}'")
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         if not 1.0 <= self.fps <= 240.0:
@@ -89,15 +107,21 @@ class Capture:
                 self._loop()
             except BaseException as exc:  # reported to the pipeline, which stops the app
                 on_error(exc)
+            finally:
+                self._cap.release()  # here, never from another thread while read() may be running
 
         self._thread = threading.Thread(target=run, name="capture", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
+        """Ask the capture thread to end; it releases the source itself once its read() returns."""
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout)
-        self._cap.release()
+        if self._thread is None:
+            self._cap.release()  # never started: nothing else touches it
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("capture: %s is still inside read(); it is released when that returns", self.source)
 
     def _loop(self) -> None:
         started = self.started_at = time.monotonic()

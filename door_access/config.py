@@ -61,6 +61,7 @@ class CameraConfig:
     lost_after_s: float = meta(3.0, lo=0.1)
     reconnect_min_s: float = meta(0.5, lo=0.01)
     reconnect_max_s: float = meta(10.0, lo=0.01)
+    open_timeout_s: float = meta(10.0, lo=0.1, hi=600.0)
 
 
 @dataclass(frozen=True)
