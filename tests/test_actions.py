@@ -19,7 +19,7 @@ import pytest
 from door_access.access_log import AccessLog
 from door_access.actions import SIGNATURE_HEADER, Actions, Speaker, fill_argv, safe_slug, welcome_text
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig
-from door_access.core import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
+from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
 
 from conftest import REPO, make_config, wait_for
 
@@ -286,10 +286,12 @@ def test_a_locked_access_log_does_not_delay_the_unlock_hook_and_loses_nothing(ri
 
 
 class WebServer:
-    """A local HTTP server whose answer the test picks: "ok", "500" or "hold" (answer only when released)."""
+    """A local HTTP server whose answer the test picks: "ok", "500", "redirect" (302 to `location`) or "hold"
+    (answer only when released)."""
 
     def __init__(self):
         self.mode = "ok"
+        self.location = ""
         self.requests: list[tuple[dict, bytes]] = []
         self.release = threading.Event()
         server = self
@@ -300,11 +302,23 @@ class WebServer:
                 server.requests.append((dict(self.headers), body))
                 if server.mode == "hold":
                     server.release.wait(WAIT_S)
+                if server.mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", server.location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 code = 500 if server.mode == "500" else 200
                 self.send_response(code)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            def do_GET(self):  # urllib would follow a 302 after a POST as a GET
+                server.requests.append((dict(self.headers), b""))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args):
                 pass
@@ -342,6 +356,40 @@ def test_webhook_receives_the_unlock_as_json(rig, web):
     assert SIGNATURE_HEADER not in headers  # no secret configured
     r.actions.stop(5.0)
     assert r.faults() == []
+
+
+def test_webhook_body_is_signed_and_a_receiver_can_verify_it(rig, web):
+    import hashlib
+    import hmac
+
+    secret = "door-secret-ünï"
+    r = rig(DoorConfig(webhook_url=web.url, webhook_secret=secret, unlock_seconds=600))
+    r.actions.submit(unlock("ro"))
+    r.actions.submit(notice(ALARM, name="ro", detail="3 failed attempts"))
+    assert wait_for(lambda: len(web.requests) == 2)
+    for headers, body in web.requests:  # what a receiver does: HMAC-SHA256 of the raw body, constant-time compare
+        expected = "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers[SIGNATURE_HEADER], expected)
+        assert not hmac.compare_digest(headers[SIGNATURE_HEADER], "sha256=" + hmac.new(
+            b"wrong", body, hashlib.sha256).hexdigest())
+    assert [json.loads(body)["event"] for _, body in web.requests] == [UNLOCK, ALARM]
+    r.actions.stop(5.0)
+    assert r.faults() == []
+
+
+def test_a_webhook_redirect_is_not_followed_and_is_a_fault(rig, web):
+    elsewhere = WebServer()  # where the redirect points: it must never see the event
+    try:
+        web.mode = "redirect"
+        web.location = elsewhere.url
+        r = rig(DoorConfig(webhook_url=web.url, webhook_secret="k", unlock_seconds=600))
+        r.actions.submit(unlock("sam"))
+        assert r.wait_kinds(UNLOCK, FAULT)
+        assert "webhook" in r.faults()[0].detail and "302" in r.faults()[0].detail
+        time.sleep(0.3)
+        assert len(web.requests) == 1 and elsewhere.requests == []
+    finally:
+        elsewhere.close()
 
 
 def test_webhook_http_500_is_a_fault(rig, web):

@@ -35,6 +35,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     ("detection: 5\n", r"'detection' must be a mapping"),
     ("recognition:\n  threshold: [0.5\n", r"YAML syntax error"),
     ("bogus: 1\n", r"line 1: unknown key 'bogus'"),
+    ("door:\n  hook_timeout_s: 5\n  webhook_url: file:///etc/passwd\n",
+     r"line 3: 'door.webhook_url' must be a URL starting with http:// or https://"),
+    ("door:\n  webhook_url: ftp://door.example/hook\n", r"line 2: 'door.webhook_url' must be a URL"),
+    ("door:\n  webhook_url: door.example/hook\n", r"line 2: 'door.webhook_url' must be a URL"),
 ])
 def test_mistakes_are_named(tmp_path, text, expected):
     path = tmp_path / "c.yaml"
@@ -52,3 +56,10 @@ def test_empty_file_means_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("# nothing set\n")
     assert dataclasses.replace(load_config(path), base_dir=Config().base_dir) == Config()
+
+
+def test_a_webhook_url_with_http_or_https_and_a_secret_loads(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("door:\n  webhook_url: https://door.example/hook\n  webhook_secret: k3y\n")
+    door = load_config(path).door
+    assert (door.webhook_url, door.webhook_secret) == ("https://door.example/hook", "k3y")
