@@ -28,6 +28,19 @@ def pytest_configure(config):
         raise pytest.UsageError("models and test photos are missing: run `door-access setup` (or `make test`)")
 
 
+# Tests that load the FaceNet or dlib models get the `model` marker (`pytest -m "not model"` runs the
+# rest in seconds): those using a model fixture, and whole modules that run the app or its models.
+MODEL_FIXTURES = {"detector", "encoder", "celebrity_gallery", "setup_dir", "lfw_like"}
+MODEL_MODULES = {"test_cli", "test_door", "test_facenet", "test_faults", "test_liveness"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or module in MODEL_MODULES:
+            item.add_marker(pytest.mark.model)
+
+
 def make_config(tmp_path: Path, **sections) -> Config:
     """Default config using the real weights, with its cache (and anything else given) in tmp_path."""
     cfg = Config(paths=PathsConfig(images=str(tmp_path / "images"), weights=str(REPO / "weights"),
