@@ -14,6 +14,7 @@ from pathlib import Path
 from .capture import Capture, parse_source
 from .config import Config
 from .core import Event
+from .door import LOCKED
 from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     if pipeline.failure:
         stage, exc = pipeline.failure
         print(f"error: stage '{stage}' failed: {exc}", file=sys.stderr)
+        return 1
+    if pipeline.door.state() != LOCKED:  # fail loudly: a supervisor must know the door may be open
+        print("error: the door could not be relocked (the relock hook kept failing; see the faults in the "
+              "access log)", file=sys.stderr)
         return 1
     return 0
 

@@ -22,9 +22,14 @@ from door_access.democlip import Segment, write_clip
 
 from conftest import FR_IMAGES, REPO, write_site
 
-DOOR = str(REPO / ".venv" / "bin" / "door-access")
+# This checkout's code, whatever the venv's editable install points at
+DOOR = [sys.executable, "-m", "door_access"]
+CLI_ENV = dict(os.environ, PYTHONPATH=str(REPO))
+# Appends [argv after the output file, DOOR_NAME, time it finished] to the file named by argv[1] (a hook's
+# environment holds only PATH and DOOR_*, so the file cannot come from the environment).
 HOOK = ("import json, os, sys; "
-        "open(os.environ['HOOK_OUT'], 'a').write(json.dumps([sys.argv[1:], os.environ['DOOR_NAME']]) + '\\n')")
+        "open(sys.argv[1], 'a').write(json.dumps([sys.argv[2:], os.environ['DOOR_NAME'], __import__('time').time()])"
+        " + '\\n')")
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +41,19 @@ def clip(tmp_path_factory, detector):
     return write_clip(detector, segments, root / "door.mp4", fps=15.0)
 
 
-def make_site(root, unlock_command, hook_timeout=5.0):
+def hook(root, *args):
+    return [sys.executable, "-c", HOOK, str(root / "hook.jsonl"), *args]
+
+
+def make_site(root, unlock_command, hook_timeout=5.0, relock_command=None, unlock_seconds=0.5):
     """obama enrolled; hooks that record their argv; WAV welcomes; no liveness (still photos)."""
+    relock_command = hook(root, "relock") if relock_command is None else relock_command
     return write_site(root, f"""
 door:
   unlock_command: {json.dumps(unlock_command)}
-  relock_command: {json.dumps([sys.executable, "-c", HOOK, "relock"])}
+  relock_command: {json.dumps(relock_command)}
   hook_timeout_s: {hook_timeout}
-  unlock_seconds: 0.5
+  unlock_seconds: {unlock_seconds}
   cooldown_seconds: 6.0
 tts:
   wav_dir: wav
@@ -55,9 +65,8 @@ liveness:
 
 
 def run_door(site, clip, *extra, timeout=300):
-    env = dict(os.environ, HOOK_OUT=str(site / "hook.jsonl"))
-    return subprocess.run([DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip), "--headless",
-                           "--events-json", *extra], capture_output=True, text=True, timeout=timeout, env=env,
+    return subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip), "--headless",
+                           "--events-json", *extra], capture_output=True, text=True, env=CLI_ENV, timeout=timeout,
                           cwd=site)
 
 
@@ -66,7 +75,7 @@ def events_of(stdout):
 
 
 def test_clip_unlocks_exactly_the_enrolled_person(tmp_path, clip):
-    site = make_site(tmp_path, [sys.executable, "-c", HOOK, "--who={name}", "{distance}"])
+    site = make_site(tmp_path, hook(tmp_path, "--who={name}", "{distance}"))
     proc = run_door(site, clip)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = events_of(proc.stdout)
@@ -83,8 +92,9 @@ def test_clip_unlocks_exactly_the_enrolled_person(tmp_path, clip):
     unlock_calls = [c for c in calls if c[0][0] != "relock"]
     assert [c[0][0] for c in unlock_calls] == ["--who=obama", "--who=obama"]
     assert [float(c[0][1]) for c in unlock_calls] == pytest.approx([e["distance"] for e in unlocks], abs=1e-3)
-    assert all(c[1] == "obama" for c in calls)
-    assert sum(c[0][0] == "relock" for c in calls) == 2
+    assert calls[0][:2] == [["relock"], ""]  # locked at start-up, before anything else
+    assert all(c[1] == "obama" for c in calls[1:])
+    assert sum(c[0][0] == "relock" for c in calls) == 3
 
     # a non-empty WAV per welcome
     wavs = sorted((site / "wav").glob("*.wav"))
@@ -103,8 +113,8 @@ def test_clip_unlocks_exactly_the_enrolled_person(tmp_path, clip):
     assert ("denied", None) in logged and logged.count(("relock", "obama")) == 2
 
     # `door-access log --json` prints them
-    out = subprocess.run([DOOR, "log", "--config", str(site / "config.yaml"), "--json", "--last", "100"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*DOOR, "log", "--config", str(site / "config.yaml"), "--json", "--last", "100"],
+                         capture_output=True, text=True, env=CLI_ENV, timeout=120)
     assert out.returncode == 0
     assert [json.loads(line)["event"] for line in out.stdout.splitlines()].count("unlock") == 2
 
@@ -125,13 +135,13 @@ def test_hanging_hook_is_killed_and_the_door_goes_on(tmp_path, clip):
 
 def test_sigterm_stops_a_realtime_run(tmp_path, clip):
     site = make_site(tmp_path, [])
-    env = dict(os.environ, HOOK_OUT=str(site / "hook.jsonl"))
-    proc = subprocess.Popen([DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
+    proc = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
                              "--realtime", "--headless", "--events-json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=site)
+                            stderr=subprocess.PIPE, text=True, env=CLI_ENV, cwd=site)
     try:
-        first = proc.stdout.readline()  # the first unlock: the app is fully up
-        assert json.loads(first)["event"] == "unlock"
+        while (line := proc.stdout.readline()) and json.loads(line)["event"] == "relock":
+            pass  # the door is locked at start-up
+        assert json.loads(line)["event"] == "unlock"  # the first unlock: the app is fully up
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     finally:
@@ -141,8 +151,55 @@ def test_sigterm_stops_a_realtime_run(tmp_path, clip):
 
 def test_no_camera_exits_2_with_a_hint(tmp_path):
     site = make_site(tmp_path, [])
-    proc = subprocess.run([DOOR, "run", "--config", str(site / "config.yaml"), "--source", "7", "--headless"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", "7", "--headless"],
+                          capture_output=True, text=True, env=CLI_ENV, timeout=120)
     assert proc.returncode == 2
     [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert "no camera at index 7" in line and "--source" in line
+
+
+SLOW_RELOCK = ("import json, sys, time; time.sleep(2.0); "
+               "open(sys.argv[1], 'a').write(json.dumps(['relock', time.time()]) + '\\n')")
+
+
+@pytest.mark.parametrize("relock", ["slow", "failing"])
+def test_sigterm_twice_in_the_unlock_window_still_relocks_and_logs_only_what_happened(tmp_path, clip, relock):
+    """SIGTERM, then a second one while stopping: a 2 s relock hook still completes and `relock` is
+    logged after it; a relock hook that always fails gives `fault` events and no `relock`."""
+    done = tmp_path / "relocked.jsonl"
+    relock_command = ([sys.executable, "-c", SLOW_RELOCK, str(done)] if relock == "slow"
+                      else [sys.executable, "-c", "import sys; sys.exit(5)"])
+    site = make_site(tmp_path, [], relock_command=relock_command, unlock_seconds=600)
+    proc = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
+                             "--realtime", "--headless", "--events-json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=CLI_ENV, cwd=site)
+    try:
+        while (line := proc.stdout.readline()) and json.loads(line)["event"] != "unlock":
+            pass  # the start-up relock (or its faults) come first
+        assert line, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGTERM)  # within the 600 s unlock window
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # a second one while stopping must not cut the relock short
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == (0 if relock == "slow" else 1), err[-3000:]  # 1: the door may be open
+    assert "while stopping: ignored" in err
+    log = AccessLog(site / "log.sqlite")
+    try:
+        logged = log.last(1000)
+    finally:
+        log.close()
+    if relock == "slow":
+        finished = [json.loads(line)[1] for line in done.read_text().splitlines()]
+        assert len(finished) == 2  # at start-up, and at stop: it ran its full 2 s, not cut at ~1 s
+        relocks = [e for e in logged if e.event == "relock"]
+        assert [e.detail for e in relocks] == ["start-up: lock state unknown", "app stopping"]
+        assert relocks[-1].wall >= finished[-1]  # logged after the hook completed
+        assert relocks[-1].name == "obama"
+    else:
+        assert not [e for e in logged if e.event == "relock"]
+        faults = [e for e in logged if e.event == "fault"]
+        assert len(faults) >= 3 and all("relock hook" in e.detail and "code 5" in e.detail for e in faults)
+        assert "the door may be UNLOCKED" in err and "error: the door could not be relocked" in err
