@@ -1,11 +1,13 @@
-"""What the door does about a decision: speak, run the unlock/relock hooks, call the webhook, log, snapshot.
+"""What the door does about a decision: speak, open the door (through `DoorController`), call the webhook,
+log, snapshot.
 
 Everything here runs off the video path: the decision stage only `submit()`s a `Notice` and
 moves on. Nothing a hook, a web server, the speech engine or the disk does can stop the app:
 failures become a warning plus a FAULT event in the access log, and the next notice is handled.
 
 Who owns what: the caller creates, starts and stops the `Speaker` and closes the `AccessLog`;
-`Actions` only uses them.
+`Actions` creates the `DoorController` (`actions.door`), starts it (locking the door first) and
+stops it (relocking).
 """
 
 from __future__ import annotations
