@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--events-json", action="store_true", help="print each decision as a JSON line on stdout")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--fullscreen", action="store_true", help="fill the screen with the kiosk window (display.fullscreen)")
 
     p = sub.add_parser("demo", help="no webcam needed: enroll a demo person, generate a clip and run the door on it")
     _common(p)
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
     p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
 
+    p = sub.add_parser("check", help="is this machine ready? camera, speaker, models, gallery, hooks, log")
+    _common(p)
+
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
@@ -105,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        quiet_libraries(args.verbose)
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -127,6 +133,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """TensorFlow, absl and OpenCV report only errors unless --verbose: their start-up chatter buries our lines.
+
+    Set before they load (the environment variables are read at import) and again for loggers."""
+    level = logging.DEBUG if verbose else logging.ERROR
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING (oneDNN, cuda probing)
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")  # probing backends logs "errors" for a missing camera
+        os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+        os.environ.setdefault("GLOG_minloglevel", "2")
+    for name in ("tensorflow", "absl", "keras", "h5py", "PIL", "matplotlib"):
+        logging.getLogger(name).setLevel(level if not verbose else logging.NOTSET)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setLogLevel(3 if not verbose else 4)  # 3 = ERROR, 4 = WARNING
 
 
 def _config(args) -> Config:
@@ -275,7 +297,17 @@ def cmd_run(args, cfg: Config) -> int:
         raise UsageError("--max-seconds must be positive")
     source = args.source if args.source is not None else cfg.camera.source
     return run_door(cfg, _images_dir(args, cfg), source, realtime=args.realtime or cfg.camera.realtime,
-                    headless=args.headless, events_json=args.events_json, max_seconds=args.max_seconds)
+                    headless=args.headless, events_json=args.events_json, max_seconds=args.max_seconds,
+                    fullscreen=args.fullscreen)
+
+
+def cmd_check(args, cfg: Config) -> int:
+    """Exit 0 when every part is ok, 1 otherwise (each problem printed with its fix)."""
+    from .check import print_checks, run_checks
+
+    checks = run_checks(cfg, _images_dir(args, cfg))
+    print_checks(checks, args.json)
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def cmd_demo(args, cfg: Config) -> int:
@@ -395,6 +427,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "run": cmd_run,
     "log": cmd_log,
+    "check": cmd_check,
     "demo": cmd_demo,
     "calibrate": cmd_calibrate,
     "eval": cmd_eval,
