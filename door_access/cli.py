@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, load_config
+from .quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from .detection import FaceDetector
@@ -133,22 +133,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise
-
-
-def quiet_libraries(verbose: bool) -> None:
-    """TensorFlow, absl and OpenCV report only errors unless --verbose: their start-up chatter buries our lines.
-
-    Set before they load (the environment variables are read at import) and again for loggers."""
-    level = logging.DEBUG if verbose else logging.ERROR
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING (oneDNN, cuda probing)
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")  # probing backends logs "errors" for a missing camera
-        os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
-        os.environ.setdefault("GLOG_minloglevel", "2")
-    for name in ("tensorflow", "absl", "keras", "h5py", "PIL", "matplotlib"):
-        logging.getLogger(name).setLevel(level if not verbose else logging.NOTSET)
-    if "cv2" in sys.modules:
-        sys.modules["cv2"].setLogLevel(3 if not verbose else 4)  # 3 = ERROR, 4 = WARNING
 
 
 def _config(args) -> Config:

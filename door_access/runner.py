@@ -21,6 +21,7 @@ import cv2
 from .capture import Capture, parse_source
 from .config import Config
 from .core import Event
+from .quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
     from .display import StatusModel, Window
@@ -40,12 +41,13 @@ def build_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool,
     """Models, capture and every stage, from the config (raises SourceError for a bad source)."""
     if capture is None:
         capture = open_capture(cfg, source, realtime)
-    from .detection import FaceDetector
-    from .facenet import FaceEncoder
-    from .gallery import GalleryBuilder
-    from .pipeline import Pipeline
+    with native_stderr_silenced():  # TensorFlow's import and first use print a page of notices
+        from .detection import FaceDetector
+        from .facenet import FaceEncoder
+        from .gallery import GalleryBuilder
+        from .pipeline import Pipeline
 
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+        encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     builder = GalleryBuilder(cfg, FaceDetector(cfg.detection, cfg.path("weights")), encoder)
     return Pipeline(cfg, capture, encoder, builder, images_dir, emit=emit)
 
