@@ -12,7 +12,10 @@ Three parts, so the logic is testable without a window:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -204,10 +207,16 @@ class Window:
     TITLE = "door-access"
 
     def __init__(self, fullscreen: bool = False, size: tuple[int, int] | None = None):
+        fonts = font_path()
+        if fonts is not None:  # OpenCV's Qt looks for fonts in a folder it does not ship, and says so on stderr
+            os.environ.setdefault("QT_QPA_FONTDIR", str(fonts.parent))
         cv2.namedWindow(self.TITLE, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         if fullscreen:
             cv2.setWindowProperty(self.TITLE, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
-        elif size:
+            size = screen_size()  # a kiosk X server may have no window manager to honour "full screen"
+            if size:
+                cv2.moveWindow(self.TITLE, 0, 0)
+        if size:
             cv2.resizeWindow(self.TITLE, *size)
 
     def show(self, image: np.ndarray) -> None:
@@ -220,6 +229,25 @@ class Window:
     def close(self) -> None:
         cv2.destroyWindow(self.TITLE)
         cv2.waitKey(1)
+
+
+def screen_size() -> tuple[int, int] | None:
+    """The X screen's size in pixels (None without X11)."""
+    try:
+        x11 = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
+        x11.XOpenDisplay.restype = ctypes.c_void_p
+        x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        x11.XDisplayWidth.argtypes = x11.XDisplayHeight.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+        display = x11.XOpenDisplay(None)
+    except (OSError, AttributeError):
+        return None
+    if not display:
+        return None
+    try:
+        return x11.XDisplayWidth(display, 0), x11.XDisplayHeight(display, 0)
+    finally:
+        x11.XCloseDisplay(display)
 
 
 class Ticker:
