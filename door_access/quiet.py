@@ -25,8 +25,9 @@ def quiet_libraries(verbose: bool) -> None:
         os.environ.setdefault("GLOG_minloglevel", "2")
     for name in ("tensorflow", "absl", "keras", "h5py", "PIL", "matplotlib"):
         logging.getLogger(name).setLevel(logging.ERROR if not verbose else logging.NOTSET)
-    if "cv2" in sys.modules:
-        sys.modules["cv2"].setLogLevel(0 if not verbose else 4)  # 0 = silent, 4 = warnings
+    cv_logging = getattr(getattr(sys.modules.get("cv2"), "utils", None), "logging", None)
+    if cv_logging is not None:  # already imported (tests, or a caller that imported cv2 first)
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT if not verbose else cv_logging.LOG_LEVEL_WARNING)
 
 
 @contextmanager
