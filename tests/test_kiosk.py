@@ -141,3 +141,29 @@ window.close()
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "0", "1280", "720"]  # a toolbar or status bar would shift or shrink it
     assert proc.stderr == ""  # Qt finds its fonts: no warnings
+
+
+# ---- speech reaches the speaker --------------------------------------------------------------
+
+
+def test_welcome_is_played_through_the_default_sound_device(tmp_path):
+    """pyttsx3's espeak driver plays through `aplay`; ALSA's default device is pointed at a file here."""
+    missing = [tool for tool, package in (("aplay", "alsa-utils"), ("espeak-ng", "espeak-ng")) if not shutil.which(tool)]
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        _apt_install(["alsa-utils", "espeak-ng"])  # what `make setup` installs
+        missing = [tool for tool in ("aplay", "espeak-ng") if not shutil.which(tool)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} missing and cannot be installed here: apt-get install alsa-utils espeak-ng")
+    played = tmp_path / "speaker.raw"
+    (tmp_path / ".asoundrc").write_text(
+        f'pcm.!default {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
+    code = ("import time\nfrom door_access.actions import Speaker\nfrom door_access.config import TtsConfig\n"
+            "s = Speaker(TtsConfig(), None)\ns.start()\ns.say('Welcome alex')\ntime.sleep(0.2)\ns.stop(60)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=_env(HOME=str(tmp_path)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert played.is_file(), f"nothing reached the sound device: {proc.stderr[-2000:]}"
+    import numpy as np
+
+    samples = np.frombuffer(played.read_bytes()[: len(played.read_bytes()) // 2 * 2], np.int16)
+    assert samples.size > 8000 and np.abs(samples).max() > 1000  # half a second or more of audible speech
