@@ -115,7 +115,8 @@ def test_window_fills_the_screen_and_the_start_up_is_one_ready_line(tmp_path, xv
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    assert sizes and set(sizes[1:]) == {SCREEN}, sizes  # full screen (OpenCV's default would be 400x300)
+    # full screen from its first look but one (OpenCV's default window is 400x300)
+    assert sizes and sizes[-1] == SCREEN and sizes.count(SCREEN) >= len(sizes) - 1, sizes
     lines = err.splitlines()
     ready = [x for x in lines if " ready: " in x]
     assert len(ready) == 1 and "at 640x360, 2 people enrolled" in ready[0], err[-3000:]
