@@ -16,15 +16,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-espeak:
-	@if command -v espeak-ng >/dev/null 2>&1; then :; \
+espeak:  # pyttsx3 speaks with espeak-ng and plays the sound through `aplay` (alsa-utils)
+	@if command -v espeak-ng >/dev/null 2>&1 && command -v aplay >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing espeak-ng (speech for the welcome message)"; \
-		(apt-get install -y -qq espeak-ng >/dev/null 2>&1 || \
-		 (apt-get update -qq >/dev/null && apt-get install -y -qq espeak-ng >/dev/null)) || \
-		echo "WARNING: could not install espeak-ng: welcomes will not be spoken"; \
+		echo "installing espeak-ng and alsa-utils (speech for the welcome message, and its player)"; \
+		(apt-get install -y -qq espeak-ng alsa-utils >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null && apt-get install -y -qq espeak-ng alsa-utils >/dev/null)) || \
+		echo "WARNING: could not install espeak-ng and alsa-utils: welcomes will not be spoken"; \
 	else \
-		echo "WARNING: espeak-ng is missing and this is not root: install it (apt-get install espeak-ng) to hear welcomes"; \
+		echo "WARNING: espeak-ng or aplay is missing and this is not root: install them (apt-get install espeak-ng alsa-utils) to hear welcomes"; \
 	fi
 
 run: setup

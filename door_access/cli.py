@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, load_config
+from .quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from .detection import FaceDetector
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--events-json", action="store_true", help="print each decision as a JSON line on stdout")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--fullscreen", action="store_true", help="fill the screen with the kiosk window (display.fullscreen)")
 
     p = sub.add_parser("demo", help="no webcam needed: enroll a demo person, generate a clip and run the door on it")
     _common(p)
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
     p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
 
+    p = sub.add_parser("check", help="is this machine ready? camera, speaker, models, gallery, hooks, log")
+    _common(p)
+
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
@@ -105,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        quiet_libraries(args.verbose)
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -275,7 +281,17 @@ def cmd_run(args, cfg: Config) -> int:
         raise UsageError("--max-seconds must be positive")
     source = args.source if args.source is not None else cfg.camera.source
     return run_door(cfg, _images_dir(args, cfg), source, realtime=args.realtime or cfg.camera.realtime,
-                    headless=args.headless, events_json=args.events_json, max_seconds=args.max_seconds)
+                    headless=args.headless, events_json=args.events_json, max_seconds=args.max_seconds,
+                    fullscreen=args.fullscreen)
+
+
+def cmd_check(args, cfg: Config) -> int:
+    """Exit 0 when every part is ok, 1 otherwise (each problem printed with its fix)."""
+    from .check import print_checks, run_checks
+
+    checks = run_checks(cfg, _images_dir(args, cfg))
+    print_checks(checks, args.json)
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def cmd_demo(args, cfg: Config) -> int:
@@ -395,6 +411,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "run": cmd_run,
     "log": cmd_log,
+    "check": cmd_check,
     "demo": cmd_demo,
     "calibrate": cmd_calibrate,
     "eval": cmd_eval,

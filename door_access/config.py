@@ -120,6 +120,14 @@ class LivenessConfig:
 
 
 @dataclass(frozen=True)
+class DisplayConfig:
+    fullscreen: bool = False
+    fps: float = meta(15.0, lo=1.0, hi=120.0)
+    mirror: bool = True
+    message_seconds: float = meta(4.0, lo=0.5, hi=60.0)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
@@ -132,6 +140,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:

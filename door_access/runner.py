@@ -1,4 +1,8 @@
-"""`door-access run`: the app's lifecycle around the pipeline: signals, the window, exit codes."""
+"""`door-access run`: the app's lifecycle around the pipeline: signals, the window, exit codes.
+
+The camera is opened before any model loads (this module imports neither TensorFlow nor dlib
+at the top), so a missing camera is reported in well under a second, not after the models.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +11,44 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
 
 from .capture import Capture, parse_source
 from .config import Config
 from .core import Event
 from .door import LOCKED
-from .pipeline import Pipeline
+from .quiet import native_stderr_silenced
+
+if TYPE_CHECKING:
+    from .display import StatusModel, Window
+    from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 
-def build_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool,
-                   emit: Callable[[Event], None] | None = None) -> Pipeline:
-    """Models, capture and every stage, from the config (raises SourceError for a bad source)."""
-    from .detection import FaceDetector
-    from .facenet import FaceEncoder
-    from .gallery import GalleryBuilder
-
+def open_capture(cfg: Config, source: str, realtime: bool) -> Capture:
+    """The camera, file or stream, opened and checked (raises SourceError); loads no model."""
     c = cfg.camera
-    capture = Capture(parse_source(source), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s,
-                      open_timeout_s=c.open_timeout_s)
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    return Capture(parse_source(source), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s,
+                   open_timeout_s=c.open_timeout_s)
+
+
+def build_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool,
+                   emit: Callable[[Event], None] | None = None, capture: Capture | None = None) -> Pipeline:
+    """Models, capture and every stage, from the config (raises SourceError for a bad source)."""
+    if capture is None:
+        capture = open_capture(cfg, source, realtime)
+    with native_stderr_silenced():  # TensorFlow's import and first use print a page of notices
+        from .detection import FaceDetector
+        from .facenet import FaceEncoder
+        from .gallery import GalleryBuilder
+        from .pipeline import Pipeline
+
+        encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     builder = GalleryBuilder(cfg, FaceDetector(cfg.detection, cfg.path("weights")), encoder)
     return Pipeline(cfg, capture, encoder, builder, images_dir, emit=emit)
 
@@ -47,17 +65,36 @@ def json_printer() -> Callable[[Event], None]:
 
 
 def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headless: bool, events_json: bool,
-             max_seconds: float | None) -> int:
-    """Run until Ctrl-C, SIGTERM, the end of a file or `max_seconds`; 1 if a stage failed."""
-    pipeline = build_pipeline(cfg, images_dir, source, realtime, json_printer() if events_json else None)
-    window = None
+             max_seconds: float | None, fullscreen: bool = False) -> int:
+    """Run until Ctrl-C, SIGTERM, q/Esc in the window, the end of a file or `max_seconds`; 1 if a stage failed."""
+    capture = open_capture(cfg, source, realtime)  # before any model: no camera -> SourceError at once
+    window = status = None
     if not headless:
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             log.warning("no display found: running headless (use --headless to silence this)")
         else:
-            from .display import Window
+            from .display import StatusModel
 
-            window = Window()
+            status = StatusModel(cfg.display.message_seconds)
+    printer = json_printer() if events_json else None
+
+    def emit(event: Event) -> None:
+        if status is not None:
+            status.feed(event)
+        if printer is not None:
+            printer(event)
+
+    try:
+        pipeline = build_pipeline(cfg, images_dir, source, realtime, emit, capture=capture)
+    except BaseException:
+        capture.stop(0.1)
+        raise
+    if status is not None:
+        from .display import Window
+
+        width, height = _resolution(capture)
+        scale = max(1.0, 720 / height) if height else 1.0  # a small frame gets a readable window
+        window = Window(cfg.display.fullscreen or fullscreen, (int(width * scale), int(height * scale)))
 
     # Ctrl-C and SIGTERM only ask the pipeline to stop; a second one while stopping is logged and
     # ignored, so it can never cut the relock short (the handlers stay until the door is locked).
@@ -65,8 +102,11 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         pipeline.start()
-        log.info("door running on %s with %d people enrolled", source, len(pipeline.recognizer.people))
-        pipeline.wait(max_seconds, tick=_window_tick(pipeline, window) if window else None)
+        width, height = _resolution(capture)
+        log.info("ready: %s %s at %dx%d, %d people enrolled%s",
+                 "camera" if isinstance(capture.source, int) else "source", source, width, height,
+                 len(pipeline.recognizer.people), "; q or Esc quits" if window else "")
+        pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg) if window else None)
     finally:
         pipeline.stop_event.set()
         pipeline.stop()
@@ -100,17 +140,37 @@ def _stop_handler(pipeline: Pipeline):
     return handler
 
 
-def _window_tick(pipeline: Pipeline, window) -> Callable[[], bool]:
-    from .display import annotate
+def _resolution(capture: Capture) -> tuple[int, int]:
+    cap = getattr(capture, "_cap", None)
+    if cap is None:
+        return 0, 0
+    return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
 
-    started = time.monotonic()
+
+def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: Config) -> Callable[[], bool]:
+    """Render on the main thread at most `display.fps` times a second, and only when something changed."""
+    from .display import FaceView, Ticker, render
+
+    ticker = Ticker(cfg.display.fps)
+    shown, shown_state = None, None
 
     def tick() -> bool:
+        nonlocal shown, shown_state
+        if not window.poll(ticker.wait_ms()):
+            return False
+        if not ticker.due():
+            return True
         item = pipeline.latest
         if item is None:
-            time.sleep(0.02)
             return True
-        fps = pipeline.stats.processed / max(1e-6, time.monotonic() - started)
-        return window.show(annotate(item, pipeline.labels, fps, pipeline.door_unlocked()))
+        labels = pipeline.labels
+        faces = [FaceView(f.track, f.box, *labels.get(f.track, (None, None)),
+                          challenge=f.live.challenge if f.live is not None else None) for f in item.faces]
+        now = status.status(pipeline.clock()[0], faces)
+        unlocked = pipeline.door_unlocked()
+        if item is not shown or (now, unlocked) != shown_state:
+            window.show(render(item.frame.image, now, faces, unlocked, cfg.display.mirror))
+            shown, shown_state = item, (now, unlocked)
+        return True
 
     return tick

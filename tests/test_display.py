@@ -1,23 +1,191 @@
-"""The kiosk window's overlay, drawn on a real frame (no display needed to draw)."""
+"""The kiosk window: what the status line says (pure logic), and what a rendered real frame shows.
+
+The real window runs under Xvfb in tests/test_kiosk.py.
+"""
 
 import cv2
 import numpy as np
+import pytest
 
-from door_access.capture import Frame
-from door_access.core import Box
-from door_access.display import GREEN, RED, annotate
-from door_access.pipeline import FaceObs, FrameFaces
+from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
+from door_access.display import (AMBER, CHALLENGE_STATE, GREEN, GREY, HOLD, IDLE, LOCKOUT, LOOK, NO_CAMERA,
+                                  NOT_RECOGNISED, RED, WELCOME, WHITE, FaceView, StatusModel, Ticker,
+                                  challenge_text, font_path, render, text_mask)
 
-from conftest import FR_IMAGES
+from conftest import SHARED_DATA
+
+CLIP = SHARED_DATA / "face_recognition_examples" / "short_hamilton_clip.mp4"
 
 
-def test_overlay_marks_known_and_unknown_faces_and_the_door_state():
-    image = cv2.resize(cv2.imread(str(FR_IMAGES / "obama.jpg")), (640, 360))
-    item = FrameFaces(Frame(0, 0.0, image), [FaceObs(1, Box(300, 60, 120, 120)), FaceObs(2, Box(40, 200, 80, 80))])
-    out = annotate(item, {1: ("obama", 0.41), 2: (None, 1.3)}, fps=29.7, unlocked=True)
-    assert out.shape == image.shape and not np.array_equal(out, image)
-    assert np.array_equal(image, cv2.resize(cv2.imread(str(FR_IMAGES / "obama.jpg")), (640, 360)))  # a copy
-    assert tuple(out[60 + 60, 300]) == GREEN  # left edge of the known face's box
-    assert tuple(out[200 + 40, 40]) == RED  # left edge of the unknown face's box
-    locked = annotate(item, {}, fps=0.0, unlocked=False)
-    assert not np.array_equal(locked[25:45, 8:120], out[25:45, 8:120])  # LOCKED vs UNLOCKED
+def ev(kind, t, name=None, detail=""):
+    return Event(kind, t, 0.0, name=name, detail=detail)
+
+
+FACE = FaceView(1, Box(300, 60, 120, 120))
+KNOWN = FaceView(1, Box(300, 60, 120, 120), "lin_manuel", 0.4)
+
+
+# ---- the status model: pure, milliseconds ----------------------------------------------------
+
+
+def test_faces_in_view_give_the_instruction_for_where_the_attempt_is():
+    model = StatusModel(message_s=4.0)
+    assert model.status(0.0, []).state == IDLE
+    assert model.status(0.0, [FACE]).text == "Look at the camera"  # a face, not matched yet
+    assert model.status(0.0, [KNOWN]).text == "Hold still"  # recognised: votes and liveness pending
+    asked = FaceView(1, KNOWN.box, "lin_manuel", 0.4, challenge="turn_left")
+    assert model.status(0.0, [asked]).text == "Turn your head left"
+
+
+def test_verdicts_show_for_message_seconds_then_give_way():
+    model = StatusModel(message_s=4.0)
+    model.feed(ev(UNLOCK, 10.0, "lin_manuel"))
+    s = model.status(10.5, [KNOWN])
+    assert (s.state, s.text, s.color) == (WELCOME, "Welcome lin manuel", GREEN)
+    assert model.status(14.5, [KNOWN]).state == HOLD  # the welcome is over
+    model.feed(ev(DENIED, 20.0))
+    assert (model.status(21.0, [FACE]).text, model.status(21.0, [FACE]).color) == ("Not recognised", RED)
+    model.feed(ev(UNLOCK, 22.0, "alex"))  # the latest verdict wins
+    assert model.status(22.1, []).text == "Welcome alex"
+
+
+def test_lockout_beats_verdicts_and_camera_lost_beats_everything_until_it_is_back():
+    model = StatusModel(message_s=4.0)
+    model.feed(ev(DENIED, 1.0))
+    model.feed(ev(ALARM, 1.1, detail="3 failed attempts"))
+    model.feed(ev(DENIED, 1.2))
+    assert model.status(2.0, [FACE]).state == LOCKOUT and model.status(2.0, [FACE]).text == "Try again later"
+    model.feed(ev(CAMERA_LOST, 3.0))
+    assert model.status(30.0, []).state == NO_CAMERA  # for as long as it is lost
+    assert model.status(30.0, []).text == "Camera lost"
+    model.feed(ev(CAMERA_BACK, 31.0))
+    assert model.status(31.0, []).state == IDLE
+
+
+def test_challenge_event_is_shown_while_a_face_is_in_view_and_cleared_by_the_verdict():
+    model = StatusModel(message_s=4.0)
+    model.feed(ev(CHALLENGE, 5.0, "alex", detail="turn_right"))
+    s = model.status(5.5, [KNOWN])
+    assert (s.state, s.text, s.color) == (CHALLENGE_STATE, "Turn your head right", AMBER)
+    assert model.status(5.5, []).state == IDLE  # nobody there to ask
+    model.feed(ev(UNLOCK, 6.0, "alex"))
+    assert model.status(10.5, [KNOWN]).state == HOLD
+
+
+@pytest.mark.parametrize("key,text", [("left", "Turn your head left"), ("Turn Right", "Turn your head right"),
+                                      ("blink", "Blink"), ("raise_your_eyebrows", "Raise your eyebrows"),
+                                      ("Turn your head left", "Turn your head left")])
+def test_challenge_text(key, text):
+    assert challenge_text(key) == text
+
+
+def test_ticker_renders_at_most_fps_and_does_not_burst_after_a_stall():
+    now = [0.0]
+    ticker = Ticker(10.0, clock=lambda: now[0])
+    assert ticker.due() and not ticker.due()  # one render, then wait
+    assert ticker.wait_ms() == 100
+    now[0] = 0.1
+    assert ticker.due()
+    now[0] = 5.0  # the main thread stalled
+    assert ticker.due() and not ticker.due()
+
+
+# ---- rendering real frames -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def frame():
+    cap = cv2.VideoCapture(str(CLIP))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
+    ok, image = cap.read()
+    cap.release()
+    assert ok, f"cannot read {CLIP}"
+    return image
+
+
+def _near(pixels: np.ndarray, color, tol=40) -> np.ndarray:
+    return np.all(np.abs(pixels.astype(int) - np.asarray(color)) <= tol, axis=-1)
+
+
+def _band(img):
+    h = img.shape[0]
+    return img[h - max(40, h // 6):]
+
+
+STATES = {
+    IDLE: ([], [], GREY),
+    LOOK: ([], [FACE], WHITE),
+    HOLD: ([], [KNOWN], WHITE),
+    CHALLENGE_STATE: ([ev(CHALLENGE, 0.0, detail="left")], [KNOWN], AMBER),
+    WELCOME: ([ev(UNLOCK, 0.0, "lin_manuel")], [KNOWN], GREEN),
+    NOT_RECOGNISED: ([ev(DENIED, 0.0)], [FACE], RED),
+    LOCKOUT: ([ev(ALARM, 0.0)], [FACE], RED),
+    NO_CAMERA: ([ev(CAMERA_LOST, 0.0)], [], RED),
+}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_each_state_writes_a_large_status_line_in_its_colour(frame, state):
+    events, faces, color = STATES[state]
+    model = StatusModel()
+    for e in events:
+        model.feed(e)
+    status = model.status(0.5, faces)
+    assert status.state == state
+    out = render(frame, status, faces, unlocked=state == WELCOME)
+    band = _band(out)
+    ink = _near(band, color, tol=30)
+    rows, cols = np.nonzero(ink)
+    assert ink.sum() > 400, f"{state}: too little text in the status colour"
+    assert rows.max() - rows.min() >= band.shape[0] * 0.4  # large: the text fills most of the band's height
+    assert abs((cols.min() + cols.max()) / 2 - out.shape[1] / 2) < out.shape[1] * 0.05  # centred
+    # the band is darkened under the text, so it reads on any picture
+    assert band[:, :8].mean() < _band(cv2.flip(frame, 1))[:, :8].mean() * 0.5 + 1
+
+
+def test_different_messages_differ_on_screen(frame):
+    texts = {}
+    for state, (events, faces, _color) in STATES.items():
+        model = StatusModel()
+        for e in events:
+            model.feed(e)
+        texts[state] = _band(render(frame, model.status(0.5, faces), faces, unlocked=False))
+    states = list(texts)
+    for i, a in enumerate(states):
+        for b in states[i + 1:]:
+            assert not np.array_equal(texts[a], texts[b]), (a, b)
+
+
+def test_preview_is_mirrored_with_boxes_names_and_the_door_state(frame):
+    h, w = frame.shape[:2]
+    original = frame.copy()
+    known = FaceView(1, Box(60, 80, 100, 100), "lin_manuel", 0.41)
+    stranger = FaceView(2, Box(400, 100, 90, 90), None, 1.3)
+    model = StatusModel()
+    out = render(frame, model.status(0.0, [known, stranger]), [known, stranger], unlocked=True)
+    assert out.shape == frame.shape
+    plain = render(frame, model.status(0.0, []), [], unlocked=False)
+    # mirrored: an area without overlays is the frame flipped left to right
+    assert np.array_equal(plain[h // 3:h // 2, w // 3:w // 2], cv2.flip(frame, 1)[h // 3:h // 2, w // 3:w // 2])
+    # boxes land where the face is in the mirror image: the known face's left edge at w - x - w_box
+    assert _near(out[130:160, w - 60 - 100], GREEN, 10).all()
+    assert _near(out[150:170, w - 400 - 90], RED, 10).all()
+    # the name is written above the known box on a green label
+    lh, lw = text_mask("lin manuel", max(12, h // 30)).shape
+    label = out[80 - lh:80, w - 160:w - 160 + lw]
+    assert _near(label, GREEN, 10).mean() > 0.5 and _near(label, WHITE, 60).sum() > 50
+    # the door state badge, top right: green when unlocked, red when locked
+    corner = (slice(0, h // 8), slice(w - w // 4, w))
+    assert _near(out[corner], GREEN, 10).sum() > 200 and _near(plain[corner], RED, 10).sum() > 200
+    assert np.array_equal(frame, original)  # the input is not drawn on
+    not_mirrored = render(frame, model.status(0.0, []), [], unlocked=False, mirror=False)
+    assert np.array_equal(not_mirrored[h // 3:h // 2, w // 3:w // 2], frame[h // 3:h // 2, w // 3:w // 2])
+
+
+def test_long_names_shrink_to_fit_and_the_font_is_truetype(frame):
+    assert font_path() is not None and font_path().name == "DejaVuSans-Bold.ttf"
+    model = StatusModel()
+    model.feed(ev(UNLOCK, 0.0, "Maximilian_Alexander_von_Humboldt_Bonaparte"))
+    out = render(frame, model.status(0.1, []), [], unlocked=True)
+    cols = np.nonzero(_near(_band(out), GREEN, 30))[1]
+    assert cols.min() > 0 and cols.max() < out.shape[1] - 1  # nothing cut off at the edges

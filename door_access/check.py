@@ -1,0 +1,192 @@
+"""`door-access check`: is this machine ready to run the door? Each part ok or a problem with its fix.
+
+Quick and model-free (no TensorFlow, no dlib): it looks at files, programs and devices only,
+so an installer can run it first. `door-access gallery` checks the photos' faces in depth.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def check_camera(cfg: Config) -> Check:
+    import cv2
+
+    from .capture import SourceError, parse_source
+
+    source = cfg.camera.source
+    try:
+        spec = parse_source(source)
+    except SourceError as exc:
+        return Check("camera", False, str(exc), "set camera.source in config.yaml to a webcam index, file or URL")
+    cap = cv2.VideoCapture(spec)
+    try:
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+    finally:
+        cap.release()
+    if not ok or frame is None:
+        what = f"no camera at index {spec}" if isinstance(spec, int) else f"cannot read from {source!r}"
+        return Check("camera", False, what,
+                     "plug in a webcam (check `ls /dev/video*` and that this user is in the 'video' group) "
+                     "or set camera.source in config.yaml")
+    return Check("camera", True, f"{source}: {frame.shape[1]}x{frame.shape[0]}")
+
+
+def _playback_devices() -> bool:
+    """An ALSA card with a playback device, or a sound server aplay can play through."""
+    try:
+        listed = subprocess.run(["aplay", "-l"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if "card " in listed:
+        return True
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}"))
+    return (runtime / "pulse" / "native").exists() or (runtime / "pipewire-0").exists()
+
+
+def check_speaker(cfg: Config) -> Check:
+    tts = cfg.tts
+    if not tts.enabled:
+        return Check("speaker", True, "speech is off (tts.enabled: false)")
+    if tts.wav_dir:
+        return Check("speaker", True, f"welcomes are written as WAV files to {cfg.resolve(tts.wav_dir)}")
+    if not (ctypes.util.find_library("espeak-ng") or ctypes.util.find_library("espeak")):
+        return Check("speaker", False, "the espeak-ng library is missing (pyttsx3 speaks with it)",
+                     "apt-get install espeak-ng (or run `make setup` as root)")
+    if sys.platform.startswith("linux"):
+        if not shutil.which("aplay"):
+            return Check("speaker", False, "'aplay' is missing: pyttsx3's espeak driver plays welcomes through it",
+                         "apt-get install alsa-utils (or run `make setup` as root)")
+        if not _playback_devices():
+            return Check("speaker", False, "no sound card or sound server found (`aplay -l` lists none)",
+                         "connect a speaker and check `aplay -l`, or set tts.wav_dir / tts.enabled: false")
+    return Check("speaker", True, "espeak-ng and a playback device found")
+
+
+def check_models(cfg: Config) -> Check:
+    from .assets import MANIFEST
+
+    weights = cfg.path("weights")
+    try:
+        manifest = json.loads((weights / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return Check("models", False, f"no finished setup in {weights}", "run `door-access setup` (or `make setup`)")
+    bad = [rel for rel, (size, _sha) in manifest.items()
+           if not (weights / rel).is_file() or (weights / rel).stat().st_size != size]
+    if bad:
+        return Check("models", False, f"missing or changed in {weights}: {', '.join(sorted(bad))}",
+                     "run `door-access setup --force`")
+    return Check("models", True, f"{len(manifest)} files in {weights}")
+
+
+def check_gallery(images_dir: Path) -> Check:
+    from .photos import is_photo
+
+    if not images_dir.is_dir():
+        return Check("gallery", False, f"images folder {images_dir} does not exist",
+                     f"mkdir -p {images_dir} and add photos as {images_dir}/NAME/*.jpg")
+    people: dict[str, int] = {}
+    try:
+        for entry in images_dir.iterdir():
+            if entry.is_dir() and not entry.name.startswith("."):
+                count = sum(1 for p in entry.iterdir() if p.is_file() and is_photo(p))
+                if count:
+                    people[entry.name] = count
+            elif entry.is_file() and is_photo(entry):
+                people[entry.stem] = people.get(entry.stem, 0) + 1
+    except OSError as exc:
+        return Check("gallery", False, f"cannot read {images_dir}: {exc}", f"make {images_dir} readable by this user")
+    if not people:
+        return Check("gallery", False, f"nobody is enrolled in {images_dir}",
+                     f"add photos as {images_dir}/NAME/*.jpg (then `door-access gallery` checks their faces)")
+    return Check("gallery", True, f"{len(people)} people, {sum(people.values())} photos in {images_dir}")
+
+
+def _program_problem(argv: tuple[str, ...]) -> str | None:
+    program = argv[0]
+    path = Path(program) if os.sep in program else (Path(found) if (found := shutil.which(program)) else None)
+    if path is None or not path.exists():
+        return f"{program!r} does not exist"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        return f"{str(path)!r} is not executable"
+    return None
+
+
+def check_hooks(cfg: Config) -> Check:
+    door = cfg.door
+    problems, fixes, have = [], [], []
+    for key, argv in (("unlock_command", door.unlock_command), ("relock_command", door.relock_command)):
+        if not argv:
+            continue
+        have.append(key)
+        problem = _program_problem(argv)
+        if problem:
+            problems.append(f"door.{key}: {problem}")
+            fixes.append(f"install it and `chmod +x` it, or correct door.{key} in config.yaml")
+    if door.webhook_url:
+        have.append("webhook_url")
+        url = urllib.parse.urlsplit(door.webhook_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            problems.append(f"door.webhook_url {door.webhook_url!r} is not an http(s) URL")
+            fixes.append("set door.webhook_url to http://HOST/PATH or https://HOST/PATH")
+    if problems:
+        return Check("hooks", False, "; ".join(problems), "; ".join(dict.fromkeys(fixes)))
+    if not have:
+        return Check("hooks", True, "no unlock hook or webhook configured (the door only logs and speaks)")
+    return Check("hooks", True, ", ".join(have) + " found")
+
+
+def _writable_dir_problem(folder: Path) -> str | None:
+    existing = folder
+    while not existing.exists():  # the app creates missing folders: the nearest existing one must be writable
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not a writable folder"
+    return None
+
+
+def check_log(cfg: Config) -> Check:
+    path = cfg.resolve(cfg.access_log.path)
+    problem = _writable_dir_problem(path.parent)
+    if problem is None and path.exists() and not os.access(path, os.W_OK):
+        problem = f"{path} is not writable"
+    snapshots = cfg.access_log.snapshots_dir
+    if problem is None and snapshots and cfg.access_log.snapshots_keep:
+        problem = _writable_dir_problem(cfg.resolve(snapshots))
+    if problem:
+        return Check("log", False, problem,
+                     "make it writable by this user (chown/chmod) or set access_log.path / snapshots_dir")
+    return Check("log", True, f"{path} is writable")
+
+
+def run_checks(cfg: Config, images_dir: Path) -> list[Check]:
+    checks = [check_camera, check_speaker, check_models, lambda c: check_gallery(images_dir), check_hooks, check_log]
+    return [check(cfg) for check in checks]
+
+
+def print_checks(checks: list[Check], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}, ensure_ascii=False))
+        return
+    for c in checks:
+        print(f"{'ok' if c.ok else 'PROBLEM':<8} {c.name:<8} {c.detail}")
+        if c.fix:
+            print(f"{'':<8} {'':<8} fix: {c.fix}")
