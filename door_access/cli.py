@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure speed")
     _common(p)
-    p.add_argument("what", choices=["encoder", "pipeline"])
+    p.add_argument("what", choices=["encoder", "pipeline", "gallery"])
     p.add_argument("--photo", type=Path, help="encoder: photo for the per-stage timing (default: a test photo)")
     p.add_argument("--repeats", type=int, default=5, help="encoder: timed runs per figure (median is reported)")
     p.add_argument("--source", help="pipeline: the video file to play at its own frame rate")
+    p.add_argument("--people", type=int, default=100_000, help="gallery: synthetic people to enroll (default 100000)")
 
     p = sub.add_parser("run", help="run the door (the default of run_door.py)")
     _common(p)
@@ -244,8 +245,14 @@ def cmd_gallery(args, cfg: Config) -> int:
 
 
 def cmd_bench(args, cfg: Config) -> int:
-    from .bench import bench_encoder, bench_pipeline
+    from .bench import bench_encoder, bench_gallery, bench_pipeline
 
+    if args.what == "gallery":
+        if args.people < 1 or args.repeats < 1:
+            raise UsageError("--people and --repeats must be at least 1")
+        result = bench_gallery(args.people, max(args.repeats, 20))
+        print(json.dumps(result) if args.json else "\n".join(f"{k:>12}: {v}" for k, v in result.items()))
+        return 0
     if args.what == "pipeline":
         if not args.source:
             raise UsageError("bench pipeline needs --source FILE")

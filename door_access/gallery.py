@@ -27,6 +27,7 @@ from .photos import PhotoError, is_photo, load_rgb
 log = logging.getLogger(__name__)
 
 ENCODE_BATCH = 32
+_SQL_VARS = 900  # keys per SELECT: under SQLite's oldest limit on bound variables (999)
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,19 @@ class EmbeddingCache:
         return sqlite3.connect(self.path, timeout=10)
 
     def get(self, digests: list[str]) -> dict[str, np.ndarray | str]:
+        """The cached outcome of each of `digests` that has one, read by key (not the whole table)."""
         out: dict[str, np.ndarray | str] = {}
+        wanted = list(dict.fromkeys(digests))
         with self._connect() as db:
-            for sha, blob, reason in db.execute(
-                "SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ?", (self.key,)
-            ):
-                out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
-        wanted = set(digests)
-        return {k: v for k, v in out.items() if k in wanted}
+            for start in range(0, len(wanted), _SQL_VARS):
+                chunk = wanted[start:start + _SQL_VARS]
+                marks = ",".join("?" * len(chunk))
+                for sha, blob, reason in db.execute(
+                    f"SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ? AND sha256 IN ({marks})",
+                    (self.key, *chunk),
+                ):
+                    out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
+        return out
 
     def put(self, rows: list[tuple[str, np.ndarray | None, str | None]]) -> None:
         with self._connect() as db:
@@ -130,17 +136,75 @@ class EmbeddingCache:
             )
 
 
+@dataclass
+class GalleryChange:
+    """What changed in the images folder since the builder last looked: applied to a Recognizer in place."""
+
+    added: list[tuple[str, Path, np.ndarray]] = field(default_factory=list)  # (name, photo, embedding)
+    removed: list[Path] = field(default_factory=list)  # photos gone, or replaced (then also in `added`)
+    skipped: list[SkippedPhoto] = field(default_factory=list)  # new photos that cannot be used
+    skipped_total: int = 0  # every entry of the folder that is not enrolled, as `Gallery.skipped` would list
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.skipped)
+
+
 class GalleryBuilder:
-    """Builds a `Gallery` from the images folder, encoding only what the cache lacks."""
+    """Builds a `Gallery` from the images folder, encoding only what the cache lacks.
+
+    It remembers each photo's (name, size, mtime) from its last look, so `update()` hashes and
+    encodes only the photos added or changed since: with a whole site enrolled, one new photo
+    costs its own encoding plus one stat per photo, not a pass over every file.
+    """
 
     def __init__(self, cfg: Config, detector: FaceDetector, encoder: FaceEncoder):
         self.cfg = cfg
         self.detector = detector
         self.encoder = encoder
         self.cache = EmbeddingCache(cfg.path("cache") / "embeddings.sqlite", chip_settings(cfg, encoder))
+        self._seen: dict[Path, tuple[str, int, int]] = {}  # photo -> (name, size, mtime_ns) at the last look
+        self._unusable: set[Path] = set()  # photos among those that were refused (no face, unreadable...)
+
+    def update(self, images_dir: Path) -> GalleryChange:
+        """The photos added, replaced or removed since the last `build()`/`update()`."""
+        found, not_photos = scan_images(images_dir)
+        now = {}
+        for name, photo in found:
+            try:
+                st = photo.stat()
+            except OSError:
+                continue  # gone between the listing and the stat: the next poll sees it
+            now[photo] = (name, st.st_size, st.st_mtime_ns)
+        change = GalleryChange(removed=[p for p, v in self._seen.items() if now.get(p) != v])
+        fresh = [(v[0], p) for p, v in now.items() if self._seen.get(p) != v]
+        self._unusable = {p for p in self._unusable if p in now and self._seen.get(p) == now[p]}
+        if fresh:
+            gallery = self._assemble(fresh, [])
+            change.added = list(zip(gallery.names, gallery.photos, gallery.embeddings))
+            change.skipped = gallery.skipped
+            self._unusable |= {s.path for s in gallery.skipped}
+        self._seen = now
+        change.skipped_total = len(not_photos) + len(self._unusable) + len(found) - len(now)
+        return change
 
     def build(self, images_dir: Path) -> Gallery:
         found, skipped = scan_images(images_dir)
+        self._seen = {}
+        for name, photo in found:
+            try:
+                st = photo.stat()
+                self._seen[photo] = (name, st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
+        gallery = self._assemble(found, skipped)
+        enrolled = set(gallery.photos)
+        self._unusable = {p for p in self._seen if p not in enrolled}
+        log.info("gallery: %d people, %d photos (%d encoded now), %d skipped",
+                 len(gallery.people()), len(gallery.names), gallery.encoded, len(gallery.skipped))
+        return gallery
+
+    def _assemble(self, found: list[tuple[str, Path]], skipped: list[SkippedPhoto]) -> Gallery:
+        """Hash, look up in the cache, encode what it lacks: a Gallery of exactly `found`."""
         digests = {}
         for _, photo in found:
             try:
@@ -169,8 +233,6 @@ class GalleryBuilder:
         gallery.skipped.sort(key=lambda s: str(s.path))
         for s in gallery.skipped:
             log.warning("skipped photo %r: %s", str(s.path), s.reason)
-        log.info("gallery: %d people, %d photos (%d encoded now), %d skipped",
-                 len(gallery.people()), len(gallery.names), len(todo), len(gallery.skipped))
         return gallery
 
     def _encode(self, todo: dict[Path, str]) -> dict[str, np.ndarray | str]:
@@ -227,11 +289,12 @@ class GalleryWatcher:
     """Polls the images folder and rebuilds the gallery when it changes (hot enroll).
 
     Polling the folder's listing every few seconds costs a few stat calls and works on every
-    filesystem; the rebuild itself reuses the embedding cache, so only new photos are encoded.
+    filesystem; only the photos added or changed are hashed and encoded, and the change is applied
+    to the matcher in place (a whole site is not rebuilt for one photo).
     """
 
     def __init__(self, builder: GalleryBuilder, images_dir: Path, poll_s: float,
-                 on_change: Callable[[Gallery], None]):
+                 on_change: Callable[[GalleryChange], None]):
         self.builder = builder
         self.images_dir = images_dir
         self.poll_s = poll_s
@@ -257,6 +320,6 @@ class GalleryWatcher:
                     continue
                 self._signature = signature
                 log.info("images folder changed: reloading the gallery")
-                self.on_change(self.builder.build(self.images_dir))
+                self.on_change(self.builder.update(self.images_dir))  # incremental: only what changed
             except Exception:  # a bad moment (folder renamed mid-scan...) must not end hot enroll
                 log.exception("gallery reload failed; keeping the previous gallery")

@@ -27,7 +27,7 @@ from .decision import Decider
 from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match, Notice
 from .detection import FaceDetector
 from .facenet import FaceEncoder
-from .gallery import Gallery, GalleryBuilder, GalleryWatcher
+from .gallery import GalleryBuilder, GalleryChange, GalleryWatcher
 from .liveness import LivenessChecker
 from .recognizer import Recognizer
 from .tracking import Tracker
@@ -94,6 +94,7 @@ class Pipeline:
         self.speaker = Speaker(cfg.tts, wav_dir)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
 
+        self.builder, self.images_dir = gallery_builder, images_dir
         gallery = gallery_builder.build(images_dir)
         self.recognizer = Recognizer(gallery, cfg.recognition.threshold)
         self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
@@ -153,10 +154,25 @@ class Pipeline:
     def _camera_status(self, kind: str, detail: str) -> None:
         self.notify(CAMERA_LOST if kind == "camera_lost" else CAMERA_BACK, detail=detail)
 
-    def _swap_gallery(self, gallery: Gallery) -> None:
-        self.recognizer = Recognizer(gallery, self.cfg.recognition.threshold)  # one reference swap
-        self.notify(GALLERY, detail=f"{len(gallery.people())} people, {len(gallery.names)} photos, "
-                                    f"{len(gallery.skipped)} skipped")
+    def _swap_gallery(self, change: GalleryChange) -> None:
+        """Hot enroll: the photos added or removed are spliced into the matcher, not rebuilt."""
+        self.recognizer.apply(change.removed, change.added)
+        r = self.recognizer
+        log.info("gallery: %d photos added, %d removed", len(change.added), len(change.removed))
+        self.notify(GALLERY, detail=f"{len(r.people)} people, {r.photo_count} photos, {change.skipped_total} skipped")
+
+    def reload_gallery(self) -> None:
+        """A full rebuild from the folder (the MQTT `reload_gallery` command), off the caller's thread."""
+        def run():
+            try:
+                gallery = self.builder.build(self.images_dir)
+                self.recognizer.replace_all(gallery)
+                self.notify(GALLERY, detail=f"{len(gallery.people())} people, {len(gallery.names)} photos, "
+                                            f"{len(gallery.skipped)} skipped")
+            except Exception:
+                log.exception("gallery reload failed; keeping the previous gallery")
+
+        threading.Thread(target=run, name="gallery-reload", daemon=True).start()
 
     # ---- stages ---------------------------------------------------------------------------
 
