@@ -29,6 +29,7 @@ from .detection import FaceDetector
 from .facenet import FaceEncoder
 from .gallery import GalleryBuilder, GalleryChange, GalleryWatcher
 from .liveness import LivenessChecker
+from .policy import PolicyFile
 from .recognizer import Recognizer
 from .tracking import Tracker
 
@@ -87,8 +88,10 @@ class Pipeline:
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
         live = cfg.liveness
         self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
+        self.policy = PolicyFile(cfg.path("people"))  # per-person days/hours/doors (people.yaml)
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
-                               live.timeout_s if live.enabled else float("inf"), live.window_s)
+                               live.timeout_s if live.enabled else float("inf"), live.window_s,
+                               allow=self.policy.allow(cfg.door.id))
         self.access_log = AccessLog(cfg.resolve(cfg.access_log.path))
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
