@@ -39,8 +39,9 @@ class AccessLogError(Exception):
 class AccessLog:
     """The SQLite access log, safe to write from one thread while others read it."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 2.0):
+    def __init__(self, path: Path, busy_timeout_s: float = 2.0, door_id: str | None = None):
         self.path = Path(path)
+        self.door_id = door_id  # written in each row's `door` column (several doors may share one log)
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()  # one connection, shared by the worker that writes and the readers
         self._conn: sqlite3.Connection | None = None
@@ -60,10 +61,11 @@ class AccessLog:
                 return False
             try:
                 self._connection().execute(
-                    "INSERT INTO events(wall, t, event, name, distance, track, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO events(wall, t, event, name, distance, track, detail, door)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (float(event.wall), float(event.t), event.event, event.name,
                      None if event.distance is None else float(event.distance),
-                     None if event.track is None else int(event.track), event.detail),
+                     None if event.track is None else int(event.track), event.detail, self.door_id),
                 )
             except Exception as exc:  # never raise into the worker: the door decides without the log
                 self._failed("cannot write to", exc)
@@ -90,6 +92,33 @@ class AccessLog:
         return [Event(event, t, wall, name, distance, track, detail or "")
                 for event, t, wall, name, distance, track, detail in reversed(rows)]
 
+    def query(self, door: str | None = None, person: str | None = None, since: float | None = None,
+              last: int | None = None) -> list[tuple[Event, str | None]]:
+        """(event, door id) of the events matching every filter given, oldest first: the newest `last` of them."""
+        where, args = [], []
+        for column, value in (("door", door), ("name", person)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("wall >= ?")
+            args.append(float(since))
+        sql = "SELECT event, t, wall, name, distance, track, detail, door FROM events"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+        if last is not None:
+            sql += " LIMIT ?"
+            args.append(int(last))
+        with self._lock:
+            if self._closed:
+                raise AccessLogError(f"access log {self.path} is closed")
+            try:
+                rows = self._connection().execute(sql, args).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                self._drop_connection()
+                raise AccessLogError(f"cannot read access log {self.path}: {exc}") from exc
+        return [(Event(event, t, wall, name, distance, track, detail or ""), door_id)
+                for event, t, wall, name, distance, track, detail, door_id in reversed(rows)]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -107,6 +136,7 @@ class AccessLog:
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers (`door-access log`) never block the writer
             conn.execute(_SCHEMA)
+            _add_door_column(conn)
         except BaseException:
             conn.close()
             raise
@@ -127,6 +157,17 @@ class AccessLog:
                         what, self.path, type(exc).__name__, exc)
             self._failing = True
         self._drop_connection()  # reopen on the next call: the cause may be gone by then
+
+
+def _add_door_column(conn: sqlite3.Connection) -> None:
+    """Logs written before doors had ids get a `door` column (NULL in their old rows)."""
+    if "door" in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+        return
+    try:
+        conn.execute("ALTER TABLE events ADD COLUMN door TEXT")
+    except sqlite3.OperationalError as exc:  # another door process added it first
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def format_event(e: Event) -> str:

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
+    p.add_argument("--door", help="only this door (its door.id)")
+    p.add_argument("--person", help="only this person")
+    p.add_argument("--since", help="only events since a local date/time (2026-11-24, 2026-11-24T08:00) "
+                                   "or a span back from now (30m, 12h, 7d)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout (time, door, event, name, distance, track, "
+                                                      "detail)")
     return parser
 
 
@@ -381,17 +388,44 @@ def cmd_log(args, cfg: Config) -> int:
     path = cfg.resolve(cfg.access_log.path)
     if not path.is_file():
         raise UsageError(f"no access log at {path} yet")
+    since = parse_since(args.since) if args.since else None
     access_log = AccessLog(path)
     try:
-        events = access_log.last(args.last)
+        rows = access_log.query(door=args.door, person=args.person, since=since, last=args.last)
     finally:
         access_log.close()
-    for e in events:
+    if args.csv:
+        import csv
+
+        out = csv.writer(sys.stdout)
+        out.writerow(["time", "door", "event", "name", "distance", "track", "detail"])
+        for e, door in rows:
+            out.writerow([datetime.fromtimestamp(e.wall).isoformat(timespec="seconds"), door or "", e.event,
+                          e.name or "", "" if e.distance is None else f"{e.distance:.4f}",
+                          "" if e.track is None else e.track, e.detail])
+        return 0
+    for e, door in rows:
         if args.json:
-            print(json.dumps({**json.loads(e.to_json()), "wall": e.wall}, ensure_ascii=False))
+            print(json.dumps({**json.loads(e.to_json()), "wall": e.wall, "door": door}, ensure_ascii=False))
         else:
-            print(format_event(e))
+            print((f"{door:<10}  " if door else "") + format_event(e))
     return 0
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`--since`: a local ISO date/time, or a span back from now (90s, 30m, 12h, 7d), as Unix time."""
+    import re
+    import time
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600,
+                                                                             "d": 86400}[m.group(2)]
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UsageError(f"--since must be a date/time like 2026-11-24T08:00 or a span like 12h, got {text!r}") \
+            from None
 
 
 COMMANDS = {

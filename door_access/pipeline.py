@@ -92,7 +92,7 @@ class Pipeline:
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s,
                                allow=self.policy.allow(cfg.door.id))
-        self.access_log = AccessLog(cfg.resolve(cfg.access_log.path))
+        self.access_log = AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id)
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
