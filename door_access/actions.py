@@ -214,6 +214,7 @@ class Actions:
         self._relock_due: float | None = None  # monotonic time of the pending relock
         self._unlocked_by: Event | None = None  # the latest unlock, whose name the relock carries
         self._relock_lock = threading.Lock()  # the worker and stop() may both go for the pending relock
+        self._relock_why = ""  # why the pending relock was brought forward (lock_now)
         self._dropping = False  # a "queue full" warning was logged and nothing has been queued since
         self._emit_failing = False
         self._snapshots = itertools.count(1)
@@ -260,6 +261,17 @@ class Actions:
         if self._webhook is not None:
             self._webhook.stop(max(0.0, deadline - time.monotonic()))
 
+    def lock_now(self, why: str) -> None:
+        """Relock at once (a remote `lock` command), from any thread; nothing when the door is locked."""
+        with self._relock_lock:
+            if self._unlocked_by is None:
+                return
+            self._relock_due, self._relock_why = 0.0, why
+        try:
+            self._queue.put_nowait(None)  # wake the worker: it runs the relock that is now due
+        except queue.Full:
+            pass  # a busy worker reaches the due relock after its current notice
+
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -282,7 +294,7 @@ class Actions:
                 self._handle(item)
             due = self._relock_due
             if due is not None and time.monotonic() >= due:
-                self._relock("after unlock_seconds")
+                self._relock(self._relock_why or "after unlock_seconds")
         # stopping: lock the door first (unless stop() did), then log what is still queued, as far as the timeout
         # allows: at least up to stop()'s _STOP, which follows the relock event that stop() may have queued
         self._relock("app stopping")
@@ -337,6 +349,7 @@ class Actions:
         with self._relock_lock:
             self._unlocked_by = event
             self._relock_due = time.monotonic() + self.door.unlock_seconds  # a later unlock moves it
+            self._relock_why = ""
 
     def _relock(self, why: str) -> None:
         """Run the pending relock, if any, once: whichever of the worker and stop() gets here first does it."""

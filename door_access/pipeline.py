@@ -24,7 +24,8 @@ from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
 from .decision import Decider
-from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match, Notice
+from .core import (CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, UNLOCK, Box, Event, LiveVerdict, Match,
+                   Notice)
 from .detection import FaceDetector
 from .facenet import FaceEncoder
 from .gallery import GalleryBuilder, GalleryChange, GalleryWatcher
@@ -96,6 +97,14 @@ class Pipeline:
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
+        self.mqtt = None
+        if cfg.mqtt.enabled:  # events out, commands in; the door never waits for the broker
+            from .mqtt import MqttBridge, door_commands
+
+            self.mqtt = MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
+                lambda: self.notify(UNLOCK, detail="source: remote"),
+                lambda: self.actions.lock_now("remote lock"), self.reload_gallery), base_dir=cfg.base_dir)
+            self.actions.emit = fan_out(emit, self.mqtt.publish)
 
         self.builder, self.images_dir = gallery_builder, images_dir
         gallery = gallery_builder.build(images_dir)
@@ -273,6 +282,8 @@ class Pipeline:
         self.t0 = time.monotonic()
         self.speaker.start()
         self.actions.start()
+        if self.mqtt:
+            self.mqtt.start()
         self.capture.start(lambda exc: self._fail("capture", exc))
         self._spawn("detector", self._detect_stage)
         self._spawn("encoder", self._encode_stage)
@@ -299,11 +310,29 @@ class Pipeline:
         for thread in self._threads:
             thread.join(0.5)
         self.actions.stop(1.0)
+        if self.mqtt:
+            self.mqtt.stop(1.0)  # after the actions: their last relock goes out first
         self.speaker.stop(0.5)
         self.access_log.close()
 
     def door_unlocked(self) -> bool:
         return time.monotonic() < self.decider.door_open_until(self.cfg.door.unlock_seconds)
+
+
+def fan_out(*sinks: Callable[[Event], None] | None) -> Callable[[Event], None] | None:
+    """One event sink feeding several (`--events-json`, MQTT, ...); a failing sink does not starve the others."""
+    sinks = tuple(s for s in sinks if s is not None)
+    if len(sinks) <= 1:
+        return sinks[0] if sinks else None
+
+    def emit(event: Event) -> None:
+        for sink in sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("event sink %r failed", sink)
+
+    return emit
 
 
 class _Stopped(Exception):
