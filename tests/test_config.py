@@ -52,3 +52,18 @@ def test_empty_file_means_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("# nothing set\n")
     assert dataclasses.replace(load_config(path), base_dir=Config().base_dir) == Config()
+
+
+def test_door_id_must_be_one_topic_level(tmp_path):
+    from door_access.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("door:\n  id: lobby/east\n")
+    with pytest.raises(ConfigError, match="door.id"):
+        load_config(path)
+    path.write_text("door:\n  id: lobby-east\nmqtt:\n  enabled: true\n  port: 70000\n")
+    with pytest.raises(ConfigError, match="line 5: 'mqtt.port'"):
+        load_config(path)
+    path.write_text("door:\n  id: lobby-east\nmqtt:\n  enabled: true\n  qos: 2\n")
+    with pytest.raises(ConfigError, match="line 5: unknown key 'mqtt.qos'"):
+        load_config(path)
