@@ -164,9 +164,14 @@ class GalleryBuilder:
         self.cache = EmbeddingCache(cfg.path("cache") / "embeddings.sqlite", chip_settings(cfg, encoder))
         self._seen: dict[Path, tuple[str, int, int]] = {}  # photo -> (name, size, mtime_ns) at the last look
         self._unusable: set[Path] = set()  # photos among those that were refused (no face, unreadable...)
+        self._lock = threading.Lock()  # the watcher's update() and a remote reload's build() take turns
 
     def update(self, images_dir: Path) -> GalleryChange:
         """The photos added, replaced or removed since the last `build()`/`update()`."""
+        with self._lock:
+            return self._update(images_dir)
+
+    def _update(self, images_dir: Path) -> GalleryChange:
         found, not_photos = scan_images(images_dir)
         now = {}
         for name, photo in found:
@@ -188,6 +193,10 @@ class GalleryBuilder:
         return change
 
     def build(self, images_dir: Path) -> Gallery:
+        with self._lock:
+            return self._build(images_dir)
+
+    def _build(self, images_dir: Path) -> Gallery:
         found, skipped = scan_images(images_dir)
         self._seen = {}
         for name, photo in found:
