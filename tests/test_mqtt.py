@@ -159,6 +159,14 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
         sent = [json.loads(p)["event"] for p in hub.on(topics.event)]
         local = [e.event for e in events]
         assert sent == local[:len(sent)]  # in order, nothing lost
+
+        # the app's own wiring of a remote unlock: the door opens, and it is logged as remote
+        hub.client.publish(topics.command, "unlock", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: any(e.event == UNLOCK and e.detail == "source: remote" for e in events), 10)
     finally:
         pipeline.stop()
         hub.close()
+    log = AccessLog(tmp_path / "log.sqlite")
+    remote = [(e.event, door) for e, door in log.query(person=None) if e.detail == "source: remote"]
+    log.close()
+    assert remote == [(UNLOCK, "lobby")]
