@@ -342,7 +342,8 @@ class Actions:
 
     def _unlock(self, event: Event) -> None:
         name = event.name or ""
-        self.speaker.say(welcome_text(self.cfg.tts.template, name))
+        if name:  # a remote unlock has nobody to welcome
+            self.speaker.say(welcome_text(self.cfg.tts.template, name))
         if self._webhook is not None:
             self._webhook.post(event)
         self._run_hook("unlock", event, name, event.distance)

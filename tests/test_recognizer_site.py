@@ -79,3 +79,15 @@ def test_empty_gallery_and_last_photo_removed():
     assert recognizer.identify(e)[0].name == "solo"
     assert recognizer.remove(Path("/solo.jpg"))
     assert recognizer.people == [] and recognizer.identify(e)[0].name is None
+
+
+def test_bench_gallery_prints_the_figures(capsys):
+    import json
+
+    from door_access.cli import main
+
+    assert main(["bench", "gallery", "--people", "2000", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"people", "build_s", "identify_ms", "add_one_s", "matrix_mb"}
+    assert result["people"] == 2000 and result["matrix_mb"] == round(2000 * 128 * 4 / 2**20, 1)
+    assert all(result[k] > 0 for k in ("build_s", "identify_ms", "add_one_s"))
