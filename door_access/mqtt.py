@@ -119,6 +119,7 @@ class MqttBridge:
         self._connected = False
         self._stopping = False
         self._dropped = 0
+        self._unreachable = False  # a "cannot reach the broker" warning was logged and no connection since
         self._lock_state = LOCKED  # the door starts locked; updated from the events
         self._client = None
         self._thread: threading.Thread | None = None
@@ -183,6 +184,7 @@ class MqttBridge:
         client.max_queued_messages_set(c.queue_size)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         self._client = client
         client.connect_async(c.host, c.port, keepalive=c.keepalive_s)
@@ -228,8 +230,14 @@ class MqttBridge:
             for topic, config in discovery_configs(self.topics, self.door_id).items():
                 client.publish(topic, json.dumps(config), qos=1, retain=True)
         with self._cond:
-            self._connected = True
+            self._connected, self._unreachable = True, False
             self._cond.notify()
+
+    def _on_connect_fail(self, _client, _userdata) -> None:
+        if not self._unreachable:
+            log.warning("mqtt: cannot reach the broker %s:%d; retrying every %g-%g s, events are queued meanwhile",
+                        self.cfg.host, self.cfg.port, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+            self._unreachable = True
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         with self._cond:

@@ -170,3 +170,20 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
     remote = [(e.event, door) for e, door in log.query(person=None) if e.detail == "source: remote"]
     log.close()
     assert remote == [(UNLOCK, "lobby")]
+
+
+def test_a_broker_that_is_down_at_start_is_logged_and_never_blocks_the_door(caplog):
+    from mqtt_broker import free_port
+
+    cfg = MqttConfig(enabled=True, host="127.0.0.1", port=free_port(), reconnect_min_s=0.1, reconnect_max_s=0.2,
+                     queue_size=5)
+    bridge = MqttBridge(cfg, "cellar", on_command=lambda c: None)
+    bridge.start()
+    try:
+        for i in range(20):  # returns at once: only the newest 5 messages are kept
+            bridge.publish(Event(UNLOCK, float(i), 0.0, f"p{i}"))
+        assert bridge.queued() == 5 and not bridge.connected
+        assert wait_for(lambda: "cannot reach the broker" in caplog.text, 10), caplog.text
+        assert "dropping the oldest" in caplog.text
+    finally:
+        bridge.stop(0.5)
