@@ -174,5 +174,6 @@ def _distances(index: _Index, embeddings: np.ndarray) -> np.ndarray:
     if not index.people:
         return np.zeros((len(embeddings), 0), np.float32)
     # the closest photo has the largest dot product: reduce first, then one square root per person
-    best = np.maximum.reduceat(embeddings @ index.embeddings.T, index.starts, axis=1)
+    dots = embeddings @ index.embeddings.T
+    best = dots if len(index.starts) == len(index.photos) else np.maximum.reduceat(dots, index.starts, axis=1)
     return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * best))
