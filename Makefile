@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup run test demo espeak clean
+.PHONY: setup run test demo espeak mosquitto clean
 
-setup: $(STAMP) espeak
+setup: $(STAMP) espeak mosquitto
 	$(BIN)/door-access setup
 
 $(STAMP): setup.cfg pyproject.toml
@@ -25,6 +25,18 @@ espeak:  # pyttsx3 speaks with espeak-ng and plays the sound through `aplay` (al
 		echo "WARNING: could not install espeak-ng and alsa-utils: welcomes will not be spoken"; \
 	else \
 		echo "WARNING: espeak-ng or aplay is missing and this is not root: install them (apt-get install espeak-ng alsa-utils) to hear welcomes"; \
+	fi
+
+# the MQTT tests run against a real broker; the door itself only needs one when mqtt.enabled
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto (MQTT broker for the MQTT tests)"; \
+		(apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null && apt-get install -y -qq mosquitto >/dev/null)) || \
+		echo "WARNING: could not install mosquitto: the MQTT tests will be skipped"; \
+	else \
+		echo "WARNING: mosquitto is missing and this is not root: the MQTT tests will be skipped"; \
 	fi
 
 run: setup

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS events(
     detail TEXT
 )
 """
-_FIELDS = ("uid", "wall", "t", "event", "name", "distance", "track", "detail")
+_FIELDS = ("uid", "wall", "t", "event", "name", "distance", "track", "detail", "door")
+_ADDED_COLUMNS = {"uid": "TEXT", "door": "TEXT"}  # columns that logs from older versions lack
 
 
 class AccessLogError(Exception):
@@ -56,8 +57,9 @@ def spool_path(path: Path) -> Path:
 class AccessLog:
     """The SQLite access log with a durable spool and its own writer thread; `record()` from any thread."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 0.5, retry_s: float = 0.5):
+    def __init__(self, path: Path, busy_timeout_s: float = 0.5, retry_s: float = 0.5, door_id: str | None = None):
         self.path = Path(path)
+        self.door_id = door_id  # written in each row's `door` column (several doors may share one log)
         self.spool = spool_path(self.path)
         self.busy_timeout_s = busy_timeout_s
         self.retry_s = retry_s
@@ -84,7 +86,7 @@ class AccessLog:
 
     def record(self, event: Event) -> bool:
         """Spool `event` and queue it for the writer; never waits on the database. False once closed."""
-        row = _row(f"{self._uid_prefix}-{next(self._uid_count)}", event)
+        row = _row(f"{self._uid_prefix}-{next(self._uid_count)}", event, self.door_id)
         with self._cond:
             if self._closed:
                 log.debug("access log %s is closed; not recording %s", self.path, event.event)
@@ -109,22 +111,38 @@ class AccessLog:
             return len(self._pending)
 
     def last(self, n: int) -> list[Event]:
-        """The newest `n` events in SQLite, oldest first (after a short wait for this log's own
-        queued events); raises AccessLogError when the log cannot be read."""
-        if n <= 0:
-            return []
+        """The newest `n` events in SQLite, oldest first; raises AccessLogError when the log cannot be read."""
+        return [event for event, _door in self.query(last=n)] if n > 0 else []
+
+    def query(self, door: str | None = None, person: str | None = None, since: float | None = None,
+              last: int | None = None) -> list[tuple[Event, str | None]]:
+        """(event, door id) of the events matching every filter given, oldest first: the newest `last` of them.
+
+        Waits briefly for this log's own queued events first; raises AccessLogError when the log cannot be read."""
+        where, args = [], []
+        for column, value in (("door", door), ("name", person)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("wall >= ?")
+            args.append(float(since))
+        sql = "SELECT event, t, wall, name, distance, track, detail, door FROM events"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+        if last is not None:
+            sql += " LIMIT ?"
+            args.append(int(last))
         self.flush(self.busy_timeout_s * 4)
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s)
             try:
-                rows = conn.execute("SELECT event, t, wall, name, distance, track, detail FROM events "
-                                    "ORDER BY id DESC LIMIT ?", (n,)).fetchall()
+                rows = conn.execute(sql, args).fetchall()
             finally:
                 conn.close()
         except (sqlite3.Error, OSError) as exc:
             raise AccessLogError(f"cannot read access log {self.path}: {exc}") from exc
-        return [Event(event, t, wall, name, distance, track, detail or "")
-                for event, t, wall, name, distance, track, detail in reversed(rows)]
+        return [(Event(event, t, wall, name, distance, track, detail or ""), door_id)
+                for event, t, wall, name, distance, track, detail, door_id in reversed(rows)]
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued, for up to `timeout`; what is left stays in the spool for the next start."""
@@ -288,8 +306,7 @@ class AccessLog:
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers (`door-access log`) never block the writer
             conn.execute(_SCHEMA)
-            if "uid" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
-                conn.execute("ALTER TABLE events ADD COLUMN uid TEXT")  # a log written before the spool existed
+            _add_missing_columns(conn)
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_uid ON events(uid)")
         except BaseException:
             conn.close()
@@ -304,6 +321,19 @@ class AccessLog:
             except sqlite3.Error:
                 pass
             self._conn = None
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A log written by an older version gets the columns it lacks (NULL in its old rows)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
+        except sqlite3.OperationalError as exc:  # another door process sharing the log added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _ino(path: Path) -> int | None:
@@ -324,10 +354,10 @@ def _text(value: str | None) -> str | None:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _row(uid: str, e: Event) -> dict:
+def _row(uid: str, e: Event, door: str | None) -> dict:
     return {"uid": uid, "wall": float(e.wall), "t": float(e.t), "event": str(e.event), "name": _text(e.name),
             "distance": None if e.distance is None else float(e.distance),
-            "track": None if e.track is None else int(e.track), "detail": _text(e.detail) or ""}
+            "track": None if e.track is None else int(e.track), "detail": _text(e.detail) or "", "door": door}
 
 
 def _line(row: dict) -> bytes:

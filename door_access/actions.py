@@ -293,10 +293,12 @@ class Actions:
 
     def _unlock(self, event: Event) -> None:
         name = event.name or ""
-        self.speaker.say(welcome_text(self.cfg.tts.template, name))
+        if name:  # a remote unlock has nobody to welcome
+            self.speaker.say(welcome_text(self.cfg.tts.template, name))
         if self._webhook is not None:
             self._webhook.post(event)
-        self.door.unlock(name, event.distance, event.track, source="face")
+        # a face unlock always names someone; an unlock without a name came from a remote command
+        self.door.unlock(name, event.distance, event.track, source="face" if event.name else "remote")
 
     def _webhook_failed(self, event: Event, detail: str) -> None:
         """Called from the webhook thread: the FAULT is published from there (publishing never blocks)."""

@@ -144,3 +144,31 @@ def _appearances(pipeline, source: str, max_gap_frames: float) -> dict[str, list
         index += 1
     cap.release()
     return seen
+
+
+def bench_gallery(people: int, repeats: int = 20, seed: int = 0) -> dict:
+    """Matcher speed for a site of `people` (one synthetic unit embedding each; speed only, no model):
+    building it, identifying one probe, and enrolling one more photo live (not counting its encoding)."""
+    from types import SimpleNamespace
+
+    from .core import EMBEDDING_SIZE
+    from .recognizer import Recognizer
+
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((people, EMBEDDING_SIZE), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    names = [f"person{i:07d}" for i in rng.permutation(people)]  # unsorted, like a folder listing
+    # what Recognizer reads of a Gallery, without importing the models (gallery.py loads TensorFlow)
+    gallery = SimpleNamespace(names=names, photos=[Path(f"/site/{n}/1.jpg") for n in names], embeddings=emb)
+    build_s = _median_s(lambda: Recognizer(gallery, 0.9), max(1, min(repeats, 5)))
+    recognizer = Recognizer(gallery, 0.9)
+    probe = emb[people // 2] + 0.05 * rng.standard_normal(EMBEDDING_SIZE, dtype=np.float32)
+    probe /= np.linalg.norm(probe)
+    recognizer.identify(probe)
+    identify_s = _median_s(lambda: recognizer.identify(probe), repeats)
+    extra = rng.standard_normal((repeats, EMBEDDING_SIZE), dtype=np.float32)
+    adds = iter(range(repeats))
+    add_s = _median_s(lambda: (lambda i: recognizer.add(f"newcomer{i:03d}", Path(f"/site/new/{i}.jpg"),
+                                                       extra[i]))(next(adds)), repeats)
+    return {"people": people, "build_s": round(build_s, 4), "identify_ms": round(identify_s * 1e3, 3),
+            "add_one_s": round(add_s, 4), "matrix_mb": round(recognizer.matrix_bytes / 2**20, 1)}

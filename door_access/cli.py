@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure speed")
     _common(p)
-    p.add_argument("what", choices=["encoder", "pipeline"])
+    p.add_argument("what", choices=["encoder", "pipeline", "gallery"])
     p.add_argument("--photo", type=Path, help="encoder: photo for the per-stage timing (default: a test photo)")
     p.add_argument("--repeats", type=int, default=5, help="encoder: timed runs per figure (median is reported)")
     p.add_argument("--source", help="pipeline: the video file to play at its own frame rate")
+    p.add_argument("--people", type=int, default=100_000, help="gallery: synthetic people to enroll (default 100000)")
 
     p = sub.add_parser("run", help="run the door (the default of run_door.py)")
     _common(p)
@@ -104,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
+    p.add_argument("--door", help="only this door (its door.id)")
+    p.add_argument("--person", help="only this person")
+    p.add_argument("--since", help="only events since a local date/time (2026-11-24, 2026-11-24T08:00) "
+                                   "or a span back from now (30m, 12h, 7d)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout (time, door, event, name, distance, track, "
+                                                      "detail)")
     return parser
 
 
@@ -250,8 +258,14 @@ def cmd_gallery(args, cfg: Config) -> int:
 
 
 def cmd_bench(args, cfg: Config) -> int:
-    from .bench import bench_encoder, bench_pipeline
+    from .bench import bench_encoder, bench_gallery, bench_pipeline
 
+    if args.what == "gallery":
+        if args.people < 1 or args.repeats < 1:
+            raise UsageError("--people and --repeats must be at least 1")
+        result = bench_gallery(args.people, max(args.repeats, 20))
+        print(json.dumps(result) if args.json else "\n".join(f"{k:>12}: {v}" for k, v in result.items()))
+        return 0
     if args.what == "pipeline":
         if not args.source:
             raise UsageError("bench pipeline needs --source FILE")
@@ -390,17 +404,44 @@ def cmd_log(args, cfg: Config) -> int:
     path = cfg.resolve(cfg.access_log.path)
     if not path.is_file():
         raise UsageError(f"no access log at {path} yet")
+    since = parse_since(args.since) if args.since else None
     access_log = AccessLog(path)
     try:
-        events = access_log.last(args.last)
+        rows = access_log.query(door=args.door, person=args.person, since=since, last=args.last)
     finally:
         access_log.close()
-    for e in events:
+    if args.csv:
+        import csv
+
+        out = csv.writer(sys.stdout)
+        out.writerow(["time", "door", "event", "name", "distance", "track", "detail"])
+        for e, door in rows:
+            out.writerow([datetime.fromtimestamp(e.wall).isoformat(timespec="seconds"), door or "", e.event,
+                          e.name or "", "" if e.distance is None else f"{e.distance:.4f}",
+                          "" if e.track is None else e.track, e.detail])
+        return 0
+    for e, door in rows:
         if args.json:
-            print(json.dumps({**json.loads(e.to_json()), "wall": e.wall}, ensure_ascii=False))
+            print(json.dumps({**json.loads(e.to_json()), "wall": e.wall, "door": door}, ensure_ascii=False))
         else:
-            print(format_event(e))
+            print((f"{door:<10}  " if door else "") + format_event(e))
     return 0
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`--since`: a local ISO date/time, or a span back from now (90s, 30m, 12h, 7d), as Unix time."""
+    import re
+    import time
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600,
+                                                                             "d": 86400}[m.group(2)]
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UsageError(f"--since must be a date/time like 2026-11-24T08:00 or a span like 12h, got {text!r}") \
+            from None
 
 
 COMMANDS = {

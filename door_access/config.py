@@ -31,6 +31,7 @@ class PathsConfig:
     images: str = "images"
     weights: str = "weights"
     cache: str = ".cache"
+    people: str = "people.yaml"  # per-person door policy; a missing file means no rules
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class DoorConfig:
     hook_timeout_s: float = meta(5.0, lo=0.1, hi=600.0)
     unlock_seconds: float = meta(5.0, lo=0.0)
     cooldown_seconds: float = meta(30.0, lo=0.0)
+    id: str = "door"  # this door's name in MQTT topics, the access log and people.yaml `doors:`
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,22 @@ class DisplayConfig:
     fps: float = meta(15.0, lo=1.0, hi=120.0)
     mirror: bool = True
     message_seconds: float = meta(4.0, lo=0.5, hi=60.0)
+class MqttConfig:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = meta(1883, lo=1, hi=65535)
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None  # CA file; null uses the system's CAs
+    tls_insecure: bool = False  # accept any server certificate (testing only)
+    prefix: str = "door-access"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    keepalive_s: int = meta(30, lo=5, hi=3600)
+    reconnect_min_s: float = meta(1.0, lo=0.1, hi=600.0)
+    reconnect_max_s: float = meta(60.0, lo=0.1, hi=3600.0)
+    queue_size: int = meta(1000, lo=1, hi=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,7 @@ class Config:
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:
@@ -174,6 +193,11 @@ def load_config(path: Path | None) -> Config:
     if cfg.voting.required > cfg.voting.window:
         raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) exceeds 'voting.window' "
                           f"({cfg.voting.window})")
+    if not cfg.door.id or any(c in cfg.door.id for c in "/+#") or not cfg.door.id.isprintable():
+        raise ConfigError(f"{path}: 'door.id' must be a non-empty name without '/', '+' or '#' (an MQTT topic "
+                          f"level), got {cfg.door.id!r}")
+    if cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
+        raise ConfigError(f"{path}: 'mqtt.reconnect_max_s' is below 'mqtt.reconnect_min_s'")
     if cfg.liveness.reopen_ratio <= cfg.liveness.blink_ratio:
         raise ConfigError(f"{path}: 'liveness.reopen_ratio' must be above 'liveness.blink_ratio'")
     return cfg

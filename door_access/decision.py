@@ -7,7 +7,9 @@ per cooldown, and a track that is mostly "unknown" gets one denial.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import DoorConfig, VotingConfig
@@ -33,11 +35,13 @@ class TrackVotes:
     live: bool = True
     liveness_note: str = ""  # the cue that proved liveness, or why it is not proven yet
     live_after_s: float | None = None
+    refused: str = ""  # the door policy's reason, once it refused this track (asked once per track)
 
 
 class Decider:
     def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float,
-                 liveness_timeout_s: float = float("inf"), liveness_window_s: float = float("inf")):
+                 liveness_timeout_s: float = float("inf"), liveness_window_s: float = float("inf"),
+                 allow: Callable[[str, float], str | None] | None = None):
         self.window = voting.window
         self.required = voting.required
         self.cooldown_s = door.cooldown_seconds
@@ -46,6 +50,7 @@ class Decider:
         self.liveness_window_s = liveness_window_s
         self.tracks: dict[int, TrackVotes] = {}
         self.last_unlock: dict[str, float] = {}
+        self.allow = allow  # (name, wall time) -> why this person may not enter now (door policy), or None
 
     def observe(self, t: float, seen: list[int], matches: dict[int, Match],
                 liveness: dict[int, LiveVerdict] | None = None) -> list[Decision]:
@@ -85,6 +90,12 @@ class Decider:
                     return None
                 if t - self.last_unlock.get(name, float("-inf")) < self.cooldown_s:
                     return None
+                if state.refused:
+                    return None
+                state.refused = self._refused(name) or ""
+                if state.refused:
+                    state.denied = True
+                    return Decision(DENIED, tid, name, _mean(state, name), state.refused)
                 state.unlocked = True
                 self.last_unlock[name] = t
                 detail = f"live after {state.live_after_s:.2f} s ({state.liveness_note})" \
@@ -96,6 +107,15 @@ class Decider:
             closest = min(state.votes, key=lambda m: m.distance)
             return Decision(DENIED, tid, None, closest.distance, f"unknown face (closest: {closest.closest})")
         return None
+
+    def _refused(self, name: str) -> str | None:
+        """The door policy's reason to refuse `name` now; a policy that fails refuses (fail closed)."""
+        if self.allow is None:
+            return None
+        try:
+            return self.allow(name, time.time())
+        except Exception as exc:
+            return f"door policy failed: {type(exc).__name__}: {exc}"
 
 
 def _mean(state: TrackVotes, name: str) -> float:

@@ -30,6 +30,7 @@ from .photos import PhotoError, is_photo, load_rgb
 log = logging.getLogger(__name__)
 
 ENCODE_BATCH = 32
+_SQL_VARS = 900  # keys per SELECT: under SQLite's oldest limit on bound variables (999)
 
 
 @dataclass(frozen=True)
@@ -147,20 +148,25 @@ class EmbeddingCache:
             self._warned = True
 
     def get(self, digests: list[str]) -> dict[str, np.ndarray | str]:
+        """The cached outcome of each of `digests` that has one, read by key (not the whole table)."""
         out: dict[str, np.ndarray | str] = {}
+        wanted = list(dict.fromkeys(digests))
         try:
             with closing(self._connect()) as db:
-                for sha, blob, reason in db.execute(
-                    "SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ?", (self.key,)
-                ):
-                    if blob is not None and len(blob) != EMBEDDING_SIZE * 4:
-                        continue  # a damaged entry: encode the photo again
-                    out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
+                for start in range(0, len(wanted), _SQL_VARS):
+                    chunk = wanted[start:start + _SQL_VARS]
+                    marks = ",".join("?" * len(chunk))
+                    for sha, blob, reason in db.execute(
+                        f"SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ? AND sha256 IN ({marks})",
+                        (self.key, *chunk),
+                    ):
+                        if blob is not None and len(blob) != EMBEDDING_SIZE * 4:
+                            continue  # a damaged entry: encode the photo again
+                        out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
         except sqlite3.Error as exc:
             self._failed("read", exc)
             return {}
-        wanted = set(digests)
-        return {k: v for k, v in out.items() if k in wanted}
+        return out
 
     def put(self, rows: list[tuple[str, np.ndarray | None, str | None]]) -> None:
         try:
@@ -174,17 +180,84 @@ class EmbeddingCache:
             self._failed("write", exc)
 
 
+@dataclass
+class GalleryChange:
+    """What changed in the images folder since the builder last looked: applied to a Recognizer in place."""
+
+    added: list[tuple[str, Path, np.ndarray]] = field(default_factory=list)  # (name, photo, embedding)
+    removed: list[Path] = field(default_factory=list)  # photos gone, or replaced (then also in `added`)
+    skipped: list[SkippedPhoto] = field(default_factory=list)  # new photos that cannot be used
+    skipped_total: int = 0  # every entry of the folder that is not enrolled, as `Gallery.skipped` would list
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.skipped)
+
+
 class GalleryBuilder:
-    """Builds a `Gallery` from the images folder, encoding only what the cache lacks."""
+    """Builds a `Gallery` from the images folder, encoding only what the cache lacks.
+
+    It remembers each photo's (name, size, mtime) from its last look, so `update()` hashes and
+    encodes only the photos added or changed since: with a whole site enrolled, one new photo
+    costs its own encoding plus one stat per photo, not a pass over every file.
+    """
 
     def __init__(self, cfg: Config, detector: FaceDetector, encoder: FaceEncoder):
         self.cfg = cfg
         self.detector = detector
         self.encoder = encoder
         self.cache = EmbeddingCache(cfg.path("cache") / "embeddings.sqlite", chip_settings(cfg, encoder))
+        self._seen: dict[Path, tuple[str, int, int]] = {}  # photo -> (name, size, mtime_ns) at the last look
+        self._unusable: set[Path] = set()  # photos among those that were refused (no face, unreadable...)
+        self._lock = threading.Lock()  # the watcher's update() and a remote reload's build() take turns
+
+    def update(self, images_dir: Path) -> GalleryChange:
+        """The photos added, replaced or removed since the last `build()`/`update()`."""
+        with self._lock:
+            return self._update(images_dir)
+
+    def _update(self, images_dir: Path) -> GalleryChange:
+        found, not_photos = scan_images(images_dir)
+        now = {}
+        for name, photo in found:
+            try:
+                st = photo.stat()
+            except OSError:
+                continue  # gone between the listing and the stat: the next poll sees it
+            now[photo] = (name, st.st_size, st.st_mtime_ns)
+        change = GalleryChange(removed=[p for p, v in self._seen.items() if now.get(p) != v])
+        fresh = [(v[0], p) for p, v in now.items() if self._seen.get(p) != v]
+        self._unusable = {p for p in self._unusable if p in now and self._seen.get(p) == now[p]}
+        if fresh:
+            gallery = self._assemble(fresh, [])
+            change.added = list(zip(gallery.names, gallery.photos, gallery.embeddings))
+            change.skipped = gallery.skipped
+            self._unusable |= {s.path for s in gallery.skipped}
+        self._seen = now
+        change.skipped_total = len(not_photos) + len(self._unusable) + len(found) - len(now)
+        return change
 
     def build(self, images_dir: Path) -> Gallery:
+        with self._lock:
+            return self._build(images_dir)
+
+    def _build(self, images_dir: Path) -> Gallery:
         found, skipped = scan_images(images_dir)
+        self._seen = {}
+        for name, photo in found:
+            try:
+                st = photo.stat()
+                self._seen[photo] = (name, st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
+        gallery = self._assemble(found, skipped)
+        enrolled = set(gallery.photos)
+        self._unusable = {p for p in self._seen if p not in enrolled}
+        log.info("gallery: %d people, %d photos (%d encoded now), %d skipped",
+                 len(gallery.people()), len(gallery.names), gallery.encoded, len(gallery.skipped))
+        return gallery
+
+    def _assemble(self, found: list[tuple[str, Path]], skipped: list[SkippedPhoto]) -> Gallery:
+        """Hash, look up in the cache, encode what it lacks: a Gallery of exactly `found`."""
         digests = {}
         for _, photo in found:
             try:
@@ -213,8 +286,6 @@ class GalleryBuilder:
         gallery.skipped.sort(key=lambda s: str(s.path))
         for s in gallery.skipped:
             log.warning("skipped photo %r: %s", str(s.path), s.reason)
-        log.info("gallery: %d people, %d photos (%d encoded now), %d skipped",
-                 len(gallery.people()), len(gallery.names), len(todo), len(gallery.skipped))
         return gallery
 
     def _encode(self, todo: dict[Path, str]) -> dict[str, np.ndarray | str]:
@@ -271,14 +342,15 @@ class GalleryWatcher:
     """Polls the images folder and rebuilds the gallery when it changes (hot enroll).
 
     Polling the folder's listing every few seconds costs a few stat calls and works on every
-    filesystem; the rebuild itself reuses the embedding cache, so only new photos are encoded.
-    The folder's signature is taken before each build and kept only once the build (and the
+    filesystem; only the photos added or changed are hashed and encoded, and the change is applied
+    to the matcher in place (a whole site is not rebuilt for one photo).
+    The folder's signature is taken before each update and kept only once the update (and the
     swap) succeeded: a photo dropped in during a build is seen at the next poll, and a reload
     that failed is tried again at the next poll.
     """
 
     def __init__(self, builder: GalleryBuilder, images_dir: Path, poll_s: float,
-                 on_change: Callable[[Gallery], None]):
+                 on_change: Callable[[Gallery | GalleryChange], None]):
         self.builder = builder
         self.images_dir = images_dir
         self.poll_s = poll_s
@@ -287,6 +359,7 @@ class GalleryWatcher:
         self._thread: threading.Thread | None = None
         self._signature: tuple | None = None  # of the folder as the current gallery was built from it
         self._failing = False
+        self._full = False  # the next poll rebuilds the whole gallery instead of applying a change
 
     def load(self) -> Gallery:
         """The first build (raises if it fails); its signature is the one taken before it started."""
@@ -304,22 +377,30 @@ class GalleryWatcher:
         if self._thread:
             self._thread.join(timeout)
 
+    def reload(self) -> None:
+        """Ask for a full rebuild at the next poll (a remote `reload_gallery`), done on the watcher's thread."""
+        self._full = True
+
     def poll(self) -> bool:
-        """One check: rebuild if the folder changed; True when a new gallery was handed over."""
+        """One check: hand over what changed in the folder; True when something was handed over."""
         try:
             signature = folder_signature(self.images_dir)
-            if signature == self._signature:
+            if signature == self._signature and not self._full:
                 return False
             log.info("images folder changed: reloading the gallery")
-            self.on_change(self.builder.build(self.images_dir))
+            if self._full:
+                self.on_change(self.builder.build(self.images_dir))
+            else:
+                self.on_change(self.builder.update(self.images_dir))  # incremental: only what changed
         except Exception as exc:  # a bad moment (folder renamed mid-scan...) must not end hot enroll
             if not self._failing:
                 log.warning("gallery reload failed (%s: %s); keeping the previous gallery, retrying at the next poll",
                             type(exc).__name__, exc, exc_info=True)
                 self._failing = True
+            self._full = True  # the builder may have moved past what the matcher holds: rebuild whole next time
             return False
         self._signature = signature  # only now: a failed reload is retried, a change during the build is seen
-        self._failing = False
+        self._failing = self._full = False
         return True
 
     def _loop(self) -> None:

@@ -24,12 +24,14 @@ from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
 from .decision import Decider
+from .core import (CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, UNLOCK, Box, Event, LiveVerdict, Match,
+                   Notice)
 from .door import LOCKED
-from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match, Notice
 from .detection import FaceDetector
 from .facenet import FaceEncoder
-from .gallery import Gallery, GalleryBuilder, GalleryWatcher
+from .gallery import Gallery, GalleryBuilder, GalleryChange, GalleryWatcher
 from .liveness import LivenessChecker
+from .policy import PolicyFile
 from .recognizer import Recognizer
 from .tracking import Tracker
 
@@ -88,13 +90,23 @@ class Pipeline:
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
         live = cfg.liveness
         self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
+        self.policy = PolicyFile(cfg.path("people"))  # per-person days/hours/doors (people.yaml)
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
-                               live.timeout_s if live.enabled else float("inf"), live.window_s)
-        self.access_log = AccessLog(cfg.resolve(cfg.access_log.path))
+                               live.timeout_s if live.enabled else float("inf"), live.window_s,
+                               allow=self.policy.allow(cfg.door.id))
+        self.access_log = AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id)
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
+        self.mqtt = None
+        if cfg.mqtt.enabled:  # events out, commands in; the door never waits for the broker
+            from .mqtt import MqttBridge, door_commands
+
+            self.mqtt = MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
+                lambda: self.notify(UNLOCK, detail="source: remote"),
+                lambda: self.door.lock("remote lock"), self.reload_gallery), base_dir=cfg.base_dir)
+            self.actions.emit = fan_out(emit, self.mqtt.publish)
 
         self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
         self.recognizer = Recognizer(self.watcher.load(), cfg.recognition.threshold)
@@ -154,10 +166,21 @@ class Pipeline:
     def _camera_status(self, kind: str, detail: str) -> None:
         self.notify(CAMERA_LOST if kind == "camera_lost" else CAMERA_BACK, detail=detail)
 
-    def _swap_gallery(self, gallery: Gallery) -> None:
-        self.recognizer = Recognizer(gallery, self.cfg.recognition.threshold)  # one reference swap
-        self.notify(GALLERY, detail=f"{len(gallery.people())} people, {len(gallery.names)} photos, "
-                                    f"{len(gallery.skipped)} skipped")
+    def _swap_gallery(self, update: Gallery | GalleryChange) -> None:
+        """Hot enroll: the photos added or removed are spliced into the matcher; a full rebuild replaces it."""
+        if isinstance(update, GalleryChange):
+            self.recognizer.apply(update.removed, update.added)
+            skipped = update.skipped_total
+            log.info("gallery: %d photos added, %d removed", len(update.added), len(update.removed))
+        else:
+            self.recognizer.replace_all(update)
+            skipped = len(update.skipped)
+        r = self.recognizer
+        self.notify(GALLERY, detail=f"{len(r.people)} people, {r.photo_count} photos, {skipped} skipped")
+
+    def reload_gallery(self) -> None:
+        """A full rebuild from the folder (the MQTT `reload_gallery` command), on the watcher's thread."""
+        self.watcher.reload()
 
     # ---- stages ---------------------------------------------------------------------------
 
@@ -255,6 +278,8 @@ class Pipeline:
         self.t0 = time.monotonic()
         self.speaker.start()
         self.actions.start()
+        if self.mqtt:
+            self.mqtt.start()
         self.capture.start(lambda exc: self._fail("capture", exc))
         self._spawn("detector", self._detect_stage)
         self._spawn("encoder", self._encode_stage)
@@ -281,12 +306,30 @@ class Pipeline:
         for thread in self._threads:
             thread.join(0.5)
         self.actions.stop(1.0)  # relocks with the full door.hook_timeout_s, then logs what is queued
+        if self.mqtt:
+            self.mqtt.stop(1.0)  # after the actions: their last relock goes out first
         self.speaker.stop(0.5)
         self.access_log.close(1.0)  # what is not in SQLite by then stays in the spool, replayed at next start
 
     def door_unlocked(self) -> bool:
         """The door controller's state (the door may be open while a relock keeps failing)."""
         return self.door.state() != LOCKED
+
+
+def fan_out(*sinks: Callable[[Event], None] | None) -> Callable[[Event], None] | None:
+    """One event sink feeding several (`--events-json`, MQTT, ...); a failing sink does not starve the others."""
+    sinks = tuple(s for s in sinks if s is not None)
+    if len(sinks) <= 1:
+        return sinks[0] if sinks else None
+
+    def emit(event: Event) -> None:
+        for sink in sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("event sink %r failed", sink)
+
+    return emit
 
 
 class _Stopped(Exception):
