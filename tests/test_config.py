@@ -63,6 +63,8 @@ def test_a_webhook_url_with_http_or_https_and_a_secret_loads(tmp_path):
     path.write_text("door:\n  webhook_url: https://door.example/hook\n  webhook_secret: k3y\n")
     door = load_config(path).door
     assert (door.webhook_url, door.webhook_secret) == ("https://door.example/hook", "k3y")
+
+
 def test_door_id_must_be_one_topic_level(tmp_path):
     from door_access.config import ConfigError, load_config
 

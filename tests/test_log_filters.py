@@ -22,9 +22,10 @@ def site(tmp_path):
                    "(1000.0, 1.0, 'unlock', 'old', 0.5, 1, '')")
     now = time.time()
     front, lab = AccessLog(path, door_id="front"), AccessLog(path, door_id="lab")  # both migrate: one wins
-    assert front.record(Event("unlock", 2.0, now - 7200, "alice", 0.41, 3))
-    assert lab.record(Event("denied", 3.0, now - 60, "alice", 0.5, 4, "outside hours (08:00-18:00)"))
-    assert front.record(Event("unlock", 4.0, now - 30, "bob", 0.6, 5, 'said "hi", then left'))
+    # each log writes from its own thread: flushed one by one, so the rows land in this order
+    assert front.record(Event("unlock", 2.0, now - 7200, "alice", 0.41, 3)) and front.flush(10)
+    assert lab.record(Event("denied", 3.0, now - 60, "alice", 0.5, 4, "outside hours (08:00-18:00)")) and lab.flush(10)
+    assert front.record(Event("unlock", 4.0, now - 30, "bob", 0.6, 5, 'said "hi", then left')) and front.flush(10)
     front.close(), lab.close()
     (tmp_path / "config.yaml").write_text(f"access_log:\n  path: {path}\n")
     return path, now
