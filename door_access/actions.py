@@ -36,7 +36,7 @@ import numpy as np
 
 from .access_log import AccessLog
 from .config import Config, TtsConfig
-from .core import DENIED, FAULT, RELOCK, UNLOCK, Event, Notice
+from .core import CHALLENGE, DENIED, FAULT, RELOCK, UNLOCK, Event, Notice
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +304,8 @@ class Actions:
                 self._unlock(event)
             elif event.event == DENIED:
                 self._snapshot(event, notice.snapshot)
+            elif event.event == CHALLENGE:  # the liveness challenge, spoken through the welcome voice
+                self.speaker.say(event.detail)
         except Exception as exc:  # a bug in one action must not end the worker
             log.exception("actions: handling %s failed", event.event)
             self._publish(self._event(FAULT, detail=f"actions: handling {event.event} failed: {exc}"))
