@@ -117,7 +117,7 @@ class LivenessConfig:
     window_s: float = meta(10.0, lo=0.1)
     timeout_s: float = meta(4.0, lo=0.1)
     parallax_threshold: float = meta(0.06, lo=0.01, hi=1.0)
-    parallax_min_turn: float = meta(0.15, lo=0.01, hi=1.0)
+    parallax_min_turn: float = meta(0.2, lo=0.01, hi=1.0)
     challenge: str = meta("on_doubt", choices=("off", "on_doubt", "always"))
     challenge_after_s: float = meta(3.0, lo=0.0)
     challenge_deadline_s: float = meta(6.0, lo=0.5, hi=60.0)

@@ -40,7 +40,8 @@ RIGID = list(range(0, 17)) + list(range(27, 36)) + [36, 39, 42, 45]  # outline, 
 HISTORY_S = 1.0  # motion and parallax are measured against the shapes of the last second
 BASELINE_S = 2.0  # the open-eye EAR is the 80th percentile of the last two seconds of open eyes
 MIN_BASELINE = 3  # EAR samples needed before a blink can be judged
-PARALLAX_FRAMES = 2  # frames in a row over the parallax threshold
+PARALLAX_FRAMES = 3  # frames in a row over the parallax threshold
+MAX_YAW_STEP = 0.08  # yaw change between two frames beyond which the newer shape is a landmark glitch, not a turn
 NEUTRAL_S = 0.5  # `always`: the resting pose is taken from at least this long before asking
 
 
@@ -140,9 +141,11 @@ class LivenessChecker:
         if s.motion_frames >= cfg.motion_frames:
             self._evidence(s, t, "facial motion")
 
-        turned = max(s.shapes, key=lambda old: abs(old[2].yaw - pose.yaw), default=None)
-        parallax = planar_residual(turned[1], points) \
-            if turned is not None and abs(turned[2].yaw - pose.yaw) >= cfg.parallax_min_turn else 0.0
+        parallax = 0.0
+        if s.shapes and abs(s.shapes[-1][2].yaw - pose.yaw) <= MAX_YAW_STEP:  # a jump is a landmark glitch
+            turned = max(s.shapes, key=lambda old: abs(old[2].yaw - pose.yaw))
+            if abs(turned[2].yaw - pose.yaw) >= cfg.parallax_min_turn:
+                parallax = planar_residual(turned[1], points)
         s.parallax_frames = s.parallax_frames + 1 if parallax >= cfg.parallax_threshold else 0
         if s.parallax_frames >= PARALLAX_FRAMES:
             self._evidence(s, t, "3D parallax")
