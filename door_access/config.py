@@ -108,7 +108,7 @@ class AccessLogConfig:
 @dataclass(frozen=True)
 class LivenessConfig:
     enabled: bool = True
-    blink_ratio: float = meta(0.55, lo=0.1, hi=0.95)
+    blink_ratio: float = meta(0.6, lo=0.1, hi=0.95)
     reopen_ratio: float = meta(0.8, lo=0.1, hi=1.0)
     closed_ear: float = meta(0.21, lo=0.05, hi=0.5)
     min_closed_s: float = meta(0.03, lo=0.0, hi=2.0)
