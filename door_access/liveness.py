@@ -213,7 +213,8 @@ class LivenessChecker:
             if state == PASSED:
                 self._evidence(s, t, f"challenge passed ({c.outcome()})")
         if c is not None and c.state == FAILED:
-            return LiveVerdict(None, "challenge failed", None, spoof=f"challenge failed ({c.outcome()})")
+            failed = f"challenge failed ({c.outcome()})"
+            return LiveVerdict(None, failed, None, spoof=failed)
         if c is not None and c.state != PASSED:
             return LiveVerdict(None, f"challenge: {c.text}", None, challenge=c.text)
         if s.last_evidence_t is not None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from door_access.config import LivenessConfig
-from door_access.democlip import write_photo_attack
+from door_access.challenge import SPOKEN
+from door_access.democlip import Segment, write_clip, write_photo_attack
 from door_access.liveness import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
 from door_access.photos import load_rgb
 
@@ -95,6 +96,8 @@ def test_photo_attack_is_denied_for_no_liveness(tmp_path, attack_clip):
     assert not [e for e in events if e["event"] == "unlock"]
     denied = [e for e in events if e["event"] == "denied"]
     assert denied and denied[0]["name"] == "obama" and denied[0]["detail"].startswith("no liveness")
+    asked = [e for e in events if e["event"] == "challenge"]  # no cue after challenge_after_s: the door asks, once
+    assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values() and asked[0]["track"] == denied[0]["track"]
 
 
 def test_same_clip_without_liveness_unlocks(tmp_path, attack_clip):
@@ -114,3 +117,20 @@ def test_real_people_on_video_still_get_in(tmp_path):
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]
     assert unlocks[0]["detail"].startswith("live after")
+
+
+@pytest.fixture(scope="module")
+def small_face_clip(tmp_path_factory, detector):
+    """A face 58 px wide (about 25 px between the eyes): found with upsampling, too small to judge."""
+    return write_clip(detector, [Segment(FR_IMAGES / "obama2.jpg", 4.0)],
+                      tmp_path_factory.mktemp("small") / "small.mp4", fps=15.0, face_px=58)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("min_eye_px, unlocks", [(28, []), (0, ["obama"])])
+def test_a_face_under_min_eye_px_neither_votes_nor_unlocks(tmp_path, small_face_clip, min_eye_px, unlocks):
+    """The control (min_eye_px 0) unlocks on the same clip, so the gate is what keeps the door shut."""
+    site = write_site(tmp_path, f"tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
+                                f"liveness:\n  enabled: false\ndetection:\n  upsample: 1\n  min_eye_px: {min_eye_px}\n")
+    events = _events(site, small_face_clip)
+    assert [e["name"] for e in events if e["event"] == "unlock"] == unlocks
