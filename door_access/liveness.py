@@ -2,9 +2,8 @@
 
 Three cues from dlib's 68 landmarks, any of which confirms:
 - a blink: the eye aspect ratio (EAR, eye height over width) falls under both a fraction of the
-  track's own open-eye level and an absolute level, stays there for `min_closed_s` seconds (two
-  landmark glitches in a row on a photo are not a blink, whatever the frame rate) and comes
-  back (hysteresis);
+  track's own open-eye level and an absolute level, stays there for `min_closed_s` seconds (one
+  glitchy frame is never a blink, whatever the frame rate) and comes back (hysteresis);
 - non-rigid motion: after aligning each shape on points a hand cannot deform (nose, eye
   corners) with an affine fit, the mouth and eyelid points still move relative to them, as
   they do when someone talks or changes expression. A photo moved as a whole (shifted,

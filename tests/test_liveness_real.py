@@ -125,7 +125,7 @@ def test_a_real_head_turn_confirms_by_3d_parallax(shapes_of):
 def test_a_real_head_turn_answers_the_challenge_for_its_own_side_only(shapes_of):
     shapes = shapes_of(LIVE / "genuine/g03_tranvanluyt_selfie_headturn.mp4", max_s=6.5)
     asked_left = _play(shapes, LivenessConfig(challenge="always"), action=LEFT)[1]
-    assert asked_left[10].challenge == "turn your head left"  # asked once the resting pose is known
+    assert asked_left[5].challenge is None and asked_left[20].challenge == "turn your head left"  # asked at 0.5 s
     assert asked_left[-1].evidence_t is not None and asked_left[-1].cue == "challenge passed (asked left, saw left)"
     asked_right = _play(shapes, LivenessConfig(challenge="always"), action=RIGHT)[1]
     assert asked_right[-1].evidence_t is None
