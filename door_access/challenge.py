@@ -22,7 +22,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 LEFT, RIGHT, UP, BLINK_TWICE = "left", "right", "up", "blink twice"
-DOWN = "down"  # seen, never asked (people look down by themselves)
+DOWN = "down"  # never asked, and no wrong answer either (people nod while they listen)
 ACTIONS = (LEFT, RIGHT, UP, BLINK_TWICE)
 SPOKEN = {LEFT: "turn your head left", RIGHT: "turn your head right", UP: "look up", BLINK_TWICE: "blink twice"}
 NOTHING = "nothing"
@@ -80,9 +80,9 @@ class Challenge:
     """One asked action for one track, verified frame by frame.
 
     `update` takes the frame's pose and the track's blink count so far; the state goes from
-    RUNNING to PASSED (the asked action seen for `hold_s`) or FAILED (another head action held
-    for `hold_s`, or nothing by the deadline). Blinks never fail a head-turn challenge: people
-    blink while they turn.
+    RUNNING to PASSED (the asked action seen for `hold_s`) or FAILED (another action that could
+    have been asked, held for `hold_s`, or nothing by the deadline). Blinks never fail a head-turn
+    challenge and looking down fails nothing: people blink and nod while they listen.
     """
 
     def __init__(self, action: str, t: float, deadline_s: float, neutral: Pose, blinks: int,
@@ -110,7 +110,7 @@ class Challenge:
         if self.action == BLINK_TWICE and blinked >= 2:
             return self._finish(t, PASSED)
         head = pose_action(pose, self.neutral, self.turn, self.look_up) if pose is not None else None
-        if head is None:
+        if head is None or head == DOWN:  # never asked: people nod while they listen, so it is no answer
             self._held = None
         else:
             if self._held is None or self._held[0] != head:

@@ -213,3 +213,10 @@ def test_always_asks_even_when_a_cue_fired():
     checker = LivenessChecker(_quiet(challenge="always"), None, challenge_action=LEFT)
     verdicts = _observe(checker, [head()] * 10 + [closed(head())] * 3 + [head()] * 5, fps=15)
     assert verdicts[-1].evidence_t is None and verdicts[-1].challenge == "turn your head left"
+
+
+def test_a_nod_is_no_answer_but_looking_up_when_asked_to_turn_is_a_wrong_one():
+    nod = [head()] * 5 + [head(pitch_deg=-25)] * 5 + [head()] * 5
+    assert _run(LEFT, nod).state == RUNNING
+    looked_up = _run(LEFT, [head()] * 5 + [head(pitch_deg=25)] * 5)
+    assert looked_up.state == FAILED and looked_up.seen == UP
