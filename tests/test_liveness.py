@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from door_access.photos import load_rgb
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
 
-DOOR = str(REPO / ".venv" / "bin" / "door-access")
+# this checkout's code, not whatever the shared venv's `door-access` script was installed from
+DOOR = [sys.executable, "-m", "door_access"]
 HAMILTON = SHARED_DATA / "face_recognition_examples"
 
 
@@ -85,8 +87,8 @@ def attack_clip(tmp_path_factory, detector):
 
 
 def _events(site, source, *extra):
-    proc = subprocess.run([DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(source),
-                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(source),
+                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
