@@ -24,7 +24,8 @@ from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
 from .decision import Decider
-from .core import CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match, Notice
+from .core import (CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match,
+                   Notice)
 from .detection import FaceDetector
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryWatcher
@@ -176,8 +177,7 @@ class Pipeline:
                 obs = FaceObs(track.id, track.box)
                 out.faces.append(obs)
                 points = self.liveness.landmarks(rgb, rect) if self.liveness else None
-                eyes = eye_distance(points) if points is not None else self.detector.eye_distance(rgb, rect)
-                if eyes < self.cfg.detection.min_eye_px:
+                if self._too_small(rgb, rect, points):
                     continue  # too small to judge: tracked and drawn, but no vote and no liveness
                 if self.tracker.take_encode_slot(track, frame.t):
                     obs.chip = self.detector.align(rgb, rect).chip
@@ -190,6 +190,13 @@ class Pipeline:
                 self.liveness.forget(set(self.tracker.tracks))
                 self._asked &= set(self.tracker.tracks)
             self._put(self.to_encoder, out)
+
+    def _too_small(self, rgb: np.ndarray, rect, points: np.ndarray | None) -> bool:
+        """Eyes closer than `detection.min_eye_px`: landmarks too coarse to vote or judge liveness on."""
+        least = self.cfg.detection.min_eye_px
+        if not least:
+            return False
+        return (eye_distance(points) if points is not None else self.detector.eye_distance(rgb, rect)) < least
 
     def _encode_stage(self) -> None:
         """Batch chips across frames: up to batch_size chips or batch_wait_ms, whichever comes first."""

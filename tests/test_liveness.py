@@ -88,7 +88,8 @@ def attack_clip(tmp_path_factory, detector):
 
 def _events(site, source, *extra):
     proc = subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(source),
-                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300, cwd=REPO)
+                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
