@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .challenge import FAILED, PASSED, Challenge, Pose, choose_action, head_pose, neutral_pose
+from .challenge import ACTIONS, FAILED, PASSED, Challenge, Pose, choose_action, head_pose, neutral_pose
 from .config import LivenessConfig
 from .core import LiveVerdict
 
@@ -104,6 +104,8 @@ class LivenessChecker:
     """
 
     def __init__(self, cfg: LivenessConfig, models_dir: Path | None, challenge_action: str | None = None):
+        if challenge_action is not None and challenge_action not in ACTIONS:
+            raise ValueError(f"unknown challenge action {challenge_action!r} (one of: {', '.join(ACTIONS)})")
         self.cfg = cfg
         self.challenge_action = challenge_action
         self._predictor = None

@@ -220,3 +220,8 @@ def test_a_nod_is_no_answer_but_looking_up_when_asked_to_turn_is_a_wrong_one():
     assert _run(LEFT, nod).state == RUNNING
     looked_up = _run(LEFT, [head()] * 5 + [head(pitch_deg=25)] * 5)
     assert looked_up.state == FAILED and looked_up.seen == UP
+
+
+def test_a_fixed_challenge_action_must_be_a_real_one():
+    with pytest.raises(ValueError, match="unknown challenge action"):
+        LivenessChecker(LivenessConfig(), None, challenge_action="wave")
