@@ -34,7 +34,7 @@ import numpy as np
 
 from .access_log import AccessLog
 from .config import Config, TtsConfig
-from .core import ALARM, DENIED, FAULT, UNLOCK, Event, Notice
+from .core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice
 from .door import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,8 @@ class Actions:
                 self._webhook.post(event)
             elif event.event == DENIED:
                 self._snapshot(event, notice.snapshot)
+            elif event.event == CHALLENGE:  # the liveness challenge, spoken through the welcome voice
+                self.speaker.say(event.detail)
         except Exception as exc:  # a bug in one action must not end the worker
             log.exception("actions: handling %s failed", event.event)
             self.publish(self._event(FAULT, detail=f"actions: handling {event.event} failed: {exc}"))

@@ -47,6 +47,7 @@ class DetectionConfig:
     photo_upsample: int = meta(1, lo=0, hi=3)
     photo_max_side: int = meta(1024, lo=160)
     min_face: int = meta(32, lo=8)
+    min_eye_px: float = meta(28.0, lo=0.0)
     margin: float = meta(0.25, lo=0.0, hi=1.0)
 
 
@@ -112,13 +113,22 @@ class AccessLogConfig:
 @dataclass(frozen=True)
 class LivenessConfig:
     enabled: bool = True
-    blink_ratio: float = meta(0.55, lo=0.1, hi=0.95)
+    blink_ratio: float = meta(0.6, lo=0.1, hi=0.95)
     reopen_ratio: float = meta(0.8, lo=0.1, hi=1.0)
-    min_closed_frames: int = meta(1, lo=1, hi=30)
+    closed_ear: float = meta(0.21, lo=0.05, hi=0.5)
+    min_closed_s: float = meta(0.03, lo=0.0, hi=2.0)
     motion_threshold: float = meta(0.15, lo=0.01, hi=2.0)
     motion_frames: int = meta(2, lo=1, hi=30)
     window_s: float = meta(10.0, lo=0.1)
     timeout_s: float = meta(4.0, lo=0.1)
+    parallax_threshold: float = meta(0.06, lo=0.01, hi=1.0)
+    parallax_min_turn: float = meta(0.2, lo=0.01, hi=1.0)
+    challenge: str = meta("on_doubt", choices=("off", "on_doubt", "always"))
+    challenge_after_s: float = meta(3.0, lo=0.0)
+    challenge_deadline_s: float = meta(6.0, lo=0.5, hi=60.0)
+    challenge_turn: float = meta(0.3, lo=0.05, hi=1.0)
+    challenge_look_up: float = meta(0.08, lo=0.02, hi=1.0)
+    challenge_hold_s: float = meta(0.2, lo=0.0, hi=5.0)
 
 
 @dataclass(frozen=True)

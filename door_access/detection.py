@@ -76,6 +76,12 @@ class FaceDetector:
         box = _clipped_box(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1, rgb.shape)
         return Face(box=box, chip=np.ascontiguousarray(chip), landmarks=points)
 
+    def eye_distance(self, rgb: np.ndarray, rect: dlib.rectangle) -> float:
+        """Pixels between the eyes (midpoints of each eye's two corners, 5-point landmarks): the face
+        size that decides whether a video face may vote."""
+        p = self._predictor(rgb, rect).parts()
+        return float(np.hypot((p[0].x + p[1].x - p[2].x - p[3].x) / 2, (p[0].y + p[1].y - p[2].y - p[3].y) / 2))
+
     def faces(self, rgb: np.ndarray, downscale: float | None = None) -> list[Face]:
         return [self.align(rgb, r) for r in self.detect(rgb, downscale)]
 

@@ -1,33 +1,47 @@
-"""Liveness: evidence that a track is a live face, not a photo held up to the camera.
+"""Liveness: CONFIRM evidence that a track is a live face, and the spoken challenge when there is none.
 
-Two cues from dlib's 68 landmarks, either of which counts:
-- a blink: the eye aspect ratio (EAR, eye height over width) falls well below the track's own
-  open-eye level and comes back (hysteresis), which a printed face never does;
+Three cues from dlib's 68 landmarks, any of which confirms:
+- a blink: the eye aspect ratio (EAR, eye height over width) falls under both a fraction of the
+  track's own open-eye level and an absolute level, stays there for `min_closed_s` seconds (one
+  glitchy frame is never a blink, whatever the frame rate) and comes back (hysteresis);
 - non-rigid motion: after aligning each shape on points a hand cannot deform (nose, eye
   corners) with an affine fit, the mouth and eyelid points still move relative to them, as
   they do when someone talks or changes expression. A photo moved as a whole (shifted,
-  rotated, scaled, tilted, lit differently) is one plane: the affine fit absorbs all of it.
-Each frame's verdict carries the time of the latest evidence; the decider judges whether it is recent enough.
+  rotated, scaled, tilted, lit differently) is one plane: the affine fit absorbs all of it;
+- 3D parallax: when the head turns, the nose tip, the eye corners and the face outline move
+  in a way no plane can (a homography fit leaves a residual); a photo turned as a whole is a
+  plane, and the homography absorbs it exactly.
+When none fired after `challenge_after_s` (or always, by config), the track is asked for a
+random action (challenge.py); once asked, only the answer counts, and a wrong or missing one
+is reported as a spoof. Absence of evidence only keeps the attempt pending: the decider denies.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dlib
+import cv2
 import numpy as np
 
+from .challenge import ACTIONS, FAILED, PASSED, Challenge, Pose, choose_action, head_pose, neutral_pose
 from .config import LivenessConfig
 from .core import LiveVerdict
-from .detection import load_dlib_model
+
+log = logging.getLogger(__name__)
 
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 ANCHORS = list(range(27, 36)) + [36, 39, 42, 45]  # nose bridge and tip, eye corners
 DEFORMABLE = list(range(48, 68)) + [37, 38, 40, 41, 43, 44, 46, 47]  # lips, eyelids
-HISTORY_S = 1.0  # motion is measured against the shapes of the last second
-BASELINE_S = 2.0  # the open-eye EAR is the 80th percentile of the last two seconds
+RIGID = list(range(0, 17)) + list(range(27, 36)) + [36, 39, 42, 45]  # outline, nose, eye corners: no expression
+HISTORY_S = 1.0  # motion and parallax are measured against the shapes of the last second
+BASELINE_S = 2.0  # the open-eye EAR is the 80th percentile of the last two seconds of open eyes
+MIN_BASELINE = 3  # EAR samples needed before a blink can be judged
+PARALLAX_FRAMES = 3  # frames in a row over the parallax threshold
+MAX_YAW_STEP = 0.08  # yaw change between two frames beyond which the newer shape is a landmark glitch, not a turn
+NEUTRAL_S = 0.5  # `always`: the resting pose is taken from at least this long before asking
 
 
 def eye_aspect_ratio(points: np.ndarray) -> float:
@@ -36,6 +50,11 @@ def eye_aspect_ratio(points: np.ndarray) -> float:
         return (np.linalg.norm(e[1] - e[5]) + np.linalg.norm(e[2] - e[4])) / (2.0 * np.linalg.norm(e[0] - e[3]))
 
     return float((one(points[36:42]) + one(points[42:48])) / 2.0)
+
+
+def eye_distance(points: np.ndarray) -> float:
+    """Pixels between the midpoints of the eye corners (68-point shape): the face size that decides."""
+    return float(np.linalg.norm(points[[36, 39]].mean(axis=0) - points[[42, 45]].mean(axis=0)))
 
 
 def non_rigid_motion(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,66 +67,160 @@ def non_rigid_motion(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(((mapped - a[DEFORMABLE]) ** 2).sum(axis=1).mean()) / max(eye_distance, 1e-6))
 
 
+def planar_residual(a: np.ndarray, b: np.ndarray) -> float:
+    """How far the rigid points of `b` stay from `a` after the best homography (a plane seen from
+    anywhere) maps one onto the other; RMS, in eye distances. ~0.02 for landmark noise."""
+    src, dst = b[RIGID].astype(np.float64), a[RIGID].astype(np.float64)
+    h, _ = cv2.findHomography(src, dst, 0)
+    if h is None:
+        return 0.0
+    mapped = cv2.perspectiveTransform(src.reshape(-1, 1, 2), h).reshape(-1, 2)
+    return float(np.sqrt(((mapped - dst) ** 2).sum(axis=1).mean()) / max(eye_distance(a), 1e-6))
+
+
 @dataclass
 class _TrackLiveness:
     first_seen: float
-    ears: deque = field(default_factory=deque)  # (t, ear)
-    shapes: deque = field(default_factory=deque)  # (t, points)
-    eyes_closed_frames: int = 0
-    closed: bool = False
+    ears: deque = field(default_factory=deque)  # (t, ear) of open-eye frames: the baseline
+    shapes: deque = field(default_factory=deque)  # (t, points, pose)
+    closed_since: float | None = None  # first frame of the current eye closure
+    closed_last: float | None = None  # latest frame of it
+    blinks: int = 0
     motion_frames: int = 0
+    parallax_frames: int = 0
     first_evidence_t: float | None = None  # for reporting how long a person waited
-    last_evidence_t: float | None = None  # for the window
+    last_evidence_t: float | None = None
     cue: str = ""  # the first cue seen
+    doubt: bool = False  # a DENY cue was borderline: ask now
+    challenge: Challenge | None = None
 
 
 class LivenessChecker:
-    """Per-track liveness state. Lives in the detector thread (it needs the frame's pixels)."""
+    """Per-track liveness state. Lives in the detector thread (it needs the frame's pixels).
 
-    def __init__(self, cfg: LivenessConfig, models_dir: Path):
+    `challenge_action` fixes the asked action (tests, `eval-liveness` on clips that perform a
+    known action); it is a constructor argument, never a config key an attacker could set.
+    `models_dir=None` builds a checker that only takes landmark arrays (`observe`).
+    """
+
+    def __init__(self, cfg: LivenessConfig, models_dir: Path | None, challenge_action: str | None = None):
+        if challenge_action is not None and challenge_action not in ACTIONS:
+            raise ValueError(f"unknown challenge action {challenge_action!r} (one of: {', '.join(ACTIONS)})")
         self.cfg = cfg
-        self._predictor = load_dlib_model(dlib.shape_predictor, Path(models_dir) / SHAPE_PREDICTOR_68)
+        self.challenge_action = challenge_action
+        self._predictor = None
+        if models_dir is not None:
+            import dlib
+
+            from .detection import load_dlib_model
+
+            self._predictor = load_dlib_model(dlib.shape_predictor, Path(models_dir) / SHAPE_PREDICTOR_68)
         self.tracks: dict[int, _TrackLiveness] = {}
 
-    def update(self, track: int, t: float, rgb: np.ndarray, rect: dlib.rectangle) -> LiveVerdict:
+    def landmarks(self, rgb: np.ndarray, rect) -> np.ndarray:
+        """dlib's 68 points of the face in `rect`, (68, 2) float pixels."""
+        return np.array([[p.x, p.y] for p in self._predictor(rgb, rect).parts()], np.float64)
+
+    def update(self, track: int, t: float, rgb: np.ndarray, rect) -> LiveVerdict:
         """Feed one frame of a track; returns what liveness knows about it now."""
-        points = np.array([[p.x, p.y] for p in self._predictor(rgb, rect).parts()], np.float64)
-        return self.observe(track, t, points)
+        return self.observe(track, t, self.landmarks(rgb, rect))
+
+    def request_challenge(self, track: int) -> None:
+        """A DENY cue was borderline on this track: ask at once instead of waiting."""
+        if track in self.tracks:
+            self.tracks[track].doubt = True
 
     def observe(self, track: int, t: float, points: np.ndarray) -> LiveVerdict:
         cfg = self.cfg
         s = self.tracks.setdefault(track, _TrackLiveness(first_seen=t))
-        ear = eye_aspect_ratio(points)
-        s.ears.append((t, ear))
-        while s.ears and t - s.ears[0][0] > BASELINE_S:
-            s.ears.popleft()
-        open_level = float(np.percentile([e for _, e in s.ears], 80))
-        if ear < cfg.blink_ratio * open_level:
-            s.eyes_closed_frames += 1
-            if s.eyes_closed_frames >= cfg.min_closed_frames:
-                s.closed = True
-        elif ear > cfg.reopen_ratio * open_level:
-            if s.closed:
-                self._evidence(s, t, "blink")
-            s.closed, s.eyes_closed_frames = False, 0
+        pose = head_pose(points)
+        if self._blink(s, t, eye_aspect_ratio(points)):
+            self._evidence(s, t, "blink")
 
-        motion = max((non_rigid_motion(points, old) for _, old in s.shapes), default=0.0)
+        motion = max((non_rigid_motion(points, old) for _, old, _ in s.shapes), default=0.0)
         s.motion_frames = s.motion_frames + 1 if motion >= cfg.motion_threshold else 0
         if s.motion_frames >= cfg.motion_frames:
             self._evidence(s, t, "facial motion")
-        s.shapes.append((t, points))
+
+        parallax = 0.0
+        if s.shapes and abs(s.shapes[-1][2].yaw - pose.yaw) <= MAX_YAW_STEP:  # a jump is a landmark glitch
+            turned = max(s.shapes, key=lambda old: abs(old[2].yaw - pose.yaw))
+            if abs(turned[2].yaw - pose.yaw) >= cfg.parallax_min_turn:
+                parallax = planar_residual(turned[1], points)
+        s.parallax_frames = s.parallax_frames + 1 if parallax >= cfg.parallax_threshold else 0
+        if s.parallax_frames >= PARALLAX_FRAMES:
+            self._evidence(s, t, "3D parallax")
+
+        self._maybe_ask(track, s, t)
+        s.shapes.append((t, points, pose))
         while s.shapes and t - s.shapes[0][0] > HISTORY_S:
             s.shapes.popleft()
+        return self._verdict(s, t, pose)
 
-        if s.last_evidence_t is not None:
-            return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen)
-        return LiveVerdict(None, f"no blink or facial motion in {t - s.first_seen:.1f} s")
+    def _blink(self, s: _TrackLiveness, t: float, ear: float) -> bool:
+        """One frame of the blink state machine; True when a blink has just ended."""
+        cfg = self.cfg
+        while s.ears and t - s.ears[0][0] > BASELINE_S:
+            s.ears.popleft()
+        if len(s.ears) < MIN_BASELINE:
+            s.ears.append((t, ear))
+            return False
+        open_level = float(np.percentile([e for _, e in s.ears], 80))
+        if ear < min(cfg.blink_ratio * open_level, cfg.closed_ear):
+            if s.closed_since is None:
+                s.closed_since = t
+            s.closed_last = t
+            return False  # the baseline is frozen while the eyes are shut
+        if ear > cfg.reopen_ratio * open_level:
+            blinked = s.closed_since is not None and s.closed_last - s.closed_since >= cfg.min_closed_s
+            s.closed_since = s.closed_last = None
+            s.ears.append((t, ear))
+            if blinked:
+                s.blinks += 1
+            return blinked
+        if s.closed_since is None:
+            s.ears.append((t, ear))
+        return False
 
-    @staticmethod
-    def _evidence(s: _TrackLiveness, t: float, cue: str) -> None:
+    def _evidence(self, s: _TrackLiveness, t: float, cue: str) -> None:
+        if s.challenge is not None and s.challenge.state != PASSED:
+            return  # once asked, only the answer counts: a replay moves its lips too
+        if self.cfg.challenge == "always" and s.challenge is None:
+            return
         if s.first_evidence_t is None:
             s.first_evidence_t, s.cue = t, cue
         s.last_evidence_t = t
+
+    def _maybe_ask(self, track: int, s: _TrackLiveness, t: float) -> None:
+        cfg = self.cfg
+        if cfg.challenge == "off" or s.challenge is not None or not s.shapes:
+            return
+        if cfg.challenge == "always":
+            due = t - s.first_seen >= NEUTRAL_S
+        else:
+            due = s.last_evidence_t is None and (s.doubt or t - s.first_seen >= cfg.challenge_after_s)
+        if not due:
+            return
+        neutral = neutral_pose([pose for _, _, pose in s.shapes])
+        action = self.challenge_action or choose_action()
+        s.challenge = Challenge(action, t, cfg.challenge_deadline_s, neutral, s.blinks,
+                                cfg.challenge_turn, cfg.challenge_look_up, cfg.challenge_hold_s)
+        log.info("challenge asked of track %d: %r", track, s.challenge.text)
+
+    def _verdict(self, s: _TrackLiveness, t: float, pose: Pose) -> LiveVerdict:
+        c = s.challenge
+        if c is not None and c.done_t is None:
+            state = c.update(t, pose, s.blinks)
+            if state == PASSED:
+                self._evidence(s, t, f"challenge passed ({c.outcome()})")
+        if c is not None and c.state == FAILED:
+            failed = f"challenge failed ({c.outcome()})"
+            return LiveVerdict(None, failed, None, spoof=failed)
+        if c is not None and c.state != PASSED:
+            return LiveVerdict(None, f"challenge: {c.text}", None, challenge=c.text)
+        if s.last_evidence_t is not None:
+            return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen)
+        return LiveVerdict(None, f"no blink, facial motion or parallax in {t - s.first_seen:.1f} s")
 
     def forget(self, alive: set[int]) -> None:
         """Drop the state of tracks that have ended."""

@@ -24,13 +24,13 @@ from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
 from .decision import Decider
-from .core import (CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, UNLOCK, Box, Event, LiveVerdict, Match,
-                   Notice)
-from .door import LOCKED
+from .core import (CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SIZE, UNLOCK, Box, Event, LiveVerdict,
+                   Match, Notice)
 from .detection import FaceDetector
+from .door import LOCKED
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryChange, GalleryWatcher
-from .liveness import LivenessChecker
+from .liveness import LivenessChecker, eye_distance
 from .policy import PolicyFile
 from .recognizer import Recognizer
 from .tracking import Tracker
@@ -69,7 +69,7 @@ class Pipeline:
     """Builds every stage from the config and runs them until stopped, the file ends, or a stage fails."""
 
     def __init__(self, cfg: Config, capture: Capture, encoder: FaceEncoder, gallery_builder: GalleryBuilder,
-                 images_dir, emit: Callable[[Event], None] | None = None):
+                 images_dir, emit: Callable[[Event], None] | None = None, challenge_action: str | None = None):
         self.cfg = cfg
         self.capture = capture
         self.encoder = encoder
@@ -89,7 +89,8 @@ class Pipeline:
         p = cfg.pipeline
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
         live = cfg.liveness
-        self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
+        self.liveness = LivenessChecker(live, cfg.path("weights"), challenge_action) if live.enabled else None
+        self._asked: set[int] = set()  # tracks whose challenge has been announced
         self.policy = PolicyFile(cfg.path("people"))  # per-person days/hours/doors (people.yaml)
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s,
@@ -197,14 +198,28 @@ class Pipeline:
             out = FrameFaces(frame)
             for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
                 obs = FaceObs(track.id, track.box)
+                out.faces.append(obs)
+                points = self.liveness.landmarks(rgb, rect) if self.liveness else None
+                if self._too_small(rgb, rect, points):
+                    continue  # too small to judge: tracked and drawn, but no vote and no liveness
                 if self.tracker.take_encode_slot(track, frame.t):
                     obs.chip = self.detector.align(rgb, rect).chip
                 if self.liveness:
-                    obs.live = self.liveness.update(track.id, frame.t, rgb, rect)
-                out.faces.append(obs)
+                    obs.live = self.liveness.observe(track.id, frame.t, points)
+                    if obs.live.challenge and track.id not in self._asked:
+                        self._asked.add(track.id)
+                        self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)
             if self.liveness:
                 self.liveness.forget(set(self.tracker.tracks))
+                self._asked &= set(self.tracker.tracks)
             self._put(self.to_encoder, out)
+
+    def _too_small(self, rgb: np.ndarray, rect, points: np.ndarray | None) -> bool:
+        """Eyes closer than `detection.min_eye_px`: landmarks too coarse to vote or judge liveness on."""
+        least = self.cfg.detection.min_eye_px
+        if not least:
+            return False
+        return (eye_distance(points) if points is not None else self.detector.eye_distance(rgb, rect)) < least
 
     def _encode_stage(self) -> None:
         """Batch chips across frames: up to batch_size chips or batch_wait_ms, whichever comes first."""

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from door_access.config import LivenessConfig
-from door_access.democlip import write_photo_attack
+from door_access.challenge import SPOKEN
+from door_access.democlip import Segment, write_clip, write_photo_attack
 from door_access.liveness import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
 from door_access.photos import load_rgb
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
 
-DOOR = str(REPO / ".venv" / "bin" / "door-access")
+# this checkout's code, not whatever the shared venv's `door-access` script was installed from
+DOOR = [sys.executable, "-m", "door_access"]
 HAMILTON = SHARED_DATA / "face_recognition_examples"
 
 
@@ -48,7 +51,7 @@ def test_talking_moves_the_lips_relative_to_the_nose(landmarks):
 
 def test_a_blink_is_evidence_and_a_steady_stare_is_not(landmarks, cfg):
     # motion cue off: this is about blinks; landmarks are fed directly
-    checker = LivenessChecker(LivenessConfig(motion_threshold=5.0), cfg.path("weights"))
+    checker = LivenessChecker(LivenessConfig(motion_threshold=5.0, challenge="off"), cfg.path("weights"))
     closed = landmarks.copy()
     for eye in (range(36, 42), range(42, 48)):
         idx = list(eye)
@@ -58,7 +61,7 @@ def test_a_blink_is_evidence_and_a_steady_stare_is_not(landmarks, cfg):
 
     stare = [checker.observe(1, i / 15, landmarks) for i in range(60)]
     assert not any(v.evidence_t is not None for v in stare)
-    assert "no blink or facial motion" in stare[-1].cue
+    assert "no blink, facial motion or parallax" in stare[-1].cue
 
     frames = [landmarks] * 10 + [closed] * 2 + [landmarks] * 3
     verdicts = [checker.observe(2, i / 15, shape) for i, shape in enumerate(frames)]
@@ -84,8 +87,9 @@ def attack_clip(tmp_path_factory, detector):
 
 
 def _events(site, source, *extra):
-    proc = subprocess.run([DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(source),
-                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(source),
+                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
@@ -95,6 +99,8 @@ def test_photo_attack_is_denied_for_no_liveness(tmp_path, attack_clip):
     assert not [e for e in events if e["event"] == "unlock"]
     denied = [e for e in events if e["event"] == "denied"]
     assert denied and denied[0]["name"] == "obama" and denied[0]["detail"].startswith("no liveness")
+    asked = [e for e in events if e["event"] == "challenge"]  # no cue after challenge_after_s: the door asks, once
+    assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values() and asked[0]["track"] == denied[0]["track"]
 
 
 def test_same_clip_without_liveness_unlocks(tmp_path, attack_clip):
@@ -114,3 +120,20 @@ def test_real_people_on_video_still_get_in(tmp_path):
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]
     assert unlocks[0]["detail"].startswith("live after")
+
+
+@pytest.fixture(scope="module")
+def small_face_clip(tmp_path_factory, detector):
+    """A face 58 px wide (about 25 px between the eyes): found with upsampling, too small to judge."""
+    return write_clip(detector, [Segment(FR_IMAGES / "obama2.jpg", 4.0)],
+                      tmp_path_factory.mktemp("small") / "small.mp4", fps=15.0, face_px=58)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("min_eye_px, unlocks", [(28, []), (0, ["obama"])])
+def test_a_face_under_min_eye_px_neither_votes_nor_unlocks(tmp_path, small_face_clip, min_eye_px, unlocks):
+    """The control (min_eye_px 0) unlocks on the same clip, so the gate is what keeps the door shut."""
+    site = write_site(tmp_path, f"tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
+                                f"liveness:\n  enabled: false\ndetection:\n  upsample: 1\n  min_eye_px: {min_eye_px}\n")
+    events = _events(site, small_face_clip)
+    assert [e["name"] for e in events if e["event"] == "unlock"] == unlocks

@@ -1,0 +1,227 @@
+"""The liveness challenge, the blink state machine and the parallax cue as pure logic: landmark arrays in,
+verdicts out, no dlib and no TensorFlow (milliseconds).
+
+The face is one real dlib 68-point shape (g06 of the liveness dev set, frame 0, frontal) given a rough
+depth per point, so head turns are real rotations projected to the image, and a photo is that shape
+kept flat (z = 0) and moved by a homography.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from door_access.challenge import (
+    ACTIONS, BLINK_TWICE, FAILED, LEFT, PASSED, RIGHT, RUNNING, UP, Challenge, Pose, choose_action, head_pose,
+    pose_action,
+)
+from door_access.config import LivenessConfig
+from door_access.liveness import LivenessChecker, eye_aspect_ratio, eye_distance, planar_residual
+
+FRONT = np.array([
+    [111, 363], [115, 399], [120, 433], [128, 467], [137, 500], [152, 530], [175, 554], [203, 572], [237, 578],
+    [271, 573], [299, 555], [321, 528], [337, 498], [348, 466], [356, 431], [362, 397], [365, 361], [127, 352],
+    [139, 329], [165, 319], [192, 320], [216, 329], [260, 325], [286, 314], [313, 313], [338, 324], [351, 346],
+    [240, 360], [240, 382], [241, 403], [241, 425], [215, 447], [228, 451], [241, 454], [254, 450], [267, 446],
+    [157, 371], [171, 361], [189, 360], [205, 370], [189, 377], [171, 378], [274, 368], [290, 358], [307, 358],
+    [321, 366], [309, 374], [291, 374], [193, 496], [211, 488], [228, 483], [240, 487], [254, 482], [269, 487],
+    [284, 495], [269, 506], [253, 513], [240, 515], [226, 514], [210, 509], [201, 496], [228, 493], [240, 495],
+    [254, 493], [277, 495], [253, 496], [239, 498], [227, 497]], np.float64)
+CENTRE = FRONT.mean(axis=0)
+ED = eye_distance(FRONT)
+DEPTH = np.zeros(68)  # toward the camera, in eye distances: a rough average head
+DEPTH[0:17] = -0.45 + 0.25 * np.sin(np.linspace(0, np.pi, 17))  # the outline wraps around the head
+DEPTH[27:31] = [0.15, 0.3, 0.42, 0.55]  # nose bridge to tip
+DEPTH[31:36] = 0.3
+DEPTH[48:68] = 0.15
+
+
+def head(yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
+    """The shape of a real head turned by yaw (+: to the person's left, image right), pitched (+: looking up)
+    and rolled, seen by an orthographic camera."""
+    p = np.hstack([(FRONT - CENTRE) / ED, DEPTH[:, None]])
+    y, x, r = np.deg2rad([yaw_deg, pitch_deg, roll_deg])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    q = p @ (rz @ rx @ ry).T
+    return q[:, :2] * ED + CENTRE
+
+
+def photo(h: np.ndarray) -> np.ndarray:
+    """The frontal shape printed on paper and moved by the homography `h` (tilted, turned, shifted)."""
+    pts = np.hstack([FRONT, np.ones((68, 1))]) @ h.T
+    return pts[:, :2] / pts[:, 2:]
+
+
+def closed(shape: np.ndarray, factor: float = 0.2) -> np.ndarray:
+    out = shape.copy()
+    for eye in (list(range(36, 42)), list(range(42, 48))):
+        centre = shape[eye, 1].mean()
+        out[eye, 1] = centre + (shape[eye, 1] - centre) * factor
+    return out
+
+
+TILTED_PHOTO = np.array([[0.9, 0.08, 30], [-0.05, 1.0, 10], [3e-4, 1e-4, 1.0]])  # a photo turned ~25 degrees, close up
+
+
+# ---- head pose -----------------------------------------------------------------------------------------
+
+
+def test_head_pose_follows_a_real_turn_and_ignores_roll():
+    neutral = head_pose(head())
+    assert abs(neutral.yaw) < 0.02
+    assert head_pose(head(yaw_deg=25)).yaw > 0.2 > -0.2 > head_pose(head(yaw_deg=-25)).yaw
+    assert head_pose(head(pitch_deg=20)).pitch < neutral.pitch - 0.08  # looking up: the nose rises toward the eyes
+    rolled = head_pose(head(yaw_deg=25, roll_deg=20))
+    assert rolled.yaw == pytest.approx(head_pose(head(yaw_deg=25)).yaw, abs=0.01)
+
+
+def test_a_photo_turned_as_a_whole_shows_no_head_turn():
+    assert abs(head_pose(photo(TILTED_PHOTO)).yaw - head_pose(FRONT).yaw) < 0.1  # perspective only; a turn is 0.3
+
+
+def test_pose_action_names_the_clear_movement_only():
+    n = head_pose(head())
+    assert pose_action(head_pose(head(yaw_deg=35)), n, 0.3, 0.08) == LEFT
+    assert pose_action(head_pose(head(yaw_deg=-35)), n, 0.3, 0.08) == RIGHT
+    assert pose_action(head_pose(head(pitch_deg=25)), n, 0.3, 0.08) == UP
+    assert pose_action(head_pose(head(yaw_deg=8, pitch_deg=4)), n, 0.3, 0.08) is None
+
+
+def test_the_asked_action_is_drawn_from_a_secure_source_and_covers_every_action():
+    draws = collections.Counter(choose_action() for _ in range(400))
+    assert set(draws) == set(ACTIONS)
+
+
+# ---- the challenge state machine -----------------------------------------------------------------------
+
+
+def _run(action, shapes, fps=15.0, blinks=None):
+    c = Challenge(action, 0.0, 6.0, head_pose(head()), 0, turn=0.3, look_up=0.08, hold_s=0.2)
+    for i, shape in enumerate(shapes):
+        c.update((i + 1) / fps, head_pose(shape), blinks[i] if blinks else 0)
+    return c
+
+
+def test_turning_the_asked_way_passes_and_the_other_way_fails():
+    turn_left = [head()] * 5 + [head(yaw_deg=a) for a in (10, 20, 30, 40, 40, 40, 40, 40)]
+    assert _run(LEFT, turn_left).state == PASSED
+    failed = _run(RIGHT, turn_left)
+    assert failed.state == FAILED and failed.outcome() == "asked right, saw left"
+
+
+def test_one_glitchy_frame_answers_nothing():
+    glitch = [head()] * 5 + [head(yaw_deg=40)] + [head()] * 5
+    assert _run(LEFT, glitch).state == RUNNING
+    assert _run(RIGHT, glitch).state == RUNNING
+
+
+def test_no_response_by_the_deadline_fails():
+    c = _run(UP, [head()] * 100)  # 6.7 s at 15 FPS against a 6 s deadline
+    assert c.state == FAILED and c.seen == "nothing"
+
+
+def test_blink_twice_counts_blinks_after_the_ask():
+    shapes = [head()] * 30
+    assert _run(BLINK_TWICE, shapes, blinks=[0] * 10 + [1] * 10 + [2] * 10).state == PASSED
+    once = _run(BLINK_TWICE, shapes * 4, blinks=[0] * 10 + [1] * 110)
+    assert once.state == FAILED and once.outcome() == "asked blink twice, saw blink once"
+
+
+def test_blinking_never_fails_a_head_turn_challenge():
+    c = _run(LEFT, [head()] * 20 + [head(yaw_deg=40)] * 5, blinks=[0] * 5 + [1] * 5 + [2] * 15)
+    assert c.state == PASSED
+
+
+# ---- the checker: blink timing, parallax, challenge flow ------------------------------------------------
+
+
+def _observe(checker, shapes, fps, track=1):
+    return [checker.observe(track, i / fps, s) for i, s in enumerate(shapes)]
+
+
+def _quiet(**kw):
+    """Only the cue under test: facial motion off, challenge off unless given."""
+    return LivenessConfig(**{"motion_threshold": 2.0, "challenge": "off", **kw})
+
+
+def test_a_blink_needs_the_eyes_closed_for_a_minimum_time_not_a_frame():
+    checker = LivenessChecker(_quiet(), None)
+    one_frame = _observe(checker, [FRONT] * 10 + [closed(FRONT)] + [FRONT] * 5, fps=30, track=1)
+    assert one_frame[-1].evidence_t is None  # a single low-EAR frame is landmark jitter
+    two_frames = _observe(checker, [FRONT] * 10 + [closed(FRONT)] * 2 + [FRONT] * 5, fps=30, track=2)
+    assert two_frames[-1].evidence_t is not None and two_frames[-1].cue == "blink"
+    slow = _observe(checker, [FRONT] * 4 + [closed(FRONT)] + [FRONT] * 3, fps=2, track=3)
+    assert slow[-1].evidence_t is None  # one frame at 2 FPS is still one frame: no time seen closed
+
+
+def test_a_blink_needs_reopening():
+    checker = LivenessChecker(_quiet(), None)
+    verdicts = _observe(checker, [FRONT] * 10 + [closed(FRONT)] * 20, fps=30)
+    assert all(v.evidence_t is None for v in verdicts)
+
+
+def test_a_relative_dip_above_the_absolute_ear_level_is_no_blink():
+    wide = closed(FRONT, factor=1.6)  # wide-open eyes (EAR ~0.45) narrowing to ~0.24: a squint, not a blink
+    squint = closed(FRONT, factor=0.85)
+    assert eye_aspect_ratio(squint) < 0.55 * eye_aspect_ratio(wide) and eye_aspect_ratio(squint) > 0.21
+    checker = LivenessChecker(_quiet(), None)
+    assert _observe(checker, [wide] * 10 + [squint] * 4 + [wide] * 5, fps=30)[-1].evidence_t is None
+    checker = LivenessChecker(_quiet(closed_ear=0.3), None)
+    assert _observe(checker, [wide] * 10 + [squint] * 4 + [wide] * 5, fps=30)[-1].cue == "blink"
+
+
+def test_a_plane_leaves_no_homography_residual_and_a_turned_head_does():
+    assert planar_residual(FRONT, photo(TILTED_PHOTO)) < 1e-6
+    assert planar_residual(head(), head(yaw_deg=25)) > LivenessConfig().parallax_threshold
+
+
+def test_parallax_confirms_a_head_turn_but_not_a_photo_turned_as_a_whole():
+    checker = LivenessChecker(_quiet(), None)
+    turn = [head(yaw_deg=a) for a in np.linspace(0, 30, 20)]
+    verdicts = _observe(checker, [head()] * 5 + turn, fps=15, track=1)
+    assert verdicts[-1].cue == "3D parallax"
+    tilts = [photo(np.array([[1, 0, 0], [0, 1, 0], [k * 1e-3, 0, 1]]) @ TILTED_PHOTO) for k in np.linspace(-1, 1, 20)]
+    assert all(v.evidence_t is None for v in _observe(checker, [FRONT] * 5 + tilts, fps=15, track=2))
+
+
+def test_on_doubt_asks_after_the_wait_and_a_wrong_answer_is_a_spoof():
+    cfg = _quiet(challenge="on_doubt", challenge_after_s=1.0)
+    checker = LivenessChecker(cfg, None, challenge_action=RIGHT)
+    still = _observe(checker, [head()] * 20, fps=10)
+    assert still[5].challenge is None and still[-1].challenge == "turn your head right"
+    assert still[-1].evidence_t is None and still[-1].spoof is None  # pending
+    wrong = [checker.observe(1, 2.0 + i / 10, head(yaw_deg=40)) for i in range(5)]
+    assert wrong[-1].spoof == "challenge failed (asked right, saw left)" and wrong[-1].evidence_t is None
+
+
+def test_a_right_answer_is_evidence_and_cues_during_the_challenge_are_not():
+    cfg = LivenessConfig(challenge="on_doubt", challenge_after_s=1.0, motion_threshold=2.0)
+    checker = LivenessChecker(cfg, None, challenge_action=UP)
+    _observe(checker, [head()] * 12, fps=10)
+    blink = [checker.observe(1, 1.2 + i / 30, s) for i, s in enumerate([closed(head())] * 3 + [head()] * 3)]
+    assert blink[-1].evidence_t is None and blink[-1].challenge == "look up"  # asked: only the answer counts
+    up = [checker.observe(1, 1.5 + i / 10, head(pitch_deg=25)) for i in range(5)]
+    assert up[-1].evidence_t is not None and up[-1].cue == "challenge passed (asked up, saw up)"
+    assert up[-1].challenge is None and up[-1].spoof is None
+
+
+def test_always_asks_even_when_a_cue_fired():
+    checker = LivenessChecker(_quiet(challenge="always"), None, challenge_action=LEFT)
+    verdicts = _observe(checker, [head()] * 10 + [closed(head())] * 3 + [head()] * 5, fps=15)
+    assert verdicts[-1].evidence_t is None and verdicts[-1].challenge == "turn your head left"
+
+
+def test_a_nod_is_no_answer_but_looking_up_when_asked_to_turn_is_a_wrong_one():
+    nod = [head()] * 5 + [head(pitch_deg=-25)] * 5 + [head()] * 5
+    assert _run(LEFT, nod).state == RUNNING
+    looked_up = _run(LEFT, [head()] * 5 + [head(pitch_deg=25)] * 5)
+    assert looked_up.state == FAILED and looked_up.seen == UP
+
+
+def test_a_fixed_challenge_action_must_be_a_real_one():
+    with pytest.raises(ValueError, match="unknown challenge action"):
+        LivenessChecker(LivenessConfig(), None, challenge_action="wave")

@@ -1,0 +1,144 @@
+"""Liveness on real footage (../shared/data/liveness, see its README): real blinks are found, still photos under
+real camera noise never blink, a real head turn shows 3D parallax and answers the challenge for its side only.
+
+Landmarks come from the real dlib models, frame by frame at each clip's own frame times; the liveness
+checker is fed those landmark arrays, as the pipeline's detector stage does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from door_access.challenge import LEFT, RIGHT
+from door_access.config import LivenessConfig
+from door_access.democlip import write_photo_attack
+from door_access.liveness import LivenessChecker
+
+from conftest import FR_IMAGES, SHARED_DATA
+
+LIVE = SHARED_DATA / "liveness"
+RA_FPS = 25.0 / 12  # Replay-Attack frame folders: every ~12th frame of a 25 FPS recording
+DETECT_SIDE = 640  # frames are shrunk to this for finding the face; landmarks use the full frame
+
+pytestmark = [pytest.mark.model,
+              pytest.mark.skipif(not LIVE.is_dir(), reason="../shared/data/liveness is not present")]
+
+
+@pytest.fixture(scope="module")
+def shapes_of(detector, cfg):
+    """Landmarks of the largest face in each frame: `shapes_of(path, max_s)` -> [(t, points)], cached."""
+    checker = LivenessChecker(LivenessConfig(), cfg.path("weights"))
+    cache: dict[tuple, list] = {}
+
+    def frames(path: Path, max_s: float, noise: float):
+        rng = np.random.default_rng(0)
+        if path.is_dir():
+            for i, f in enumerate(sorted(path.glob("*.jpg"))):
+                yield i / RA_FPS, cv2.imread(str(f))
+            return
+        cap = cv2.VideoCapture(str(path))
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        i = 0
+        while i / fps <= max_s:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if noise:  # sensor noise: every frame of a real camera differs
+                bgr = np.clip(bgr + rng.normal(0, noise, bgr.shape), 0, 255).astype(np.uint8)
+            yield i / fps, bgr
+            i += 1
+        cap.release()
+
+    def get(path: Path, max_s: float = 60.0, noise: float = 0.0):
+        key = (str(path), max_s, noise)
+        if key not in cache:
+            out = []
+            for t, bgr in frames(path, max_s, noise):
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                scale = max(1.0, max(rgb.shape[:2]) / DETECT_SIDE)
+                rects = detector.detect(rgb, downscale=scale, upsample=1)
+                if rects:
+                    out.append((t, checker.landmarks(rgb, max(rects, key=lambda r: r.width()))))
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
+def _play(shapes, cfg: LivenessConfig, action: str | None = None):
+    checker = LivenessChecker(cfg, None, challenge_action=action)
+    verdicts = [checker.observe(1, t, points) for t, points in shapes]
+    return checker.tracks[1], verdicts
+
+
+BLINK_ONLY = LivenessConfig(motion_threshold=2.0, parallax_threshold=1.0, challenge="off")
+CONFIRM_ONLY = LivenessConfig(challenge="off")
+
+
+def test_real_blinks_are_found(shapes_of):
+    g06, _ = _play(shapes_of(LIVE / "genuine/g06_repeating_selfie_blink.mp4"), BLINK_ONLY)
+    assert g06.blinks >= 5  # he blinks about every 1.3 s, once with the eyes shut for 2.4 s
+    g08, verdicts = _play(shapes_of(LIVE / "genuine/g08_mounish_webcam_blink.mp4", max_s=4.0), BLINK_ONLY)
+    assert g08.blinks >= 1 and verdicts[-1].cue == "blink"
+
+
+@pytest.mark.parametrize("clip", ["attack/a02_lestari_phone_photo.mp4", "attack/ra_c009_print_fixed",
+                                  "attack/ra_c009_print_handheld", "attack/ra_c009_ipad_photo_fixed"])
+def test_a_still_photo_under_real_camera_noise_never_blinks(shapes_of, clip):
+    shapes = shapes_of(LIVE / clip)
+    assert len(shapes) >= 15
+    track, _ = _play(shapes, BLINK_ONLY)
+    assert track.blinks == 0
+
+
+@pytest.fixture(scope="module")
+def photo_attacks(detector, tmp_path_factory):
+    """democlip's photo attack (held still, then moved, turned, tilted, relit) with the face 80-130 px wide."""
+    root = tmp_path_factory.mktemp("photo_attacks")
+    return {px: write_photo_attack(detector, FR_IMAGES / "obama2.jpg", root / f"attack_{px}.mp4", face_px=px)
+            for px in (80, 100, 130)}
+
+
+@pytest.mark.parametrize("px", [80, 100, 130])
+def test_a_photo_shown_to_the_camera_at_80_to_130_px_neither_blinks_nor_confirms(shapes_of, photo_attacks, px):
+    shapes = shapes_of(photo_attacks[px], noise=4.0)
+    assert len(shapes) >= 80
+    track, verdicts = _play(shapes, CONFIRM_ONLY)
+    assert track.blinks == 0
+    assert all(v.evidence_t is None for v in verdicts), verdicts[-1]
+
+
+def test_a_real_head_turn_confirms_by_3d_parallax(shapes_of):
+    shapes = shapes_of(LIVE / "genuine/g03_tranvanluyt_selfie_headturn.mp4", max_s=6.5)
+    cfg = dataclasses.replace(CONFIRM_ONLY, motion_threshold=2.0, closed_ear=0.05)  # parallax alone
+    track, verdicts = _play(shapes, cfg)
+    assert verdicts[-1].cue == "3D parallax"
+    assert 1.5 < track.first_evidence_t < 3.0  # he starts turning at ~1.7 s
+
+
+def test_a_real_head_turn_answers_the_challenge_for_its_own_side_only(shapes_of):
+    shapes = shapes_of(LIVE / "genuine/g03_tranvanluyt_selfie_headturn.mp4", max_s=6.5)
+    asked_left = _play(shapes, LivenessConfig(challenge="always"), action=LEFT)[1]
+    assert asked_left[5].challenge is None and asked_left[20].challenge == "turn your head left"  # asked at 0.5 s
+    assert asked_left[-1].evidence_t is not None and asked_left[-1].cue == "challenge passed (asked left, saw left)"
+    asked_right = _play(shapes, LivenessConfig(challenge="always"), action=RIGHT)[1]
+    assert asked_right[-1].evidence_t is None
+    assert asked_right[-1].spoof == "challenge failed (asked right, saw left)"
+
+
+def test_a_live_person_confirms_within_3_s_in_the_median_without_a_challenge(shapes_of):
+    """The dev set's genuine videos, first 6 s each: how long from first sight to the first CONFIRM cue."""
+    waits = {}
+    for clip in sorted((LIVE / "genuine").glob("g*")):
+        track, _ = _play(shapes_of(clip, max_s=6.0), CONFIRM_ONLY)
+        waits[clip.name] = track.first_evidence_t - track.first_seen if track.first_evidence_t is not None else None
+    print("liveness wait (s):", {k: v and round(v, 2) for k, v in waits.items()})
+    confirmed = [w for w in waits.values() if w is not None]
+    assert len(confirmed) >= len(waits) / 2
+    assert statistics.median(confirmed) <= 3.0
