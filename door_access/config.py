@@ -41,7 +41,8 @@ class PhotoConfig:
 class DetectionConfig:
     model: str = meta("hog", choices=("hog", "cnn"))
     upsample: int = meta(0, lo=0, hi=3)
-    downscale: float = meta(1.0, lo=1.0, hi=8.0)
+    max_side: int = meta(640, lo=160, hi=4096)
+    workers: int = meta(2, lo=1, hi=8)
     photo_upsample: int = meta(1, lo=0, hi=3)
     photo_max_side: int = meta(1024, lo=160)
     min_face: int = meta(32, lo=8)
@@ -60,6 +61,9 @@ class CameraConfig:
     lost_after_s: float = meta(3.0, lo=0.1)
     reconnect_min_s: float = meta(0.5, lo=0.01)
     reconnect_max_s: float = meta(10.0, lo=0.01)
+    width: int = meta(1280, lo=0, hi=7680)
+    height: int = meta(720, lo=0, hi=4320)
+    fps: float = meta(30.0, lo=0.0, hi=240.0)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,17 @@ class LivenessConfig:
 
 
 @dataclass(frozen=True)
+class EnrollConfig:
+    min_face_px: int = meta(80, lo=20)
+    min_sharpness: float = meta(15.0, lo=0.0)
+    min_eye_ratio: float = meta(0.15, lo=0.0, hi=1.0)
+    straight_max_turn: float = meta(0.12, lo=0.0, hi=1.0)
+    turn: float = meta(0.15, lo=0.01, hi=1.0)
+    tilt: float = meta(0.1, lo=0.01, hi=1.0)
+    timeout_s: float = meta(60.0, lo=1.0)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
@@ -129,6 +144,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    enroll: EnrollConfig = field(default_factory=EnrollConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:

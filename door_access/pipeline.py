@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from .access_log import AccessLog
@@ -26,6 +25,7 @@ from .config import Config
 from .decision import Decider
 from .core import CAMERA_BACK, CAMERA_LOST, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match, Notice
 from .detection import FaceDetector
+from .parallel_detection import DetectedFrames
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryWatcher
 from .liveness import LivenessChecker
@@ -98,6 +98,7 @@ class Pipeline:
         self.recognizer = Recognizer(gallery, cfg.recognition.threshold)
         self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
         self.capture.on_status = self._camera_status
+        self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event)
         self._threads: list[threading.Thread] = []
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -163,12 +164,11 @@ class Pipeline:
     def _detect_stage(self) -> None:
         """Find faces, tie them to tracks, and cut chips for the tracks due for an encoding."""
         while True:
-            frame = self._get(self.capture.frames)
-            if frame is END:
+            item = self._get(self.detected)  # frames in order, with rects from the detector lanes
+            if item is END:
                 self._put(self.to_encoder, END)
                 return
-            rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
-            rects = self.detector.detect(rgb)
+            frame, rgb, rects = item
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
             out = FrameFaces(frame)
             for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
@@ -254,6 +254,9 @@ class Pipeline:
         self.t0 = time.monotonic()
         self.speaker.start()
         self.actions.start()
+        self.detected.start_processes()
+        for i, lane in enumerate(self.detected.lanes()):
+            self._spawn(f"detector-lane-{i}", lane)
         self.capture.start(lambda exc: self._fail("capture", exc))
         self._spawn("detector", self._detect_stage)
         self._spawn("encoder", self._encode_stage)
@@ -279,6 +282,7 @@ class Pipeline:
         self.capture.stop(0.5)
         for thread in self._threads:
             thread.join(0.5)
+        self.detected.close()
         self.actions.stop(1.0)
         self.speaker.stop(0.5)
         self.access_log.close()

@@ -27,7 +27,8 @@ def build_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool,
     from .gallery import GalleryBuilder
 
     c = cfg.camera
-    capture = Capture(parse_source(source), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
+    capture = Capture(parse_source(source), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s,
+                      request=(c.width, c.height, c.fps))
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     builder = GalleryBuilder(cfg, FaceDetector(cfg.detection, cfg.path("weights")), encoder)
     return Pipeline(cfg, capture, encoder, builder, images_dir, emit=emit)
