@@ -259,6 +259,7 @@ def write_photos(images_dir: Path, name: str, shots: list[Shot]) -> list[Path]:
         path = folder / f"enroll-{stamp}-{i:02d}-{shot.pose}.jpg"
         fd, tmp = tempfile.mkstemp(prefix=".enroll-", suffix=".part", dir=folder)  # hidden: the gallery skips it
         try:
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a photo is as readable as any other
             with os.fdopen(fd, "wb") as f:
                 f.write(data.tobytes())
                 f.flush()
@@ -290,3 +291,77 @@ class EnrollResult:
     written: list[Path] = field(default_factory=list)
     collisions: list[Collision] = field(default_factory=list)
     problem: str = ""
+
+
+def encode_shots(encoder, shots: list[Shot]) -> np.ndarray:
+    return encoder.encode(np.stack([s.chip for s in shots])) if shots else np.zeros((0, 128), np.float32)
+
+
+def enroll_from_frame(bgr: np.ndarray, name: str, enroller: Enroller, encoder, recognizer, images_dir: Path,
+                      accept_collision: bool = False) -> EnrollResult:
+    """The running kiosk's enroll key: the one face in `bgr` (a camera frame) into images/NAME/.
+
+    Same checks as `door-access enroll` (no pose asked). When the face is within the threshold of
+    another enrolled person, nothing is written and `collisions` names them: the window asks,
+    and calls again with `accept_collision=True` if the operator agrees. Call it from the window's
+    thread with an Enroller built for that thread (dlib objects are not shared between threads);
+    the gallery watcher picks the new photo up within `pipeline.gallery_poll_s`.
+    """
+    try:
+        name = safe_name(name)
+        shot = enroller.from_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "camera")
+    except EnrollError as exc:
+        return EnrollResult(problem=str(exc))
+    found = collisions(recognizer, name, encode_shots(encoder, [shot]))
+    if found and not accept_collision:
+        return EnrollResult(collisions=found, problem=collision_message(name, found))
+    return EnrollResult(written=write_photos(images_dir, name, [shot]), collisions=found)
+
+
+def collision_message(name: str, found: list[Collision]) -> str:
+    who = ", ".join(f"{c.person} (distance {c.distance:.3f})" for c in found)
+    return f"the new face of {name} is within the threshold of {who}: they could be let in as each other"
+
+
+def video_frames(source: str, camera_cfg) -> Iterable[np.ndarray]:
+    """BGR frames from a webcam index (asked for camera.width/height/fps), a file or a URL."""
+    from .capture import SourceError, parse_source, request_format
+
+    src = parse_source(source)
+    cap = cv2.VideoCapture(src)
+    if isinstance(src, int) and cap.isOpened():
+        request_format(cap, camera_cfg.width, camera_cfg.height, camera_cfg.fps)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"no camera at index {src}: plug one in, or use --source FILE_OR_URL"
+                          if isinstance(src, int) else f"cannot open video source '{src}'")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        cap.release()
+
+
+class SweepWindow:
+    """A plain OpenCV window for the sweep: the mirrored camera image and the instruction.
+    (The kiosk's own window is display.py's; this one only lives while `enroll` runs.)"""
+
+    TITLE = "door-access enroll"
+
+    def __init__(self):
+        cv2.namedWindow(self.TITLE, cv2.WINDOW_NORMAL | cv2.WINDOW_GUI_NORMAL)
+
+    def __call__(self, instruction: str, bgr: np.ndarray, quality: Quality | None) -> bool:
+        view = cv2.flip(bgr, 1)
+        scale = max(0.6, view.shape[1] / 900)
+        color = (0, 200, 0) if instruction.endswith("taken") else (255, 255, 255)
+        cv2.rectangle(view, (0, 0), (view.shape[1], int(48 * scale)), (0, 0, 0), -1)
+        cv2.putText(view, instruction, (10, int(34 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 2, cv2.LINE_AA)
+        cv2.imshow(self.TITLE, view)
+        return cv2.waitKey(1) & 0xFF not in (27, ord("q"))
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.TITLE)

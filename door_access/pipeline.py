@@ -240,7 +240,7 @@ class Pipeline:
                                              {f.track: f.live for f in item.faces if f.live is not None})
             for d in decisions:
                 face = next(f for f in item.faces if f.track == d.track)
-                snapshot = _crop(item.frame.image, face.box) if d.event == "denied" else None
+                snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
             self.stats.processed += 1
             self.latest = item
