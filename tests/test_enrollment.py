@@ -176,3 +176,30 @@ def test_review_lists_a_denied_attempt_and_enroll_from_snapshot_adds_it(capsys, 
     assert len(json.loads(out)["written"]) == 1 and (site / "images" / "joe").is_dir()
     code, _, err = run(capsys, "enroll", "joe", "--config", site / "config.yaml", "--from-snapshot", 999)
     assert code == 2 and "no event with id 999" in err
+
+
+def test_unlock_snapshots_are_kept_and_review_lists_them(capsys, site, tmp_path):
+    import dataclasses
+
+    from door_access.actions import Actions, Speaker
+    from door_access.config import AccessLogConfig, Config, TtsConfig
+    from door_access.core import UNLOCK, Notice
+
+    from conftest import wait_for
+
+    cfg = dataclasses.replace(Config(base_dir=site), tts=TtsConfig(enabled=False),
+                              access_log=AccessLogConfig(path=str(site / "access_log.sqlite"),
+                                                         snapshots_dir=str(site / "snapshots"), snapshots_keep=5))
+    access_log = AccessLog(site / "access_log.sqlite")
+    speaker = Speaker(cfg.tts, None)
+    actions = Actions(cfg, access_log, speaker)
+    actions.start()
+    face = cv2.imread(str(FR_IMAGES / "obama.jpg"))
+    actions.submit(Notice(Event(UNLOCK, 1.0, time.time(), "obama", 0.41, 2, "live after 0.8 s"), face))
+    assert wait_for(lambda: list((site / "snapshots").glob("unlock-*-track2.jpg")), timeout=10)
+    actions.stop(1.0)
+    access_log.close()
+
+    code, out, _ = run(capsys, "review", "--config", site / "config.yaml", "--unlocks", "--json")
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and row["event"] == UNLOCK and row["closest"] == "obama" and row["snapshot"].endswith(".jpg")
