@@ -21,13 +21,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import cv2
-import dlib
 import numpy as np
 
 from .config import EnrollConfig
-from .detection import FaceDetector, load_dlib_model
-from .liveness import SHAPE_PREDICTOR_68, eye_aspect_ratio
+
+if TYPE_CHECKING:  # dlib is imported where a model is used: the name and pose rules need none
+    import dlib
+
+    from .detection import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,11 @@ class Enroller:
     """Quality checks, the guided sweep, the collision check and the atomic writes."""
 
     def __init__(self, cfg: EnrollConfig, detector: FaceDetector, models_dir: Path):
+        import dlib
+
+        from .detection import load_dlib_model
+        from .liveness import SHAPE_PREDICTOR_68
+
         self.cfg = cfg
         self.detector = detector
         self._predictor = load_dlib_model(dlib.shape_predictor, Path(models_dir) / SHAPE_PREDICTOR_68)
@@ -123,6 +132,8 @@ class Enroller:
 
     def check(self, rgb: np.ndarray, rects: list | None = None) -> tuple[Quality, dlib.rectangle | None]:
         """The one face in `rgb` (video-frame detection unless `rects` is given) and its quality."""
+        from .liveness import eye_aspect_ratio
+
         rects = self.detector.detect(rgb) if rects is None else rects
         if not rects:
             return Quality("no face"), None
@@ -201,6 +212,8 @@ class Enroller:
 
     def from_photo(self, rgb: np.ndarray, source: str) -> Shot:
         """A photo file's one face, checked like a camera frame (pose not asked); EnrollError if it fails."""
+        import dlib
+
         faces = self.detector.photo_faces(rgb)
         if len(faces) != 1:
             raise EnrollError(f"{source}: {'no face' if not faces else f'{len(faces)} faces'} found: "

@@ -14,8 +14,8 @@ from door_access.actions import snapshot_pattern
 from door_access.cli import main
 from door_access.config import EnrollConfig
 from door_access.core import DENIED, Event
-from door_access.enrollment import (EnrollError, Enroller, collisions, enroll_from_frame, safe_name,
-                                    video_frames, write_photos)
+from door_access.enrollment import (EnrollError, Enroller, Quality, collisions, enroll_from_frame, head_pose,
+                                    safe_name, video_frames, write_photos)
 from door_access.photos import load_rgb
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA
@@ -35,6 +35,39 @@ def test_safe_names_are_kept(name):
 def test_unsafe_names_are_refused(name):
     with pytest.raises(EnrollError):
         safe_name(name)
+
+
+def face_points(nose_x: float = 0.0, nose_y: float = 0.6, roll_deg: float = 0.0) -> np.ndarray:
+    """68 landmarks reduced to what the pose rule reads: eyes at x = -1 and 1, mouth 1 below them."""
+    p = np.zeros((68, 2))
+    p[36:42] = (-1.0, 0.0)
+    p[42:48] = (1.0, 0.0)
+    p[48:68] = (0.0, 1.0)
+    p[30] = (nose_x, nose_y)
+    a = np.radians(roll_deg)
+    return p @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + (300.0, 200.0)
+
+
+def test_head_pose_reads_turns_and_tilts_and_ignores_roll():
+    assert head_pose(face_points()) == pytest.approx((0.0, 0.6))
+    assert head_pose(face_points(nose_x=0.4)) == pytest.approx((0.2, 0.6))  # eye distance is 2
+    assert head_pose(face_points(nose_x=0.4, nose_y=0.3, roll_deg=25)) == pytest.approx((0.2, 0.3))
+
+
+def test_each_pose_is_judged_from_the_persons_own_straight_pose():
+    rule = Enroller.pose_reached
+    enroller = Enroller.__new__(Enroller)  # the rule needs only the config: no models
+    enroller.cfg = EnrollConfig()
+    straight = Quality("", yaw=0.05, pitch=0.5)
+    assert rule(enroller, "straight", straight, None)
+    assert not rule(enroller, "straight", Quality("", yaw=0.3), None)
+    assert not rule(enroller, "left", Quality("", yaw=0.5, pitch=0.5), None)  # no straight shot yet
+    assert rule(enroller, "left", Quality("", yaw=0.25, pitch=0.5), straight)
+    assert not rule(enroller, "left", Quality("", yaw=0.15, pitch=0.5), straight)  # only 0.10 from straight
+    assert rule(enroller, "right", Quality("", yaw=-0.15, pitch=0.5), straight)
+    assert rule(enroller, "up", Quality("", yaw=0.05, pitch=0.35), straight)
+    assert rule(enroller, "down", Quality("", yaw=0.05, pitch=0.65), straight)
+    assert not rule(enroller, "down", Quality("", yaw=0.05, pitch=0.35), straight)
 
 
 # ---- real frames, real models ---------------------------------------------------------------
