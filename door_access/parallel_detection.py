@@ -106,18 +106,20 @@ class DetectedFrames:
                 rects = self.detector.detect(rgb)
             else:
                 scale = self.detector.video_scale(rgb.shape)
-                conn.send(shrink(rgb, scale))
-                while not conn.poll(POLL_S):
-                    if self.stop.is_set():
-                        return
-                    if not self._procs[i].is_alive():
-                        raise RuntimeError(f"detector process {i} died (exit code {self._procs[i].exitcode})")
+                proc = self._procs[i]
                 try:
+                    conn.send(shrink(rgb, scale))
+                    while not conn.poll(POLL_S):
+                        if self.stop.is_set():
+                            return
+                        if not proc.is_alive():
+                            raise EOFError
                     rects = scale_rects(conn.recv(), scale)
-                except (EOFError, OSError):
+                except (EOFError, OSError) as exc:
                     if self.stop.is_set():  # closed while stopping
                         return
-                    raise
+                    proc.join(JOIN_S)
+                    raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
             self._deposit(seq, (frame, rgb, rects))
 
     def _deposit(self, seq: int, item) -> None:

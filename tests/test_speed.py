@@ -129,6 +129,27 @@ def test_two_detector_processes_hand_frames_on_in_order_with_the_same_faces():
     assert not any(p.is_alive() for p in procs)  # closed with the pipeline
 
 
+@pytest.mark.model
+@needs_clip
+def test_a_detector_process_that_dies_fails_its_lane_with_a_reason():
+    detector = FaceDetector(DetectionConfig(workers=2), REPO / "weights")
+    capture = Capture(str(CLIP), realtime=False, lost_after_s=3.0, reconnect_min_s=0.5, reconnect_max_s=1.0)
+    stop = threading.Event()
+    detected = DetectedFrames(capture.frames, detector, 2, stop)
+    detected.start_processes()
+    victim = detected._procs[0]
+    victim.kill()  # the process this test started
+    victim.join(5.0)
+    capture.start(lambda exc: None)
+    try:
+        with pytest.raises(RuntimeError, match="detector process 0 died"):
+            detected.lanes()[0]()
+    finally:
+        stop.set()
+        capture.stop(1.0)
+        detected.close()
+
+
 @needs_clip
 def test_clip_is_scaled_at_its_own_rate(tmp_path):
     out = scaled_clip(str(CLIP), (320, 180), tmp_path)
