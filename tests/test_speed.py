@@ -2,6 +2,8 @@
 handing frames on in order, and the benchmark's own helpers. Nothing here asserts a time."""
 
 import queue
+import shutil
+import sys
 import threading
 
 import cv2
@@ -158,3 +160,23 @@ def test_clip_is_scaled_at_its_own_rate(tmp_path):
     assert abs(dst.get(cv2.CAP_PROP_FPS) - src.get(cv2.CAP_PROP_FPS)) < 0.01
     assert dst.get(cv2.CAP_PROP_FRAME_COUNT) == src.get(cv2.CAP_PROP_FRAME_COUNT)
     assert scaled_clip(str(CLIP), (640, 360), tmp_path) == str(CLIP)  # already that size: no copy
+
+
+@pytest.mark.model
+@needs_clip
+def test_the_peer_loop_runs_on_the_clip_or_says_how_to_install_it(tmp_path, monkeypatch):
+    from door_access.bench import bench_peer
+
+    from conftest import make_config
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SHARED_DATA / "face_recognition_examples" / "lin-manuel-miranda.png", images / "lin.png")
+    clip = str(CLIP)  # at 640x360: smaller, its faces are under HOG's 80 px
+    cfg = make_config(tmp_path)
+    pytest.importorskip("face_recognition", reason="the peer is in the 'bench' extra")
+    result = bench_peer(cfg, images, clip)
+    assert result["frames"] == int(cv2.VideoCapture(clip).get(cv2.CAP_PROP_FRAME_COUNT))
+    assert result["enrolled"] == 1 and result["faces"] > 0 and result["fps"] > 0
+    monkeypatch.setitem(sys.modules, "face_recognition", None)  # as if not installed
+    assert "pip install --no-deps face_recognition" in bench_peer(cfg, images, clip)["skipped"]
