@@ -236,3 +236,21 @@ def test_unlock_snapshots_are_kept_and_review_lists_them(capsys, site, tmp_path)
     code, out, _ = run(capsys, "review", "--config", site / "config.yaml", "--unlocks", "--json")
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and row["event"] == UNLOCK and row["closest"] == "obama" and row["snapshot"].endswith(".jpg")
+
+
+@pytest.mark.model
+@needs_clip
+def test_enroll_command_sweeps_a_real_clip_headless(capsys, site):
+    code, out, err = run(capsys, "enroll", "tran", "--config", site / "config.yaml", "--json", "--headless",
+                         "--source", HEADTURN)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["poses"][:3] == ["straight", "left", "right"] and result["collisions"] == []
+    assert sorted(p.name for p in (site / "images" / "tran").iterdir()) == sorted(
+        p.split("/")[-1] for p in result["written"])
+    assert all(f"pose not reached: {p}" in result["skipped"] for p in {"up", "down"} - set(result["poses"]))
+
+
+def test_bad_bench_sizes_are_one_line_and_exit_2(capsys):
+    code, _, err = run(capsys, "bench", "pipeline", "--source", HEADTURN, "--sizes", "1280x720,720p")
+    assert code == 2 and "--sizes" in err and "'720p'" in err
