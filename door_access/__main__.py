@@ -2,4 +2,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # detector processes are spawned: they import this module and must not run the CLI
+    sys.exit(main())

@@ -279,10 +279,10 @@ class Actions:
             self.publish(event)
             if event.event == UNLOCK and not self._stopping.is_set():  # no door opening while the app exits
                 self._unlock(event)
+            if event.event in (DENIED, UNLOCK):  # unlock snapshots: the audit trail of who was let in
+                self._snapshot(event, notice.snapshot)
             elif event.event == ALARM and self._webhook is not None:
                 self._webhook.post(event)
-            elif event.event == DENIED:
-                self._snapshot(event, notice.snapshot)
             elif event.event == CHALLENGE:  # the liveness challenge, spoken through the welcome voice
                 self.speaker.say(event.detail)
         except Exception as exc:  # a bug in one action must not end the worker
@@ -307,23 +307,29 @@ class Actions:
         self.publish(self._event(FAULT, name=event.name, track=event.track, detail=detail))
 
     def _snapshot(self, event: Event, image: np.ndarray | None) -> None:
-        """Save a denied face as JPEG; the name is time + counter + track, never text from a user."""
+        """Save a denied or admitted face as JPEG; the name is event + time + counter + track, never text
+        from a user (`snapshot_pattern` finds it again from the logged event)."""
         folder_setting = self.cfg.access_log.snapshots_dir
         keep = self.cfg.access_log.snapshots_keep
         if not folder_setting or keep == 0 or not _is_image(image):
             return
         folder = self.cfg.resolve(folder_setting)
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(event.wall)) + f"-{int(event.wall * 1000) % 1000:03d}"
-        track = "x" if event.track is None else str(int(event.track))
-        path = folder / f"denied-{stamp}-{next(self._snapshots):06d}-track{track}.jpg"
+        path = folder / snapshot_pattern(event).replace("*", f"{next(self._snapshots):06d}")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(path), image):
                 raise OSError("cv2.imwrite returned False")
-            for old in sorted(folder.glob("denied-*.jpg"))[:-keep]:  # names sort oldest first
+            for old in sorted(folder.glob(f"{event.event}-*.jpg"))[:-keep]:  # names sort oldest first
                 old.unlink(missing_ok=True)
         except (OSError, cv2.error) as exc:
-            log.warning("actions: cannot save denial snapshot %s (%s)", path, exc)
+            log.warning("actions: cannot save %s snapshot %s (%s)", event.event, path, exc)
+
+
+def snapshot_pattern(event: Event) -> str:
+    """The glob pattern of `event`'s snapshot file name (`*` stands for the writer's counter)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(event.wall)) + f"-{int(event.wall * 1000) % 1000:03d}"
+    track = "x" if event.track is None else str(int(event.track))
+    return f"{event.event}-{stamp}-*-track{track}.jpg"
 
 
 def _is_image(image) -> bool:

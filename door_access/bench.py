@@ -80,11 +80,13 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
         pipeline = build_pipeline(cfg, images_dir, source, realtime=True, emit=events.append)
         pipeline.start()  # warms the encoder up before the clock starts
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        helpers0 = pipeline.detected.processes_cpu_s()
         try:
             pipeline.wait()
         finally:
             ended = time.monotonic()
             usage1 = resource.getrusage(resource.RUSAGE_SELF)
+            helpers_s = pipeline.detected.processes_cpu_s() - helpers0
             pipeline.stop()
         wall = ended - pipeline.capture.started_at
         if pipeline.failure:
@@ -101,7 +103,7 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
                           default=None)
         if frame_index is not None:
             latencies.append(pipeline.t0 + e.t - (started + frame_index / fps))
-    cpu_s = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    cpu_s = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime) + helpers_s
     return {
         "source_fps": round(fps, 2),
         "frames_in": capture.frames_in,
@@ -110,7 +112,8 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
         "processed_fps": round(stats.processed / wall, 2),
         "latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
         "latency_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else None,
-        "cpu_percent": round(100.0 * cpu_s / wall, 1),
+        "cpu_percent": round(100.0 * cpu_s / wall, 1),  # 100 = one core, detector processes included
+        "cpu_ms_per_frame": round(1000.0 * cpu_s / max(1, stats.processed), 1),  # hardly changed by a busy machine
         "peak_rss_mb": round(usage1.ru_maxrss / 1024.0, 1),
         "unlocks": [e.name for e in events if e.event == UNLOCK],
         "liveness_wait_s": [float(m.group(1)) for e in events if e.event == UNLOCK
@@ -172,3 +175,128 @@ def bench_gallery(people: int, repeats: int = 20, seed: int = 0) -> dict:
                                                        extra[i]))(next(adds)), repeats)
     return {"people": people, "build_s": round(build_s, 4), "identify_ms": round(identify_s * 1e3, 3),
             "add_one_s": round(add_s, 4), "matrix_mb": round(recognizer.matrix_bytes / 2**20, 1)}
+DEFAULT_SIZES = ("640x360", "1280x720", "1920x1080")
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """"640x360,1280x720" -> [(640, 360), (1280, 720)]; ValueError naming the bad part."""
+    sizes = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]{2,5})x([0-9]{2,5})\s*", part)
+        if not m:
+            raise ValueError(f"bad size {part!r}: expected WIDTHxHEIGHT, e.g. 1280x720")
+        sizes.append((int(m.group(1)), int(m.group(2))))
+    return sizes
+
+
+def scaled_clip(source: str, size: tuple[int, int], folder: Path) -> str:
+    """`source` resized to `size` (OpenCV, mp4v) at its own frame rate, in `folder`; the source itself
+    when it already has that size."""
+    import cv2
+
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        raise ValueError(f"cannot open video {source}")
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if (w, h) == tuple(size):
+        cap.release()
+        return source
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    out = folder / f"clip-{size[0]}x{size[1]}.mp4"
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, tuple(size))
+    interpolation = cv2.INTER_CUBIC if size[0] > w else cv2.INTER_AREA
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        writer.write(cv2.resize(frame, tuple(size), interpolation=interpolation))
+    cap.release()
+    writer.release()
+    return str(out)
+
+
+def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
+    """The `face_recognition` library's video loop on `source`, as in its examples: for each frame,
+    face_locations (HOG), face_encodings and compare_faces against the enrolled photos, one frame
+    after another, as fast as it goes. Equal detection sensitivity: each frame is shrunk to
+    `detection.max_side` like ours and HOG runs with our `detection.upsample`.
+
+    Its rate is an upper bound on what it would process from a live camera (it never waits for
+    a frame), so the ratio to ours is, if anything, in its favour.
+    """
+    import cv2
+
+    try:
+        import face_recognition
+    except ImportError:
+        return {"skipped": "face_recognition is not installed: pip install --no-deps face_recognition==1.3.0 "
+                           "face_recognition_models (or the 'bench' extra)"}
+    from .gallery import scan_images
+    from .photos import load_rgb
+
+    known, names = [], []
+    for name, photo in scan_images(images_dir)[0]:
+        found = face_recognition.face_encodings(load_rgb(photo, cfg.photo.max_pixels))
+        if found:
+            known.append(found[0])
+            names.append(name)
+    cap = cv2.VideoCapture(source)
+    frames = faces = 0
+    usage0, started = _cpu_s(), time.monotonic()
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        scale = max(1.0, max(rgb.shape[:2]) / cfg.detection.max_side)
+        if scale > 1.0:
+            rgb = cv2.resize(rgb, None, fx=1 / scale, fy=1 / scale, interpolation=cv2.INTER_AREA)
+        locations = face_recognition.face_locations(rgb, cfg.detection.upsample, "hog")
+        for encoding in face_recognition.face_encodings(rgb, locations):
+            face_recognition.compare_faces(known, encoding, tolerance=0.6)
+        frames += 1
+        faces += len(locations)
+    wall = time.monotonic() - started
+    cpu = _cpu_s() - usage0
+    cap.release()
+    return {"frames": frames, "faces": faces, "fps": round(frames / wall, 2), "cpu_percent": round(100 * cpu / wall, 1),
+            "cpu_ms_per_frame": round(1000.0 * cpu / max(1, frames), 1), "enrolled": len(names)}
+
+
+def _cpu_s() -> float:
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def bench_sizes(cfg: Config, images_dir: Path, source: str, sizes: list[tuple[int, int]], peer: bool) -> dict:
+    """`bench_pipeline` on `source` scaled to each size (each played at its own rate), with the
+    `face_recognition` library's loop on the same file beside it, and the machine it ran on."""
+    import os
+    import platform
+    import tempfile
+
+    import cv2
+
+    out = {"machine": {"cpus": os.cpu_count(), "load_avg_before": [round(v, 2) for v in os.getloadavg()],
+                       "python": platform.python_version(), "opencv": cv2.__version__,
+                       "max_side": cfg.detection.max_side, "workers": cfg.detection.workers,
+                       "upsample": cfg.detection.upsample},
+           "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="door-bench-clips-") as tmp:
+        for size in sizes:
+            clip = scaled_clip(source, size, Path(tmp))
+            ours = bench_pipeline(cfg, images_dir, clip)
+            row = {"ours": ours}
+            if peer:
+                theirs = bench_peer(cfg, images_dir, clip)
+                row["peer"] = theirs
+                if "fps" in theirs and theirs["fps"] > 0:
+                    row["ratio"] = round(ours["processed_fps"] / theirs["fps"], 2)
+                    # CPU per frame, theirs over ours: what the FPS ratio would be with the CPU to spare
+                    row["cpu_ratio"] = round(theirs["cpu_ms_per_frame"] / max(1e-6, ours["cpu_ms_per_frame"]), 2)
+            row["target_fps"] = round(0.95 * ours["source_fps"], 2)
+            out["sizes"][f"{size[0]}x{size[1]}"] = row
+    out["machine"]["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
+    return out

@@ -70,7 +70,8 @@ class Capture:
 
     def __init__(self, source: int | str, realtime: bool, lost_after_s: float, reconnect_min_s: float,
                  reconnect_max_s: float, on_status: Callable[[str, str], None] | None = None,
-                 opener: Callable[[int | str], cv2.VideoCapture] | None = None, open_timeout_s: float = 10.0):
+                 opener: Callable[[int | str], cv2.VideoCapture] | None = None, open_timeout_s: float = 10.0,
+                 request: tuple[int, int, float] = (0, 0, 0.0)):
         self.source = source
         self.is_file = isinstance(source, str) and "://" not in source and not is_device(source)
         self.live = not self.is_file or realtime
@@ -78,6 +79,7 @@ class Capture:
         self.reconnect = (reconnect_min_s, reconnect_max_s)
         self.on_status = on_status or (lambda kind, detail: None)
         self._open = opener or (lambda src: open_source(src, open_timeout_s, lost_after_s))
+        self.request = request  # (width, height, fps) asked of a webcam after opening; 0 = its default
         self.frames: queue.Queue[Frame | None] = queue.Queue(maxsize=1 if self.live else 4)
         self.frames_in = 0
         self.dropped = 0
@@ -89,6 +91,8 @@ class Capture:
 
     def _open_checked(self) -> cv2.VideoCapture:
         cap = self._open(self.source)
+        if isinstance(self.source, int) and cap.isOpened():
+            request_format(cap, *self.request)
         if not cap.isOpened():
             cap.release()
             if isinstance(self.source, int):
@@ -183,6 +187,8 @@ class Capture:
                 return
             attempts += 1
             cap = self._open(self.source)
+            if isinstance(self.source, int) and cap.isOpened():
+                request_format(cap, *self.request)
             ok, _ = cap.read() if cap.isOpened() else (False, None)
             if ok:
                 self._cap = cap
@@ -191,3 +197,22 @@ class Capture:
                 return
             cap.release()
             delay = min(limit, delay * 2)
+
+
+def request_format(cap: cv2.VideoCapture, width: int, height: int, fps: float) -> str:
+    """Ask an opened webcam for a frame size and rate (0 = leave it), and say what it gives.
+
+    With a size, MJPG is asked for first: most USB webcams deliver 720p and 1080p at 30 FPS
+    only compressed, and fall back to 5-10 FPS in raw YUYV. A device may ignore any of it.
+    """
+    if width and height:
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+    if fps:
+        cap.set(cv2.CAP_PROP_FPS, fps)
+    got = (f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))} "
+           f"at {cap.get(cv2.CAP_PROP_FPS):g} FPS")
+    if width and height or fps:
+        log.info("camera: asked for %sx%s at %g FPS, got %s", width, height, fps, got)
+    return got

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="encoder: timed runs per figure (median is reported)")
     p.add_argument("--source", help="pipeline: the video file to play at its own frame rate")
     p.add_argument("--people", type=int, default=100_000, help="gallery: synthetic people to enroll (default 100000)")
+    p.add_argument("--sizes", help="pipeline: also scale the file to these sizes, each run beside the "
+                                   "face_recognition library's loop, e.g. 640x360,1280x720,1920x1080")
+    p.add_argument("--no-peer", action="store_true", help="pipeline --sizes: skip the face_recognition loop")
 
     p = sub.add_parser("run", help="run the door (the default of run_door.py)")
     _common(p)
@@ -102,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="is this machine ready? camera, speaker, models, gallery, hooks, log")
     _common(p)
+    p = sub.add_parser("enroll", help="enroll NAME from the camera (guided sweep), photo files or a snapshot")
+    _common(p)
+    p.add_argument("name", help="the person's name (a folder under images/: letters, digits, space . _ -)")
+    p.add_argument("--from", dest="photos", nargs="+", type=Path, metavar="PHOTO", help="enroll from these photos")
+    p.add_argument("--from-snapshot", type=int, metavar="ID", help="enroll the face of this attempt (see `review`)")
+    p.add_argument("--source", help="camera sweep from this webcam index, video file or URL (default: camera.source)")
+    p.add_argument("--headless", action="store_true", help="camera sweep without a window")
+    p.add_argument("--yes", action="store_true", help="enroll even if the face matches another enrolled person")
+
+    p = sub.add_parser("review", help="recent denied attempts with their snapshots (to enroll with --from-snapshot)")
+    _common(p)
+    p.add_argument("--last", type=int, default=20, help="how many of the newest attempts (default 20)")
+    p.add_argument("--unlocks", action="store_true", help="list admitted faces (unlock snapshots) instead")
 
     p = sub.add_parser("log", help="print the access log")
     _common(p)
@@ -269,6 +285,16 @@ def cmd_bench(args, cfg: Config) -> int:
     if args.what == "pipeline":
         if not args.source:
             raise UsageError("bench pipeline needs --source FILE")
+        if args.sizes:
+            from .bench import bench_sizes, parse_sizes
+
+            try:
+                sizes = parse_sizes(args.sizes)
+            except ValueError as exc:
+                raise UsageError(f"--sizes: {exc}") from None
+            result = bench_sizes(cfg, _images_dir(args, cfg), args.source, sizes, peer=not args.no_peer)
+            print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+            return 0
         result = bench_pipeline(cfg, _images_dir(args, cfg), args.source)
         if args.json:
             print(json.dumps(result))
@@ -442,6 +468,88 @@ def parse_since(text: str, now: float | None = None) -> float:
     except ValueError:
         raise UsageError(f"--since must be a date/time like 2026-11-24T08:00 or a span like 12h, got {text!r}") \
             from None
+def cmd_enroll(args, cfg: Config) -> int:
+    """Shots from photos, a snapshot or a camera sweep; quality checks; collision check; atomic writes."""
+    import os
+
+    from .enrollment import (Enroller, EnrollError, SweepWindow, collision_message, collisions, encode_shots,
+                             safe_name, video_frames, write_photos)
+    from .photos import PhotoError, load_rgb
+
+    name = safe_name(args.name)
+    if args.photos and args.from_snapshot is not None:
+        raise UsageError("use either --from or --from-snapshot, not both")
+    images_dir = _images_dir(args, cfg)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    models = load_models(cfg, images_dir)
+    enroller = Enroller(cfg.enroll, models.detector, cfg.path("weights"))
+    shots, problems = [], []
+    if args.from_snapshot is not None:
+        from .review import attempt_by_id
+
+        attempt = attempt_by_id(cfg, args.from_snapshot)
+        if attempt.snapshot is None:
+            raise UsageError(f"attempt {args.from_snapshot} has no snapshot (kept: the newest "
+                             f"{cfg.access_log.snapshots_keep} in {cfg.access_log.snapshots_dir})")
+        args.photos = [attempt.snapshot]
+    if args.photos:
+        for photo in args.photos:
+            try:
+                shots.append(enroller.from_photo(load_rgb(photo, cfg.photo.max_pixels), str(photo)))
+            except (PhotoError, EnrollError) as exc:
+                problems.append(str(exc) if isinstance(exc, EnrollError) else f"{photo}: {exc}")
+    else:
+        source = args.source if args.source is not None else cfg.camera.source
+        show = not args.headless and bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        window = SweepWindow() if show else None
+        try:
+            shots, missing = enroller.sweep(video_frames(source, cfg.camera), window, cfg.enroll.timeout_s)
+        finally:
+            if window:
+                window.close()
+        problems += [f"pose not reached: {p}" for p in missing]
+    for p in problems:
+        print(f"skipped: {p}", file=sys.stderr)
+    if not shots:
+        raise UsageError(f"nothing to enroll for {name}: no photo passed the checks")
+    found = collisions(models.recognizer, name, encode_shots(models.encoder, shots))
+    if found and not args.yes:
+        message = collision_message(name, found)
+        if not sys.stdin.isatty():
+            raise UsageError(f"{message}; nothing written (--yes to enroll anyway)")
+        if input(f"{message}. Enroll anyway? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise UsageError("nothing written")
+    written = write_photos(images_dir, name, shots)
+    result = {"name": name, "written": [str(p) for p in written], "poses": [s.pose for s in shots],
+              "skipped": problems, "collisions": [{"person": c.person, "distance": round(c.distance, 4)} for c in found]}
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(f"{name}: {len(written)} photo(s) written to {images_dir / name}")
+        for path, shot in zip(written, shots):
+            q = shot.quality
+            print(f"  {path.name}  face {q.face_px} px, sharpness {q.sharpness:.0f}, eye ratio {q.ear:.2f}")
+    return 0
+
+
+def cmd_review(args, cfg: Config) -> int:
+    from .core import DENIED, UNLOCK
+    from .review import recent_attempts
+
+    if args.last < 1:
+        raise UsageError("--last must be at least 1")
+    attempts = recent_attempts(cfg, args.last, (UNLOCK,) if args.unlocks else (DENIED,))
+    for a in attempts:
+        d = a.as_dict()
+        if args.json:
+            print(json.dumps(d, ensure_ascii=False))
+            continue
+        distance = "-" if d["distance"] is None else f"{d['distance']:.3f}"
+        print(f"{d['id']:>6}  {d['time']}  {d['event']:<7} closest {d['closest'] or '-':<20} {distance:>6}  "
+              f"{d['snapshot'] or '(no snapshot)'}  {d['detail']}")
+    if not attempts and not args.json:
+        print("no attempts in the access log yet")
+    return 0
 
 
 COMMANDS = {
@@ -456,6 +564,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "calibrate": cmd_calibrate,
     "eval": cmd_eval,
+    "enroll": cmd_enroll,
+    "review": cmd_review,
 }
 
 

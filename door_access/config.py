@@ -43,7 +43,8 @@ class PhotoConfig:
 class DetectionConfig:
     model: str = meta("hog", choices=("hog", "cnn"))
     upsample: int = meta(0, lo=0, hi=3)
-    downscale: float = meta(1.0, lo=1.0, hi=8.0)
+    max_side: int = meta(640, lo=160, hi=4096)
+    workers: int = meta(2, lo=1, hi=8)
     photo_upsample: int = meta(1, lo=0, hi=3)
     photo_max_side: int = meta(1024, lo=160)
     min_face: int = meta(32, lo=8)
@@ -64,6 +65,9 @@ class CameraConfig:
     reconnect_min_s: float = meta(0.5, lo=0.01)
     reconnect_max_s: float = meta(10.0, lo=0.01)
     open_timeout_s: float = meta(10.0, lo=0.1, hi=600.0)
+    width: int = meta(1280, lo=0, hi=7680)
+    height: int = meta(720, lo=0, hi=4320)
+    fps: float = meta(30.0, lo=0.0, hi=240.0)
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,17 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class EnrollConfig:
+    min_face_px: int = meta(80, lo=20)
+    min_sharpness: float = meta(15.0, lo=0.0)
+    min_eye_ratio: float = meta(0.15, lo=0.0, hi=1.0)
+    straight_max_turn: float = meta(0.12, lo=0.0, hi=1.0)
+    turn: float = meta(0.15, lo=0.01, hi=1.0)
+    tilt: float = meta(0.1, lo=0.01, hi=1.0)
+    timeout_s: float = meta(60.0, lo=1.0)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
@@ -173,6 +188,7 @@ class Config:
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    enroll: EnrollConfig = field(default_factory=EnrollConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:

@@ -51,22 +51,21 @@ class FaceDetector:
             self._cnn = load_dlib_model(dlib.cnn_face_detection_model_v1, self._cnn_path)
         return [d.rect for d in self._cnn(img, upsample)]
 
+    def video_scale(self, shape) -> float:
+        """How much a video frame is shrunk before detection: to `max_side` on its longest side."""
+        return max(1.0, max(shape[:2]) / self.cfg.max_side)
+
     def detect(self, rgb: np.ndarray, downscale: float | None = None, upsample: int | None = None,
                model: str | None = None) -> list[dlib.rectangle]:
         """Face rectangles in `rgb`'s own pixels; detection runs on a copy shrunk by `downscale`.
 
-        The defaults are the video-frame settings; photos pass their own (see `photo_faces`).
+        The defaults are the video-frame settings (shrunk to `max_side`); photos pass their own
+        (see `photo_faces`).
         """
-        scale = self.cfg.downscale if downscale is None else downscale
-        small = rgb
-        if scale > 1.0:
-            h, w = rgb.shape[:2]
-            small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
-        rects = self._detect(small, self.cfg.upsample if upsample is None else upsample, model or self.cfg.model)
-        if scale > 1.0:
-            rects = [dlib.rectangle(*(round(v * scale) for v in (r.left(), r.top(), r.right(), r.bottom())))
-                     for r in rects]
-        return rects
+        scale = self.video_scale(rgb.shape) if downscale is None else downscale
+        rects = self._detect(shrink(rgb, scale), self.cfg.upsample if upsample is None else upsample,
+                             model or self.cfg.model)
+        return scale_rects(rects, scale)
 
     def align(self, rgb: np.ndarray, rect: dlib.rectangle) -> Face:
         """Landmarks inside `rect`, then the aligned chip with `margin` padding around the face."""
@@ -110,6 +109,24 @@ class FaceDetector:
             box = _clipped_box(*edges, rgb.shape)
             faces.append(Face(box=box, chip=face.chip, landmarks=(face.landmarks - pad) / grow))
         return faces
+
+
+def shrink(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """`rgb` shrunk by `scale` (>= 1; 1 returns it as is)."""
+    if scale <= 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+
+
+def scale_rects(rects, scale: float) -> list[dlib.rectangle]:
+    """Rectangles (dlib's, or (left, top, right, bottom) tuples) found on a copy shrunk by `scale`,
+    in the original's pixels."""
+    out = []
+    for r in rects:
+        edges = (r.left(), r.top(), r.right(), r.bottom()) if isinstance(r, dlib.rectangle) else r
+        out.append(dlib.rectangle(*(round(v * scale) for v in edges)) if scale > 1.0 else dlib.rectangle(*edges))
+    return out
 
 
 def load_dlib_model(loader, path: Path):

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from .access_log import AccessLog
@@ -28,6 +27,7 @@ from .core import (CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SI
                    Match, Notice)
 from .detection import FaceDetector
 from .door import LOCKED
+from .parallel_detection import DetectedFrames
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryChange, GalleryWatcher
 from .liveness import LivenessChecker, eye_distance
@@ -112,6 +112,7 @@ class Pipeline:
         self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
         self.recognizer = Recognizer(self.watcher.load(), cfg.recognition.threshold)
         self.capture.on_status = self._camera_status
+        self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event)
         self._threads: list[threading.Thread] = []
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -188,12 +189,11 @@ class Pipeline:
     def _detect_stage(self) -> None:
         """Find faces, tie them to tracks, and cut chips for the tracks due for an encoding."""
         while True:
-            frame = self._get(self.capture.frames)
-            if frame is END:
+            item = self._get(self.detected)  # frames in order, with rects from the detector lanes
+            if item is END:
                 self._put(self.to_encoder, END)
                 return
-            rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
-            rects = self.detector.detect(rgb)
+            frame, rgb, rects = item
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
             out = FrameFaces(frame)
             for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
@@ -279,7 +279,7 @@ class Pipeline:
                                              {f.track: f.live for f in item.faces if f.live is not None})
             for d in decisions:
                 face = next(f for f in item.faces if f.track == d.track)
-                snapshot = _crop(item.frame.image, face.box) if d.event == "denied" else None
+                snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
             self.stats.processed += 1
             self.latest = item
@@ -295,6 +295,9 @@ class Pipeline:
         self.actions.start()
         if self.mqtt:
             self.mqtt.start()
+        self.detected.start_processes()
+        for i, lane in enumerate(self.detected.lanes()):
+            self._spawn(f"detector-lane-{i}", lane)
         self.capture.start(lambda exc: self._fail("capture", exc))
         self._spawn("detector", self._detect_stage)
         self._spawn("encoder", self._encode_stage)
@@ -320,6 +323,7 @@ class Pipeline:
         self.capture.stop(0.5)
         for thread in self._threads:
             thread.join(0.5)
+        self.detected.close()
         self.actions.stop(1.0)  # relocks with the full door.hook_timeout_s, then logs what is queued
         if self.mqtt:
             self.mqtt.stop(1.0)  # after the actions: their last relock goes out first

@@ -34,7 +34,7 @@ def open_capture(cfg: Config, source: str, realtime: bool) -> Capture:
     """The camera, file or stream, opened and checked (raises SourceError); loads no model."""
     c = cfg.camera
     return Capture(parse_source(source), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s,
-                   open_timeout_s=c.open_timeout_s)
+                   open_timeout_s=c.open_timeout_s, request=(c.width, c.height, c.fps))
 
 
 def build_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool,
