@@ -117,6 +117,21 @@ class LivenessConfig:
 
 
 @dataclass(frozen=True)
+class SpoofConfig:
+    enabled: bool = True
+    frame_sides: int = meta(3, lo=1, hi=4)
+    frame_reach: float = meta(1.6, lo=0.3, hi=5.0)
+    frame_min_length: float = meta(1.2, lo=0.5, hi=5.0)
+    glow_ratio: float = meta(1.4, lo=1.0, hi=10.0)
+    detail_max: float = meta(0.02, lo=0.0, hi=1.0)
+    flat_motion: float = meta(0.08, lo=0.01, hi=1.0)
+    flat_ratio: float = meta(0.25, lo=0.01, hi=1.0)
+    sustain_s: float = meta(1.0, lo=0.1, hi=30.0)
+    sustain_fraction: float = meta(0.7, lo=0.1, hi=1.0)
+    every_n_frames: int = meta(2, lo=1, hi=30)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
@@ -129,6 +144,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    spoof: SpoofConfig = field(default_factory=SpoofConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:

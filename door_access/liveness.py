@@ -72,6 +72,7 @@ class LivenessChecker:
     def update(self, track: int, t: float, rgb: np.ndarray, rect: dlib.rectangle) -> LiveVerdict:
         """Feed one frame of a track; returns what liveness knows about it now."""
         points = np.array([[p.x, p.y] for p in self._predictor(rgb, rect).parts()], np.float64)
+        self.points = points  # the latest shape, for the DENY cues (spoof.py) to reuse
         return self.observe(track, t, points)
 
     def observe(self, track: int, t: float, points: np.ndarray) -> LiveVerdict:

@@ -10,6 +10,7 @@ the whole app with its name in the log and a non-zero exit, never a silent hang.
 from __future__ import annotations
 
 import logging
+import dataclasses
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryWatcher
 from .liveness import LivenessChecker
 from .recognizer import Recognizer
+from .spoof import SpoofChecker
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ class Pipeline:
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
         live = cfg.liveness
         self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
+        self.spoof = SpoofChecker(cfg.spoof) if live.enabled and cfg.spoof.enabled else None
+        self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s)
         self.access_log = AccessLog(cfg.resolve(cfg.access_log.path))
@@ -177,9 +181,15 @@ class Pipeline:
                     obs.chip = self.detector.align(rgb, rect).chip
                 if self.liveness:
                     obs.live = self.liveness.update(track.id, frame.t, rgb, rect)
+                    if self.spoof:
+                        cue = self.spoof.update(track.id, frame.t, frame.image, track.box, self.liveness.points)
+                        if cue:
+                            obs.live = dataclasses.replace(obs.live, spoof=cue)
                 out.faces.append(obs)
             if self.liveness:
                 self.liveness.forget(set(self.tracker.tracks))
+                if self.spoof:
+                    self.spoof.forget(set(self.tracker.tracks))
             self._put(self.to_encoder, out)
 
     def _encode_stage(self) -> None:
@@ -242,6 +252,8 @@ class Pipeline:
                 face = next(f for f in item.faces if f.track == d.track)
                 snapshot = _crop(item.frame.image, face.box) if d.event == "denied" else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
+            for observer in self.observers:
+                observer(item, decisions)
             self.stats.processed += 1
             self.latest = item
 
