@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
     p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
 
+    p = sub.add_parser("eval-liveness", help="liveness on real recordings: a folder with a truth.csv")
+    _common(p)
+    p.add_argument("folder", type=Path, help="folder with truth.csv, its clips and person photos")
+    p.add_argument("--realtime", action="store_true", help="play each clip at its own rate (default: video time)")
+    p.add_argument("--only", help="only the clips whose file contains this text")
+
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
@@ -366,6 +372,16 @@ def cmd_eval(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_eval_liveness(args, cfg: Config) -> int:
+    from .liveness_eval import eval_folder, format_report
+
+    if not cfg.liveness.enabled:
+        raise UsageError("eval-liveness needs liveness.enabled: true")
+    result = eval_folder(cfg, args.folder, realtime=args.realtime, only=args.only)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
 def cmd_log(args, cfg: Config) -> int:
     from .access_log import AccessLog, format_event
 
@@ -398,6 +414,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "calibrate": cmd_calibrate,
     "eval": cmd_eval,
+    "eval-liveness": cmd_eval_liveness,
 }
 
 
