@@ -1,0 +1,188 @@
+"""DENY cues (spoof.py): each cue on real frames of the liveness dev set, and the door on real clips.
+
+Frames come from ../shared/data/liveness (real recordings: see its README); the tests that
+need it are skipped with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from door_access.config import Config, SpoofConfig
+from door_access.core import Box
+from door_access.spoof import (FLAT_FACE, FRAME_EDGES, RIGID, SCREEN_LIGHT, SpoofChecker, enclosing_edges,
+                               fine_detail, planar_residual, screen_glow)
+
+from conftest import SHARED_DATA
+
+LIVE = SHARED_DATA / "liveness"
+needs_data = pytest.mark.skipif(not (LIVE / "truth.csv").is_file(), reason="../shared/data/liveness is not present")
+CFG = SpoofConfig()
+
+
+def _frame(name: str, index: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(LIVE / name))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok, f"cannot read frame {index} of {name}"
+    return bgr
+
+
+def _box(detector, bgr: np.ndarray) -> Box:
+    rects = detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    assert rects, "the dev frame has a face the door's detector finds"
+    r = max(rects, key=lambda q: q.width())
+    return Box(r.left(), r.top(), r.width(), r.height())
+
+
+def _screen_light(bgr, box) -> bool:
+    return SpoofChecker(CFG).judge(bgr, box, SpoofChecker(CFG).measure(bgr, box))[SCREEN_LIGHT]
+
+
+# ---- pure functions, no model ----------------------------------------------------------------
+
+def _head(depth: float) -> np.ndarray:
+    """68 points of a face-like 3D shape: the rigid points spread over a face, the nose `depth` in front."""
+    rng = np.random.default_rng(7)
+    pts = np.zeros((68, 3))
+    pts[:, :2] = rng.uniform(-1, 1, (68, 2))
+    pts[36:42, :2], pts[42:48, :2] = [-0.4, -0.3], [0.4, -0.3]  # eye centres one unit apart... roughly
+    pts[36:48, :2] += rng.normal(0, 0.05, (12, 2))
+    pts[27:36, 2] = depth  # nose ridge and tip stand out
+    pts[0:17, 2] = -depth  # the outline lies behind the eyes
+    return pts
+
+
+def _turn(pts: np.ndarray, degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    p = pts @ rot.T
+    p[:, 2] += 6.0  # camera 6 units away: perspective projection
+    return 100 * p[:, :2] / p[:, 2:3] + 200
+
+
+def test_a_turning_photo_follows_one_homography_and_a_turning_head_does_not():
+    flat, head = _head(0.0), _head(0.5)
+    motion, planar = planar_residual(_turn(flat, 0), _turn(flat, 35))
+    assert motion > CFG.flat_motion and planar < 1e-3 * motion  # a plane: one homography explains it
+    motion, planar = planar_residual(_turn(head, 0), _turn(head, 35))
+    assert motion > CFG.flat_motion and planar > CFG.flat_ratio * motion  # parallax a plane cannot show
+
+
+def test_a_head_that_only_shifts_and_rolls_is_no_evidence_of_anything():
+    head = _turn(_head(0.5), 0)
+    a = np.radians(10)
+    moved = (head - 200) @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]).T * 1.2 + 230
+    motion, _ = planar_residual(head, moved)
+    assert motion < 1e-6  # in-plane movement is not "out of plane": the flat cue does not judge it
+    assert set(RIGID).isdisjoint(range(48, 68))  # lips move when talking: never used for the plane test
+
+
+def test_one_screen_frame_among_live_frames_does_not_deny():
+    checker = SpoofChecker(dataclasses.replace(CFG, every_n_frames=1))
+    checker.judge = lambda bgr, box, v: {SCREEN_LIGHT: bgr is screen, FRAME_EDGES: False}  # noqa: E731
+    checker.measure = lambda bgr, box: {"sides": 0.0, "glow": 1.0, "detail": 0.05}  # noqa: E731
+    live, screen = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
+    box = Box(0, 0, 4, 4)
+    for i in range(30):
+        assert checker.update(1, i / 15, screen if i == 10 else live, box, None) is None
+    for i in range(30, 60):  # then a sustained screen: fires once it has held for sustain_s
+        cue = checker.update(1, i / 15, screen, box, None)
+        assert cue is None or (i - 30) / 15 >= 0.5 * CFG.sustain_s  # never on the first frames
+    assert cue == SCREEN_LIGHT
+    assert checker.update(1, 61 / 15, live, box, None) == SCREEN_LIGHT  # a replay does not become live by pausing
+    checker.forget(set())
+    assert checker.update(1, 62 / 15, live, box, None) is None
+
+
+def test_the_spoof_section_is_parsed_and_checked(tmp_path):
+    from door_access.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("spoof:\n  glow_ratio: 1.6\n  enabled: false\n")
+    cfg = load_config(path)
+    assert cfg.spoof.glow_ratio == 1.6 and not cfg.spoof.enabled and Config().spoof.enabled
+    path.write_text("spoof:\n  glow_ratio: 0.5\n")
+    with pytest.raises(ConfigError, match=r"line 2: 'spoof.glow_ratio'"):
+        load_config(path)
+
+
+# ---- cues on real frames ---------------------------------------------------------------------
+
+@pytest.mark.model
+@needs_data
+@pytest.mark.parametrize("attack, genuine", [
+    ("attack/a02_lestari_phone_photo.mp4", "genuine/g02_lestari_webcam_still.mp4"),  # same man, same webcam
+    ("attack/a04_tranvanluyt_laptop_video_replay.mp4", "genuine/g03_tranvanluyt_selfie_headturn.mp4"),  # same man
+])
+def test_screen_light_fires_on_a_screen_and_not_on_the_same_person_live(detector, attack, genuine):
+    for index in (30, 60):
+        bgr = _frame(attack, index)
+        box = _box(detector, bgr)
+        assert screen_glow(bgr, box) >= CFG.glow_ratio and fine_detail(bgr, box) <= CFG.detail_max
+        live = _frame(genuine, index)
+        assert not _screen_light(live, _box(detector, live))
+
+
+@pytest.mark.model
+@needs_data
+def test_a_bright_live_face_in_a_dark_room_keeps_its_detail(detector):
+    """g08: a man in a dim room, face brighter than the frame like a screen, but with skin detail."""
+    bgr = _frame("genuine/g08_mounish_webcam_blink.mp4", 100)
+    box = _box(detector, bgr)
+    assert screen_glow(bgr, box) > 1.3  # as bright, relative to the room, as some screens...
+    assert fine_detail(bgr, box) > 2 * CFG.detail_max  # ...but a real face's fine texture is there
+    assert not _screen_light(bgr, box)
+
+
+@pytest.mark.model
+@needs_data
+def test_fine_detail_does_not_depend_on_the_face_size(detector):
+    bgr = _frame("genuine/g06_repeating_selfie_blink.mp4", 50)
+    box = _box(detector, bgr)
+    half = cv2.resize(bgr, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    small = Box(box.x // 2, box.y // 2, box.w // 2, box.h // 2)
+    assert abs(fine_detail(half, small) - fine_detail(bgr, box)) < 0.5 * fine_detail(bgr, box)
+
+
+@pytest.mark.model
+@needs_data
+def test_a_device_border_around_a_real_face_is_a_frame(detector):
+    """A real frame (plain wall, 0 sides) and the same frame with a phone's bezel drawn round the face."""
+    bgr = _frame("genuine/g06_repeating_selfie_blink.mp4", 50)
+    box = _box(detector, bgr)
+    assert enclosing_edges(bgr, box) < CFG.frame_sides
+    framed = bgr.copy()
+    pad = box.w // 2
+    cv2.rectangle(framed, (box.x - pad, box.y - pad), (box.x + box.w + pad, box.y + box.h + pad), (15, 15, 15),
+                  max(4, box.w // 12))
+    assert enclosing_edges(framed, box) >= CFG.frame_sides
+
+
+@pytest.mark.model
+@needs_data
+def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg):
+    """Two short real clips through the real pipeline (eval-liveness's own code)."""
+    from door_access.detection import FaceDetector
+    from door_access.facenet import FaceEncoder
+    from door_access.gallery import GalleryBuilder
+    from door_access.liveness_eval import _quiet, eval_video, read_truth
+
+    rows = {r["file"]: r for r in read_truth(LIVE)}
+    run_cfg = _quiet(cfg)
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    builder = GalleryBuilder(run_cfg, FaceDetector(cfg.detection, cfg.path("weights")), encoder)
+
+    def play(name):
+        row = rows[name]
+        return eval_video(run_cfg, encoder, builder, LIVE / name, LIVE / row["person_photo"], row, realtime=False)
+
+    attack = play("attack/a02_lestari_phone_photo.mp4")
+    assert attack["deny_cues"] and not attack["unlocked"], attack
+    live = play("genuine/g17_grid_swiz3n_man.mpg")
+    assert live["unlocked"] and not live["deny_cues"], live
