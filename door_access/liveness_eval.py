@@ -193,7 +193,7 @@ def eval_frames(cfg: Config, detector, folder: Path, row: dict) -> dict:
         values = checker.measure(bgr, box)
         for m in MEASURES:
             measures[m].append(values[m])
-        fired = [cue for cue, hit in checker.judge(bgr, box, values).items() if hit]
+        fired = [cue for cue, hit in checker.judge(values).items() if hit]
         for cue in fired:
             hits[cue] = hits.get(cue, 0) + 1
         any_hit += bool(fired)

@@ -73,9 +73,9 @@ def _work_gray(bgr: np.ndarray, box: Box) -> tuple[np.ndarray, Box]:
     """The frame in grey at WORK_SIDE, and the box in its pixels."""
     h, w = bgr.shape[:2]
     scale = min(1.0, WORK_SIDE / max(h, w))
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     if scale < 1.0:
-        gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     return gray, Box(round(box.x * scale), round(box.y * scale), max(1, round(box.w * scale)),
                      max(1, round(box.h * scale)))
 
@@ -88,7 +88,10 @@ def enclosing_edges(bgr: np.ndarray, box: Box, reach: float = 1.6, min_length: f
     spans the middle of the face. A phone, a tablet, a video window or a sheet around a face
     gives 3-4 sides; a head in a room rarely more than 1-2 (a door frame, a picture, a shelf).
     """
-    gray, b = _work_gray(bgr, box)
+    return _edge_sides(*_work_gray(bgr, box), reach, min_length)
+
+
+def _edge_sides(gray: np.ndarray, b: Box, reach: float, min_length: float) -> int:
     edges = cv2.Canny(cv2.GaussianBlur(gray, (0, 0), 1.0), 40, 100)
     lines = cv2.HoughLinesP(edges, 1, np.pi / 180, threshold=max(8, int(0.6 * b.h)),
                             minLineLength=max(8, int(0.6 * min_length * b.h)), maxLineGap=max(2, b.h // 20))
@@ -114,7 +117,10 @@ def enclosing_edges(bgr: np.ndarray, box: Box, reach: float = 1.6, min_length: f
 
 def screen_glow(bgr: np.ndarray, box: Box) -> float:
     """Median brightness of the inner face over the median brightness of the whole frame."""
-    gray, b = _work_gray(bgr, box)
+    return _glow(*_work_gray(bgr, box))
+
+
+def _glow(gray: np.ndarray, b: Box) -> float:
     inner = gray[max(0, b.y + b.h // 5): b.y + b.h * 4 // 5, max(0, b.x + b.w // 5): b.x + b.w * 4 // 5]
     if inner.size == 0:
         return 1.0
@@ -158,16 +164,15 @@ class SpoofChecker:
         self.tracks: dict[int, _TrackSpoof] = {}
         self.values: dict[int, dict[str, float]] = {}  # track -> latest measures, for reports and tuning
 
-    def frame_hits(self, bgr: np.ndarray, box: Box) -> dict[str, bool]:
-        """The per-frame tests of the cues that need only this frame."""
-        return self.judge(bgr, box, self.measure(bgr, box))
-
     def measure(self, bgr: np.ndarray, box: Box) -> dict[str, float]:
+        """The per-frame measures behind the cues (also reported by eval-liveness, for tuning)."""
         c = self.cfg
-        return {"sides": float(enclosing_edges(bgr, box, c.frame_reach, c.frame_min_length)),
-                "glow": screen_glow(bgr, box), "detail": fine_detail(bgr, box)}
+        gray, b = _work_gray(bgr, box)
+        return {"sides": float(_edge_sides(gray, b, c.frame_reach, c.frame_min_length)),
+                "glow": _glow(gray, b), "detail": fine_detail(bgr, box)}
 
-    def judge(self, bgr: np.ndarray, box: Box, v: dict[str, float]) -> dict[str, bool]:
+    def judge(self, v: dict[str, float]) -> dict[str, bool]:
+        """The per-frame tests of the cues that need one frame only."""
         c = self.cfg
         return {FRAME_EDGES: v["sides"] >= c.frame_sides,
                 SCREEN_LIGHT: v["glow"] >= c.glow_ratio and v["detail"] <= c.detail_max}
@@ -180,7 +185,7 @@ class SpoofChecker:
         if s.fired or (s.frames - 1) % c.every_n_frames:
             return s.fired
         v = self.measure(bgr, box)
-        hits = self.judge(bgr, box, v)
+        hits = self.judge(v)
         if points is not None:
             flat = self._flat(s, t, points, v)
             if flat is not None:

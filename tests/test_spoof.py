@@ -41,7 +41,7 @@ def _box(detector, bgr: np.ndarray) -> Box:
 
 
 def _screen_light(bgr, box) -> bool:
-    return SpoofChecker(CFG).judge(bgr, box, SpoofChecker(CFG).measure(bgr, box))[SCREEN_LIGHT]
+    return SpoofChecker(CFG).judge(SpoofChecker(CFG).measure(bgr, box))[SCREEN_LIGHT]
 
 
 # ---- pure functions, no model ----------------------------------------------------------------
@@ -85,8 +85,7 @@ def test_a_head_that_only_shifts_and_rolls_is_no_evidence_of_anything():
 
 def test_one_screen_frame_among_live_frames_does_not_deny():
     checker = SpoofChecker(dataclasses.replace(CFG, every_n_frames=1))
-    checker.judge = lambda bgr, box, v: {SCREEN_LIGHT: bgr is screen, FRAME_EDGES: False}  # noqa: E731
-    checker.measure = lambda bgr, box: {"sides": 0.0, "glow": 1.0, "detail": 0.05}  # noqa: E731
+    checker.measure = lambda bgr, box: {"sides": 0.0, "glow": 2.0 if bgr is screen else 1.0, "detail": 0.01}  # noqa: E731
     live, screen = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
     box = Box(0, 0, 4, 4)
     for i in range(30):
