@@ -119,6 +119,7 @@ class LivenessConfig:
 @dataclass(frozen=True)
 class SpoofConfig:
     enabled: bool = True
+    min_face_px: int = meta(100, lo=16)
     frame_sides: int = meta(3, lo=1, hi=4)
     frame_reach: float = meta(1.6, lo=0.3, hi=5.0)
     frame_min_length: float = meta(1.2, lo=0.5, hi=5.0)

@@ -189,6 +189,8 @@ def eval_frames(cfg: Config, detector, folder: Path, row: dict) -> dict:
             continue
         r = max(rects, key=lambda q: q.width())
         box = Box(r.left(), r.top(), r.width(), r.height())
+        if box.w < cfg.spoof.min_face_px:
+            continue
         faces += 1
         values = checker.measure(bgr, box)
         for m in MEASURES:

@@ -182,7 +182,7 @@ class SpoofChecker:
         c = self.cfg
         s = self.tracks.setdefault(track, _TrackSpoof())
         s.frames += 1
-        if s.fired or (s.frames - 1) % c.every_n_frames:
+        if s.fired or (s.frames - 1) % c.every_n_frames or box.w < c.min_face_px:
             return s.fired
         v = self.measure(bgr, box)
         hits = self.judge(v)

@@ -87,7 +87,7 @@ def test_one_screen_frame_among_live_frames_does_not_deny():
     checker = SpoofChecker(dataclasses.replace(CFG, every_n_frames=1))
     checker.measure = lambda bgr, box: {"sides": 0.0, "glow": 2.0 if bgr is screen else 1.0, "detail": 0.01}  # noqa: E731
     live, screen = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
-    box = Box(0, 0, 4, 4)
+    box = Box(0, 0, CFG.min_face_px, CFG.min_face_px)  # the measures are given: only the box size counts
     for i in range(30):
         assert checker.update(1, i / 15, screen if i == 10 else live, box, None) is None
     for i in range(30, 60):  # then a sustained screen: fires once it has held for sustain_s
@@ -97,6 +97,8 @@ def test_one_screen_frame_among_live_frames_does_not_deny():
     assert checker.update(1, 61 / 15, live, box, None) == SCREEN_LIGHT  # a replay does not become live by pausing
     checker.forget(set())
     assert checker.update(1, 62 / 15, live, box, None) is None
+    small = Box(0, 0, CFG.min_face_px - 1, CFG.min_face_px - 1)  # too few pixels to judge: never a DENY
+    assert all(checker.update(2, i / 15, screen, small, None) is None for i in range(60))
 
 
 def test_the_spoof_section_is_parsed_and_checked(tmp_path):
