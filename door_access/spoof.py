@@ -88,31 +88,37 @@ def enclosing_edges(bgr: np.ndarray, box: Box, reach: float = 1.6, min_length: f
     spans the middle of the face. A phone, a tablet, a video window or a sheet around a face
     gives 3-4 sides; a head in a room rarely more than 1-2 (a door frame, a picture, a shelf).
     """
-    return _edge_sides(*_work_gray(bgr, box), reach, min_length)
+    return len(_edge_lines(*_work_gray(bgr, box), reach, min_length))
 
 
-def _edge_sides(gray: np.ndarray, b: Box, reach: float, min_length: float) -> int:
+def _edge_lines(gray: np.ndarray, b: Box, reach: float, min_length: float) -> dict[str, float]:
+    """Side -> where its nearest line is: distance from the face centre, in face widths."""
     edges = cv2.Canny(cv2.GaussianBlur(gray, (0, 0), 1.0), 40, 100)
     lines = cv2.HoughLinesP(edges, 1, np.pi / 180, threshold=max(8, int(0.6 * b.h)),
-                            minLineLength=max(8, int(0.6 * min_length * b.h)), maxLineGap=max(2, b.h // 20))
+                            minLineLength=max(8, int(0.6 * min_length * b.h)), maxLineGap=max(2, b.h // 4))
     if lines is None:
-        return 0
-    found = set()
+        return {}
+    found: dict[str, float] = {}
+    cx, cy = b.x + b.w / 2, b.y + b.h / 2
+
+    def add(side: str, offset: float) -> None:
+        found[side] = min(found.get(side, offset), offset)
+
     for x1, y1, x2, y2 in lines.reshape(-1, 4):
         dx, dy = abs(int(x2) - int(x1)), abs(int(y2) - int(y1))
         if dx < 0.36 * dy and dy >= min_length * b.h and min(y1, y2) < b.y + 0.3 * b.h < b.y + 0.7 * b.h < max(y1, y2):
             xm = (x1 + x2) / 2
             if b.x - reach * b.w <= xm <= b.x - 0.1 * b.w:
-                found.add("left")
+                add("left", (cx - xm) / b.w)
             elif b.x + 1.1 * b.w <= xm <= b.x + b.w + reach * b.w:
-                found.add("right")
+                add("right", (xm - cx) / b.w)
         elif dy < 0.36 * dx and dx >= min_length * b.w and min(x1, x2) < b.x + 0.3 * b.w < b.x + 0.7 * b.w < max(x1, x2):
             ym = (y1 + y2) / 2
             if b.y - reach * b.h <= ym <= b.y - 0.1 * b.h:
-                found.add("top")
+                add("top", (cy - ym) / b.w)
             elif b.y + 1.1 * b.h <= ym <= b.y + b.h + reach * b.h:
-                found.add("bottom")
-    return len(found)
+                add("bottom", (ym - cy) / b.w)
+    return found
 
 
 def screen_glow(bgr: np.ndarray, box: Box) -> float:
@@ -148,6 +154,7 @@ class _TrackSpoof:
     frames: int = 0
     hits: dict = field(default_factory=dict)  # cue -> deque of (t, hit)
     shapes: deque = field(default_factory=deque)  # (t, 68 landmarks), for the flat-face cue
+    lines: dict = field(default_factory=dict)  # side -> offset of its line at the last measure
     fired: str | None = None
 
 
@@ -168,8 +175,9 @@ class SpoofChecker:
         """The per-frame measures behind the cues (also reported by eval-liveness, for tuning)."""
         c = self.cfg
         gray, b = _work_gray(bgr, box)
-        return {"sides": float(_edge_sides(gray, b, c.frame_reach, c.frame_min_length)),
-                "glow": _glow(gray, b), "detail": fine_detail(bgr, box)}
+        lines = _edge_lines(gray, b, c.frame_reach, c.frame_min_length)
+        return {"sides": float(len(lines)), "glow": _glow(gray, b), "detail": fine_detail(bgr, box),
+                **{f"edge_{side}": offset for side, offset in lines.items()}}
 
     def judge(self, v: dict[str, float]) -> dict[str, bool]:
         """The per-frame tests of the cues that need one frame only."""
@@ -186,6 +194,7 @@ class SpoofChecker:
             return s.fired
         v = self.measure(bgr, box)
         hits = self.judge(v)
+        hits[FRAME_EDGES] = self._rigid_frame(s, v)
         if points is not None:
             flat = self._flat(s, t, points, v)
             if flat is not None:
@@ -201,6 +210,14 @@ class SpoofChecker:
                 s.fired = cue
                 break
         return s.fired
+
+    def _rigid_frame(self, s: _TrackSpoof, v: dict[str, float]) -> bool:
+        """Enough sides whose lines kept their place relative to the face since the last measure:
+        a frame held round the face moves with it, a door frame or a waving arm does not."""
+        lines = {k: x for k, x in v.items() if k.startswith("edge_")}
+        kept = [k for k, x in lines.items() if k in s.lines and abs(x - s.lines[k]) <= self.cfg.frame_rigid]
+        s.lines = lines
+        return len(kept) >= self.cfg.frame_sides
 
     def _flat(self, s: _TrackSpoof, t: float, points: np.ndarray, v: dict[str, float]) -> bool | None:
         """Compare with the oldest shape of the last second: None when the face barely moved out
