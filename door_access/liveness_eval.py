@@ -55,14 +55,13 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
     from .gallery import GalleryBuilder
 
     folder = Path(folder)
+    rows = [r for r in read_truth(folder) if not only or only in r["file"]]
     cfg = _quiet(cfg)
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
     builder = GalleryBuilder(cfg, detector, encoder)
     clips = []
-    for row in read_truth(folder):
-        if only and only not in row["file"]:
-            continue
+    for row in rows:
         path = folder / row["file"]
         log.info("eval-liveness: %s", row["file"])
         if path.is_dir():

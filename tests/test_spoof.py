@@ -207,3 +207,34 @@ def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, tmp_path):
     live_clip = _first_seconds(LIVE / "genuine/g06_repeating_selfie_blink.mp4", tmp_path / "g06.mp4", 2.5)
     live = play("genuine/g06_repeating_selfie_blink.mp4", live_clip)
     assert live["unlocked"] and not live["deny_cues"], live
+
+
+def test_eval_liveness_needs_a_truth_csv(tmp_path, capsys):
+    from door_access.cli import main
+
+    assert main(["eval-liveness", str(tmp_path)]) == 2
+    assert "truth.csv" in capsys.readouterr().err
+    (tmp_path / "truth.csv").write_text("file,kind,person_photo\nclip.mp4,replay,p.png\n")
+    assert main(["eval-liveness", str(tmp_path)]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_the_synthetic_photo_attack_still_never_unlocks(cfg, detector, tmp_path):
+    """The generated photo attack (a print moved, tilted and re-lit by hand) with the DENY cues on:
+    no DENY cue claims it (no screen light, no frame in view, dlib's landmarks of a tilted photo are
+    not planar enough for the flat-face cue), and it stays denied for want of a CONFIRM cue."""
+    from door_access.democlip import write_photo_attack
+    from door_access.facenet import FaceEncoder
+    from door_access.gallery import GalleryBuilder
+    from door_access.liveness_eval import _quiet, eval_video
+
+    from conftest import FR_IMAGES
+
+    clip = write_photo_attack(detector, FR_IMAGES / "obama2.jpg", tmp_path / "attack.mp4", seconds=6.0)
+    run_cfg = _quiet(cfg)
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    result = eval_video(run_cfg, encoder, GalleryBuilder(run_cfg, detector, encoder), clip, FR_IMAGES / "obama.jpg",
+                        {"file": "attack.mp4", "kind": "attack_print"}, realtime=False)
+    assert not result["unlocked"] and not result["pipeline_unlocked"], result
+    assert result["outcome"].startswith("denied: no liveness"), result
