@@ -130,6 +130,7 @@ class SpoofConfig:
     flat_ratio: float = meta(0.25, lo=0.01, hi=1.0)
     sustain_s: float = meta(1.0, lo=0.1, hi=30.0)
     sustain_fraction: float = meta(0.7, lo=0.1, hi=1.0)
+    doubt_fraction: float = meta(0.3, lo=0.0, hi=1.0)
     every_n_frames: int = meta(2, lo=1, hi=30)
 
 

@@ -211,6 +211,17 @@ class SpoofChecker:
                 break
         return s.fired
 
+    def doubtful(self, track: int) -> str | None:
+        """A cue that held on at least `doubt_fraction` of the track's recent tests without firing:
+        a borderline DENY, for the liveness challenge (`on_doubt`) to settle. None if none."""
+        s = self.tracks.get(track)
+        if s is None or s.fired:
+            return None
+        for cue, q in s.hits.items():
+            if len(q) >= 3 and sum(hit for _, hit in q) >= self.cfg.doubt_fraction * len(q):
+                return cue
+        return None
+
     def _rigid_frame(self, s: _TrackSpoof, v: dict[str, float]) -> bool:
         """Enough sides whose lines kept their place relative to the face since the last measure:
         a frame held round the face moves with it, a door frame or a waving arm does not."""

@@ -14,7 +14,7 @@ import pytest
 
 from door_access.config import Config, SpoofConfig
 from door_access.core import Box
-from door_access.spoof import (FLAT_FACE, FRAME_EDGES, RIGID, SCREEN_LIGHT, SpoofChecker, enclosing_edges,
+from door_access.spoof import (RIGID, SCREEN_LIGHT, SpoofChecker, enclosing_edges,
                                fine_detail, planar_residual, screen_glow)
 
 from conftest import SHARED_DATA
@@ -90,13 +90,21 @@ def test_one_screen_frame_among_live_frames_does_not_deny():
     box = Box(0, 0, CFG.min_face_px, CFG.min_face_px)  # the measures are given: only the box size counts
     for i in range(30):
         assert checker.update(1, i / 15, screen if i == 10 else live, box, None) is None
-    for i in range(30, 60):  # then a sustained screen: fires once it has held for sustain_s
+    assert checker.doubtful(1) is None  # one frame in a second is not even borderline
+    for i, frame in zip(range(30, 45), [screen, live] * 8):  # every other frame: borderline, not a DENY
+        assert checker.update(1, i / 15, frame, box, None) is None
+    assert checker.doubtful(1) == SCREEN_LIGHT
+    for i in range(45, 60):  # a live second clears the doubt
+        assert checker.update(1, i / 15, live, box, None) is None
+    assert checker.doubtful(1) is None
+    for i in range(60, 90):  # then a sustained screen: fires once it has held for most of sustain_s
         cue = checker.update(1, i / 15, screen, box, None)
-        assert cue is None or (i - 30) / 15 >= 0.5 * CFG.sustain_s  # never on the first frames
+        assert cue is None or (i - 60) / 15 >= 0.5 * CFG.sustain_s  # never on the first frames
     assert cue == SCREEN_LIGHT
-    assert checker.update(1, 61 / 15, live, box, None) == SCREEN_LIGHT  # a replay does not become live by pausing
+    assert checker.update(1, 91 / 15, live, box, None) == SCREEN_LIGHT  # a replay does not become live by pausing
+    assert checker.doubtful(1) is None  # fired, not borderline
     checker.forget(set())
-    assert checker.update(1, 62 / 15, live, box, None) is None
+    assert checker.update(1, 92 / 15, live, box, None) is None
     small = Box(0, 0, CFG.min_face_px - 1, CFG.min_face_px - 1)  # too few pixels to judge: never a DENY
     assert all(checker.update(2, i / 15, screen, small, None) is None for i in range(60))
 
