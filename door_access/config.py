@@ -131,7 +131,7 @@ class SpoofConfig:
     sustain_s: float = meta(1.0, lo=0.1, hi=30.0)
     sustain_fraction: float = meta(0.7, lo=0.1, hi=1.0)
     doubt_fraction: float = meta(0.3, lo=0.0, hi=1.0)
-    every_n_frames: int = meta(2, lo=1, hi=30)
+    measure_every_s: float = meta(0.06, lo=0.0, hi=5.0)
 
 
 @dataclass(frozen=True)

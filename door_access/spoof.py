@@ -151,7 +151,7 @@ def fine_detail(bgr: np.ndarray, box: Box) -> float:
 
 @dataclass
 class _TrackSpoof:
-    frames: int = 0
+    measured_t: float = float("-inf")  # when this track was last measured
     hits: dict = field(default_factory=dict)  # cue -> deque of (t, hit)
     shapes: deque = field(default_factory=deque)  # (t, 68 landmarks), for the flat-face cue
     lines: dict = field(default_factory=dict)  # side -> offset of its line at the last measure
@@ -189,9 +189,9 @@ class SpoofChecker:
         """Feed one frame of a track; returns the DENY cue once one has fired for it, else None."""
         c = self.cfg
         s = self.tracks.setdefault(track, _TrackSpoof())
-        s.frames += 1
-        if s.fired or (s.frames - 1) % c.every_n_frames or box.w < c.min_face_px:
+        if s.fired or t - s.measured_t < c.measure_every_s or box.w < c.min_face_px:
             return s.fired
+        s.measured_t = t
         v = self.measure(bgr, box)
         hits = self.judge(v)
         hits[FRAME_EDGES] = self._rigid_frame(s, v)

@@ -84,7 +84,7 @@ def test_a_head_that_only_shifts_and_rolls_is_no_evidence_of_anything():
 
 
 def test_one_screen_frame_among_live_frames_does_not_deny():
-    checker = SpoofChecker(dataclasses.replace(CFG, every_n_frames=1))
+    checker = SpoofChecker(dataclasses.replace(CFG, measure_every_s=0.0))
     checker.measure = lambda bgr, box: {"sides": 0.0, "glow": 2.0 if bgr is screen else 1.0, "detail": 0.01}  # noqa: E731
     live, screen = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
     box = Box(0, 0, CFG.min_face_px, CFG.min_face_px)  # the measures are given: only the box size counts
