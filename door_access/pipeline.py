@@ -9,8 +9,8 @@ the whole app with its name in the log and a non-zero exit, never a silent hang.
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import queue
 import threading
 import time

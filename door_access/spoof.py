@@ -19,6 +19,7 @@ Everything here is numpy/OpenCV: it is tested without TensorFlow or dlib.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ import numpy as np
 
 from .config import SpoofConfig
 from .core import Box
+
+log = logging.getLogger(__name__)
 
 # the points of a head that a face cannot deform much: outline, brows, nose, eye corners
 RIGID = list(range(0, 27)) + list(range(27, 36)) + [36, 39, 42, 45]
@@ -208,6 +211,8 @@ class SpoofChecker:
         for cue, q in s.hits.items():
             if self._sustained(cue, q, t):
                 s.fired = cue
+                log.info("track %d: DENY cue '%s' (%s)", track, cue,
+                         ", ".join(f"{k} {x:.3f}" for k, x in v.items() if not k.startswith("edge_")))
                 break
         return s.fired
 
