@@ -125,7 +125,7 @@ class SpoofConfig:
     frame_min_length: float = meta(1.2, lo=0.5, hi=5.0)
     frame_rigid: float = meta(0.1, lo=0.0, hi=2.0)
     glow_ratio: float = meta(1.4, lo=1.0, hi=10.0)
-    detail_max: float = meta(0.02, lo=0.0, hi=1.0)
+    detail_max: float = meta(0.025, lo=0.0, hi=1.0)
     flat_motion: float = meta(0.08, lo=0.01, hi=1.0)
     flat_ratio: float = meta(0.25, lo=0.01, hi=1.0)
     sustain_s: float = meta(1.0, lo=0.1, hi=30.0)
