@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="is this machine ready? camera, speaker, models, gallery, hooks, log")
     _common(p)
+
     p = sub.add_parser("enroll", help="enroll NAME from the camera (guided sweep), photo files or a snapshot")
     _common(p)
     p.add_argument("name", help="the person's name (a folder under images/: letters, digits, space . _ -)")
@@ -118,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest attempts (default 20)")
     p.add_argument("--unlocks", action="store_true", help="list admitted faces (unlock snapshots) instead")
+
+    p = sub.add_parser("eval-liveness", help="liveness on real recordings: a folder with a truth.csv")
+    _common(p)
+    p.add_argument("folder", type=Path, help="folder with truth.csv, its clips and person photos")
+    p.add_argument("--realtime", action="store_true", help="play each clip at its own rate (default: video time)")
+    p.add_argument("--only", help="only the clips whose file contains this text")
 
     p = sub.add_parser("log", help="print the access log")
     _common(p)
@@ -422,6 +429,16 @@ def cmd_eval(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_eval_liveness(args, cfg: Config) -> int:
+    from .liveness_eval import eval_folder, format_report
+
+    if not cfg.liveness.enabled:
+        raise UsageError("eval-liveness needs liveness.enabled: true")
+    result = eval_folder(cfg, args.folder, realtime=args.realtime, only=args.only)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
 def cmd_log(args, cfg: Config) -> int:
     from .access_log import AccessLog, format_event
 
@@ -566,6 +583,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "enroll": cmd_enroll,
     "review": cmd_review,
+    "eval-liveness": cmd_eval_liveness,
 }
 
 

@@ -174,6 +174,24 @@ class EnrollConfig:
 
 
 @dataclass(frozen=True)
+class SpoofConfig:
+    enabled: bool = True
+    min_face_px: int = meta(100, lo=16)
+    frame_sides: int = meta(3, lo=1, hi=4)
+    frame_reach: float = meta(1.6, lo=0.3, hi=5.0)
+    frame_min_length: float = meta(1.2, lo=0.5, hi=5.0)
+    frame_rigid: float = meta(0.1, lo=0.0, hi=2.0)
+    glow_ratio: float = meta(1.4, lo=1.0, hi=10.0)
+    detail_max: float = meta(0.025, lo=0.0, hi=1.0)
+    flat_motion: float = meta(0.08, lo=0.01, hi=1.0)
+    flat_ratio: float = meta(0.25, lo=0.01, hi=1.0)
+    sustain_s: float = meta(1.0, lo=0.1, hi=30.0)
+    sustain_fraction: float = meta(0.7, lo=0.1, hi=1.0)
+    doubt_fraction: float = meta(0.3, lo=0.0, hi=1.0)
+    measure_every_s: float = meta(0.06, lo=0.0, hi=5.0)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
@@ -189,6 +207,7 @@ class Config:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
+    spoof: SpoofConfig = field(default_factory=SpoofConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:

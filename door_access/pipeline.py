@@ -9,6 +9,7 @@ the whole app with its name in the log and a non-zero exit, never a silent hang.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -33,6 +34,7 @@ from .gallery import Gallery, GalleryBuilder, GalleryChange, GalleryWatcher
 from .liveness import LivenessChecker, eye_distance
 from .policy import PolicyFile
 from .recognizer import Recognizer
+from .spoof import SpoofChecker
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,9 @@ class Pipeline:
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
         live = cfg.liveness
         self.liveness = LivenessChecker(live, cfg.path("weights"), challenge_action) if live.enabled else None
+        self.spoof = SpoofChecker(cfg.spoof) if live.enabled and cfg.spoof.enabled else None
         self._asked: set[int] = set()  # tracks whose challenge has been announced
+        self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
         self.policy = PolicyFile(cfg.path("people"))  # per-person days/hours/doors (people.yaml)
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s,
@@ -206,12 +210,21 @@ class Pipeline:
                     obs.chip = self.detector.align(rgb, rect).chip
                 if self.liveness:
                     obs.live = self.liveness.observe(track.id, frame.t, points)
+                    if self.spoof:
+                        cue = self.spoof.update(track.id, frame.t, frame.image, track.box, points)
+                        if cue:
+                            obs.live = dataclasses.replace(obs.live, spoof=cue)
+                        elif self.spoof.doubtful(track.id):  # a borderline DENY cue: ask for an action now
+                            self.liveness.request_challenge(track.id)
                     if obs.live.challenge and track.id not in self._asked:
                         self._asked.add(track.id)
                         self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)
             if self.liveness:
-                self.liveness.forget(set(self.tracker.tracks))
-                self._asked &= set(self.tracker.tracks)
+                alive = set(self.tracker.tracks)
+                self.liveness.forget(alive)
+                if self.spoof:
+                    self.spoof.forget(alive)
+                self._asked &= alive
             self._put(self.to_encoder, out)
 
     def _too_small(self, rgb: np.ndarray, rect, points: np.ndarray | None) -> bool:
@@ -281,6 +294,8 @@ class Pipeline:
                 face = next(f for f in item.faces if f.track == d.track)
                 snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
+            for observer in self.observers:
+                observer(item, decisions)
             self.stats.processed += 1
             self.latest = item
 

@@ -1,0 +1,265 @@
+"""`door-access eval-liveness FOLDER`: how the door's liveness does on real recordings.
+
+FOLDER holds a `truth.csv` (file, kind, ..., person_photo, ...): `kind` is `genuine`,
+`attack_screen` or `attack_print`. Each video is played through the real pipeline (capture,
+detector, liveness and spoof cues, encoder, decider) with its `person_photo` enrolled in a
+scratch gallery, in video time by default so that the result does not depend on how busy the
+machine is. A folder of JPEG frames (Replay-Attack style, ~2 frames a second) cannot show
+motion or a blink: for those only the per-frame DENY cues are measured.
+
+The door's decider (decision.py) is the one that turns `LiveVerdict.spoof` into a denial; the
+outcome reported here is what the door does with it: an unlock counts only if no DENY cue
+fired on the clip before it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import re
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import Config
+from .core import UNLOCK, Box
+from .spoof import SpoofChecker
+
+log = logging.getLogger(__name__)
+
+KINDS = ("genuine", "attack_screen", "attack_print")
+MEASURES = ("glow", "detail", "sides")
+
+
+def read_truth(folder: Path) -> list[dict]:
+    path = Path(folder) / "truth.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: eval-liveness needs a truth.csv (file, kind, person_photo, ...)")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows, start=2):
+        if not row.get("file") or row.get("kind") not in KINDS:
+            raise ValueError(f"{path} line {i}: needs a file and a kind in {', '.join(KINDS)}")
+    return rows
+
+
+def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | None = None) -> dict:
+    """Every clip of FOLDER's truth.csv (or those whose file contains `only`); per clip and totals."""
+    from .detection import FaceDetector
+    from .facenet import FaceEncoder
+    from .gallery import GalleryBuilder
+
+    folder = Path(folder)
+    rows = [r for r in read_truth(folder) if not only or only in r["file"]]
+    cfg = _quiet(cfg)
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    detector = FaceDetector(cfg.detection, cfg.path("weights"))
+    builder = GalleryBuilder(cfg, detector, encoder)
+    clips = []
+    for row in rows:
+        path = folder / row["file"]
+        log.info("eval-liveness: %s", row["file"])
+        if path.is_dir():
+            clips.append(eval_frames(cfg, detector, path, row))
+        else:
+            clips.append(eval_video(cfg, encoder, builder, path, folder / row["person_photo"], row, realtime))
+    return {"clips": clips, "totals": totals(clips)}
+
+
+def _quiet(cfg: Config) -> Config:
+    """No hooks, no speech, no snapshots: the evaluation must not open a real door or talk."""
+    return dataclasses.replace(
+        cfg,
+        door=dataclasses.replace(cfg.door, unlock_command=(), relock_command=(), webhook_url=None),
+        tts=dataclasses.replace(cfg.tts, enabled=False),
+        access_log=dataclasses.replace(cfg.access_log, snapshots_dir=None),
+    )
+
+
+def eval_video(cfg: Config, encoder, builder, path: Path, photo: Path, row: dict, realtime: bool) -> dict:
+    """Play one clip through the real pipeline with its person enrolled; what the door did and why."""
+    from .capture import Capture
+    from .pipeline import Pipeline
+
+    events: list = []
+    seen = _Seen()
+    with tempfile.TemporaryDirectory(prefix="door-eval-liveness-") as tmp:
+        images = Path(tmp) / "images"
+        (images / "person").mkdir(parents=True)
+        shutil.copy(photo, images / "person" / ("photo" + photo.suffix.lower()))
+        run_cfg = dataclasses.replace(cfg, access_log=dataclasses.replace(cfg.access_log,
+                                                                          path=str(Path(tmp) / "log.sqlite")))
+        c = cfg.camera
+        capture = Capture(str(path), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
+        pipeline = Pipeline(run_cfg, capture, encoder, builder, images, emit=events.append)
+        pipeline.observers.append(seen.observer(pipeline))
+        pipeline.start()
+        try:
+            pipeline.wait()
+        finally:
+            pipeline.stop()
+        if pipeline.failure:
+            raise RuntimeError(f"{path}: stage {pipeline.failure[0]} failed: {pipeline.failure[1]}")
+    return seen.report(row, capture.frames_in, events)
+
+
+class _Seen:
+    """What the decider stage saw, frame by frame (runs in the decider thread)."""
+
+    def __init__(self):
+        self.t0: float | None = None
+        self.first_face: float | None = None
+        self.confirm: dict[str, float] = {}  # cue -> first time
+        self.deny: dict[str, float] = {}
+        self.unlock_t: float | None = None
+        self.denials: list[tuple[float, str]] = []
+        self.measures: dict[str, list[float]] = {m: [] for m in MEASURES}
+
+    def observer(self, pipeline):
+        def observe(item, decisions) -> None:
+            t = item.frame.t - pipeline.capture.started_at
+            for face in item.faces:
+                if self.first_face is None:
+                    self.first_face = t
+                live = face.live
+                if live is not None and live.evidence_t is not None:
+                    self.confirm.setdefault(live.cue, t)
+                if live is not None and live.spoof:
+                    self.deny.setdefault(live.spoof, t)
+                values = pipeline.spoof.values.get(face.track) if pipeline.spoof else None
+                if values:
+                    for m in MEASURES:
+                        self.measures[m].append(values[m])
+            for d in decisions:
+                if d.event == UNLOCK and self.unlock_t is None:
+                    self.unlock_t = t
+                elif d.event != UNLOCK:
+                    self.denials.append((t, d.detail))
+
+        return observe
+
+    def report(self, row: dict, frames: int, events: list) -> dict:
+        start = self.first_face or 0.0
+        spoof_t = min(self.deny.values(), default=None)
+        door_unlock = self.unlock_t is not None and (spoof_t is None or self.unlock_t < spoof_t)
+        if door_unlock:
+            outcome = "unlocked"
+        elif spoof_t is not None:
+            outcome = f"denied: spoof ({min(self.deny, key=self.deny.get)})"
+        elif self.denials:
+            outcome = f"denied: {self.denials[0][1]}"
+        else:
+            outcome = "no decision"
+        waits = [float(m.group(1)) for e in events if e.event == UNLOCK
+                 for m in [re.match(r"live after ([0-9.]+) s", e.detail)] if m]
+        return {
+            "file": row["file"], "kind": row["kind"], "type": "video", "frames": frames,
+            "face_px": _num(row.get("face_px_approx")),
+            "unlocked": door_unlock,
+            "unlock_after_s": round(self.unlock_t - start, 2) if door_unlock else None,
+            "liveness_wait_s": waits[0] if door_unlock and waits else None,
+            "pipeline_unlocked": self.unlock_t is not None,  # what a decider that ignores spoof would do
+            "outcome": outcome,
+            "confirm_cues": {k: round(v - start, 2) for k, v in self.confirm.items()},
+            "deny_cues": {k: round(v - start, 2) for k, v in self.deny.items()},
+            "measures": {m: _median(v) for m, v in self.measures.items()},
+        }
+
+
+def eval_frames(cfg: Config, detector, folder: Path, row: dict) -> dict:
+    """A folder of still frames: the fraction of frames (with a face) on which each DENY cue's
+    per-frame test holds, and the median of each measure."""
+    checker = SpoofChecker(cfg.spoof)
+    hits: dict[str, int] = {}
+    measures: dict[str, list[float]] = {m: [] for m in MEASURES}
+    frames = faces = any_hit = 0
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        bgr = cv2.imread(str(path))
+        if bgr is None:
+            continue
+        frames += 1
+        rects = detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        if not rects:
+            continue
+        r = max(rects, key=lambda q: q.width())
+        box = Box(r.left(), r.top(), r.width(), r.height())
+        if box.w < cfg.spoof.min_face_px:
+            continue
+        faces += 1
+        values = checker.measure(bgr, box)
+        for m in MEASURES:
+            measures[m].append(values[m])
+        fired = [cue for cue, hit in checker.judge(values).items() if hit]
+        for cue in fired:
+            hits[cue] = hits.get(cue, 0) + 1
+        any_hit += bool(fired)
+    return {
+        "file": row["file"], "kind": row["kind"], "type": "frames", "frames": frames, "faces": faces,
+        "face_px": _num(row.get("face_px_approx")),
+        "deny_fraction": round(any_hit / faces, 3) if faces else None,
+        "deny_cues": {cue: round(n / faces, 3) for cue, n in hits.items()},
+        "measures": {m: _median(v) for m, v in measures.items()},
+    }
+
+
+def totals(clips: list[dict]) -> dict:
+    out: dict = {}
+    for kind in KINDS:
+        videos = [c for c in clips if c["kind"] == kind and c["type"] == "video"]
+        frames = [c for c in clips if c["kind"] == kind and c["type"] == "frames"]
+        entry = {"videos": len(videos), "unlocked": sum(c["unlocked"] for c in videos)}
+        waits = [c["liveness_wait_s"] for c in videos if c["liveness_wait_s"] is not None]
+        if kind == "genuine" and waits:
+            entry["liveness_wait_median_s"] = round(statistics.median(waits), 2)
+        if frames:
+            entry["frame_folders"] = len(frames)
+            entry["frame_deny_fraction"] = {c["file"]: c["deny_fraction"] for c in frames}
+        out[kind] = entry
+    return out
+
+
+def format_report(result: dict) -> str:
+    lines = []
+    for c in result["clips"]:
+        m = " ".join(f"{k}={v}" for k, v in c["measures"].items() if v is not None)
+        deny = ", ".join(f"{k} {v}" for k, v in c["deny_cues"].items()) or "-"
+        if c["type"] == "frames":
+            lines.append(f"{c['file']:<48} {c['kind']:<13} frames: DENY on {_pct(c['deny_fraction'])} of "
+                         f"{c['faces']} faces ({deny})  [{m}]")
+            continue
+        confirm = ", ".join(f"{k} at {v} s" for k, v in c["confirm_cues"].items()) or "-"
+        after = f" after {c['unlock_after_s']} s" if c["unlocked"] else ""
+        lines.append(f"{c['file']:<48} {c['kind']:<13} {c['outcome']}{after}  CONFIRM: {confirm}  "
+                     f"DENY: {deny}  [{m}]")
+    lines.append("")
+    for kind, t in result["totals"].items():
+        if not t["videos"] and not t.get("frame_folders"):
+            continue
+        line = f"{kind:<13} videos unlocked: {t['unlocked']}/{t['videos']}"
+        if "liveness_wait_median_s" in t:
+            line += f" (median liveness wait {t['liveness_wait_median_s']} s)"
+        if t.get("frame_folders"):
+            line += "; frame folders, fraction of frames denied: " + ", ".join(
+                f"{Path(k).name} {_pct(v)}" for k, v in t["frame_deny_fraction"].items())
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 3) if values else None
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
