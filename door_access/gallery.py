@@ -26,6 +26,7 @@ from .core import EMBEDDING_SIZE
 from .facenet import FaceEncoder
 from .files import sha256_file
 from .photos import PhotoError, is_photo, load_rgb
+from .recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,17 @@ class GalleryChange:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.skipped)
+
+
+def apply_update(recognizer: Recognizer, update: Gallery | GalleryChange) -> int:
+    """Hand a watcher's update to the matcher: a change is spliced in, a whole gallery replaces it.
+    Returns how many folder entries are not enrolled (for the `gallery` event)."""
+    if isinstance(update, GalleryChange):
+        recognizer.apply(update.removed, update.added)
+        log.info("gallery: %d photos added, %d removed", len(update.added), len(update.removed))
+        return update.skipped_total
+    recognizer.replace_all(update)
+    return len(update.skipped)
 
 
 class GalleryBuilder:

@@ -30,7 +30,7 @@ from .detection import FaceDetector
 from .door import LOCKED
 from .parallel_detection import DetectedFrames
 from .facenet import FaceEncoder
-from .gallery import Gallery, GalleryBuilder, GalleryChange, GalleryWatcher
+from .gallery import Gallery, GalleryBuilder, GalleryChange, GalleryWatcher, apply_update
 from .liveness import LivenessChecker, eye_distance
 from .policy import PolicyFile
 from .recognizer import Recognizer
@@ -174,13 +174,7 @@ class Pipeline:
 
     def _swap_gallery(self, update: Gallery | GalleryChange) -> None:
         """Hot enroll: the photos added or removed are spliced into the matcher; a full rebuild replaces it."""
-        if isinstance(update, GalleryChange):
-            self.recognizer.apply(update.removed, update.added)
-            skipped = update.skipped_total
-            log.info("gallery: %d photos added, %d removed", len(update.added), len(update.removed))
-        else:
-            self.recognizer.replace_all(update)
-            skipped = len(update.skipped)
+        skipped = apply_update(self.recognizer, update)
         r = self.recognizer
         self.notify(GALLERY, detail=f"{len(r.people)} people, {r.photo_count} photos, {skipped} skipped")
 

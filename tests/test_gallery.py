@@ -124,46 +124,50 @@ class DropDuringFirstBuild(GalleryBuilder):
             self.drop = ()
         return super()._encode(todo)
 
-    def build(self, images_dir):
+    def update(self, images_dir):
         if self.fail_next:
             self.fail_next = False
             raise OSError("the disk hiccuped")
-        return super().build(images_dir)
+        return super().update(images_dir)
+
+
+def _watched(builder, images):
+    """A watcher whose updates go into a real matcher, as in the running door."""
+    from door_access.gallery import GalleryWatcher, apply_update
+    from door_access.recognizer import Recognizer
+
+    swapped = []
+    watcher = GalleryWatcher(builder, images, 0.1, lambda u: (apply_update(recognizer, u), swapped.append(u)))
+    recognizer = Recognizer(watcher.load(), 0.9)
+    return watcher, recognizer, swapped
 
 
 def test_a_photo_dropped_in_during_the_first_build_is_enrolled_within_two_polls(tmp_path, detector, encoder):
-    from door_access.gallery import GalleryWatcher
-
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
     builder = DropDuringFirstBuild(make_config(tmp_path), detector, encoder,
                                    drop=(FR_IMAGES / "biden.jpg", images / "biden.jpg"))
-    swapped = []
-    watcher = GalleryWatcher(builder, images, 0.1, swapped.append)
-    assert watcher.load().people() == {"obama": 1}  # biden arrived too late for this build
+    watcher, recognizer, _ = _watched(builder, images)
+    assert recognizer.people == ["obama"]  # biden arrived too late for the first build
     assert watcher.poll() or watcher.poll()
-    assert swapped[-1].people() == {"biden": 1, "obama": 1}
+    assert recognizer.people == ["biden", "obama"]
     assert not watcher.poll()  # nothing changed since
 
 
 def test_a_reload_that_fails_once_succeeds_at_the_next_poll(tmp_path, detector, encoder, caplog):
-    from door_access.gallery import GalleryWatcher
-
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
     builder = DropDuringFirstBuild(make_config(tmp_path), detector, encoder, drop=())
-    swapped = []
-    watcher = GalleryWatcher(builder, images, 0.1, swapped.append)
-    watcher.load()
+    watcher, recognizer, swapped = _watched(builder, images)
     shutil.copy(FR_IMAGES / "biden.jpg", images / "biden.jpg")
     builder.fail_next = True
     with caplog.at_level("WARNING", logger="door_access.gallery"):
         assert not watcher.poll()  # failed: the previous gallery stays
     assert swapped == [] and "disk hiccuped" in caplog.text
     assert watcher.poll()  # retried, although the folder has not changed since
-    assert swapped[-1].people() == {"biden": 1, "obama": 1}
+    assert recognizer.people == ["biden", "obama"]
 
 
 @pytest.mark.parametrize("damage", ["garbage_bytes", "foreign_table"])

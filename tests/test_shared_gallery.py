@@ -54,7 +54,7 @@ class Door:
     def _read_log(self):
         for line in self.proc.stderr:
             self.stderr.append(line)
-            if "door running on" in line:
+            if " ready: " in line:
                 self.ready.set()
 
     def galleries(self) -> list[str]:
