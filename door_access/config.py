@@ -46,11 +46,14 @@ class DetectionConfig:
     photo_max_side: int = meta(1024, lo=160)
     min_face: int = meta(32, lo=8)
     margin: float = meta(0.25, lo=0.0, hi=1.0)
+    dominant_ratio: float = meta(0.0, lo=0.0)
 
 
 @dataclass(frozen=True)
 class RecognitionConfig:
     threshold: float = meta(0.9, lo=0.0, hi=2.0)
+    margin: float = meta(0.0, lo=0.0, hi=2.0)
+    flip_average: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class PipelineConfig:
     encodes_per_second: float = meta(8.0, lo=0.1, hi=60.0)
     track_iou: float = meta(0.3, lo=0.0, hi=1.0)
     track_timeout_s: float = meta(1.0, lo=0.05)
+    track_max_scale_step: float = meta(1.3, lo=1.01, hi=4.0)
     gallery_poll_s: float = meta(2.0, lo=0.1)
 
 
@@ -87,6 +91,13 @@ class DoorConfig:
     hook_timeout_s: float = meta(5.0, lo=0.1, hi=600.0)
     unlock_seconds: float = meta(5.0, lo=0.0)
     cooldown_seconds: float = meta(30.0, lo=0.0)
+
+
+@dataclass(frozen=True)
+class LockoutConfig:
+    failures: int = meta(5, lo=0, hi=1000)
+    window_s: float = meta(120.0, lo=1.0)
+    cooloff_s: float = meta(60.0, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:
@@ -162,6 +174,9 @@ def load_config(path: Path | None) -> Config:
     if cfg.voting.required > cfg.voting.window:
         raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) exceeds 'voting.window' "
                           f"({cfg.voting.window})")
+    if 2 * cfg.voting.required <= cfg.voting.window:
+        raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) must be a strict majority of "
+                          f"'voting.window' ({cfg.voting.window}): more than {cfg.voting.window // 2}")
     if cfg.liveness.reopen_ratio <= cfg.liveness.blink_ratio:
         raise ConfigError(f"{path}: 'liveness.reopen_ratio' must be above 'liveness.blink_ratio'")
     return cfg

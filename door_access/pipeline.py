@@ -30,7 +30,7 @@ from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryBuilder, GalleryWatcher
 from .liveness import LivenessChecker
 from .recognizer import Recognizer
-from .tracking import Tracker
+from .tracking import Track, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class FaceObs:
     embedding: np.ndarray | None = None
     match: Match | None = None
     live: LiveVerdict | None = None  # when liveness is checked
+    record: Track | None = None  # the track's one record (votes, liveness, label, flags)
 
 
 @dataclass
@@ -77,18 +78,19 @@ class Pipeline:
         self.finished = threading.Event()
         self.stats = Stats()
         self.latest: FrameFaces | None = None  # for the window
-        self.labels: dict[int, tuple[str | None, float]] = {}  # track -> latest (name, distance), for the window
 
         q = cfg.pipeline.queue_size
         self.to_encoder: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
         self.to_decider: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
 
         p = cfg.pipeline
-        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
+        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step)
         live = cfg.liveness
         self.liveness = LivenessChecker(live, cfg.path("weights")) if live.enabled else None
+        if self.liveness:  # a track that ends (or is split) takes its liveness history with it
+            self.tracker.on_end.append(lambda _: self.liveness.forget(set(self.tracker.tracks)))
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
-                               live.timeout_s if live.enabled else float("inf"), live.window_s)
+                               live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout)
         self.access_log = AccessLog(cfg.resolve(cfg.access_log.path))
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
         self.speaker = Speaker(cfg.tts, wav_dir)
@@ -172,14 +174,12 @@ class Pipeline:
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
             out = FrameFaces(frame)
             for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
-                obs = FaceObs(track.id, track.box)
+                obs = FaceObs(track.id, track.box, record=track)
                 if self.tracker.take_encode_slot(track, frame.t):
                     obs.chip = self.detector.align(rgb, rect).chip
                 if self.liveness:
                     obs.live = self.liveness.update(track.id, frame.t, rgb, rect)
                 out.faces.append(obs)
-            if self.liveness:
-                self.liveness.forget(set(self.tracker.tracks))
             self._put(self.to_encoder, out)
 
     def _encode_stage(self) -> None:
@@ -234,13 +234,12 @@ class Pipeline:
             if encoded:
                 for face, match in zip(encoded, recognizer.identify(np.stack([f.embedding for f in encoded]))):
                     face.match = match
-                    self.labels[face.track] = (match.name, match.distance)
-            decisions = self.decider.observe(item.frame.t, [f.track for f in item.faces],
+            decisions = self.decider.observe(item.frame.t, [f.record for f in item.faces],
                                              {f.track: f.match for f in encoded},
                                              {f.track: f.live for f in item.faces if f.live is not None})
             for d in decisions:
-                face = next(f for f in item.faces if f.track == d.track)
-                snapshot = _crop(item.frame.image, face.box) if d.event == "denied" else None
+                face = next((f for f in item.faces if f.track == d.track), None)
+                snapshot = _crop(item.frame.image, face.box) if d.event == "denied" and face else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
             self.stats.processed += 1
             self.latest = item
@@ -282,6 +281,15 @@ class Pipeline:
         self.actions.stop(1.0)
         self.speaker.stop(0.5)
         self.access_log.close()
+
+    @property
+    def labels(self) -> dict[int, tuple[str | None, float]]:
+        """Track -> latest (name, distance), for the window (read from the tracks' records)."""
+        return {i: tr.label for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
+
+    def locked_out(self) -> bool:
+        """Unlocks are refused after repeated failed attempts (for the window)."""
+        return self.decider.locked_out(time.monotonic())  # frame times are monotonic clock readings
 
     def door_unlocked(self) -> bool:
         return time.monotonic() < self.decider.door_open_until(self.cfg.door.unlock_seconds)
