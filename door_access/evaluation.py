@@ -111,27 +111,64 @@ class Roc:
         return float(rate), float(thresholds[i - 1] + alpha * (thresholds[i] - thresholds[i - 1]))
 
 
-def pair_distances(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(genuine, impostor) distances over every unordered pair of rows: same name or not."""
+def door_scores(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine, impostor) scores with the door's 1:K rule, leaving one identity out, one of each per photo.
+
+    The door compares a face with every photo of every enrolled person and takes the best, so
+    a photo's genuine score is its distance to the closest other photo of the same person
+    (people with 2+ photos), and its impostor score, as a stranger to everyone else, the
+    distance to the closest photo of any other person. A per-pair rate would understate how
+    often a stranger gets in: the stranger's chance grows with the gallery.
+    """
     e = np.asarray(embeddings, np.float64)
-    sq = np.einsum("ij,ij->i", e, e)
-    dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2.0 * (e @ e.T), 0.0, None))
-    first, second = np.triu_indices(len(e), k=1)
+    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
+    np.fill_diagonal(d, np.inf)
     labels = np.asarray(names, dtype=object)
-    same = labels[first] == labels[second]
-    d = dist[first, second]
-    return d[same], d[~same]
+    same = labels[:, None] == labels[None, :]
+    genuine = np.where(same, d, np.inf).min(axis=1)
+    impostor = np.where(~same, d, np.inf).min(axis=1)
+    return genuine[np.isfinite(genuine)], impostor[np.isfinite(impostor)]
+
+
+def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold: float,
+                        sizes: Sequence[int] = (10, 100, 1000), draws: int = 20, seed: int = 0) -> dict[str, float]:
+    """Per-stranger FAR at `threshold` when the gallery holds `size` people: each photo, as a stranger, against
+    `draws` random galleries of `size` other people (sizes the gallery cannot reach are left out)."""
+    e = np.asarray(embeddings, np.float64)
+    labels = np.asarray(names, dtype=object)
+    people = sorted(set(names))
+    index = {p: i for i, p in enumerate(people)}
+    owner = np.array([index[n] for n in labels])
+    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
+    # distance from each photo to each person's closest photo
+    per_person = np.stack([d[:, owner == j].min(axis=1) for j in range(len(people))], axis=1)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for size in sizes:
+        if size >= len(people):
+            continue
+        accepted = []
+        for _ in range(draws):
+            for i in range(len(e)):
+                others = np.delete(np.arange(len(people)), owner[i])
+                pick = rng.choice(others, size, replace=False)
+                accepted.append(per_person[i, pick].min() <= threshold)
+        out[str(size)] = float(np.mean(accepted))
+    return out
 
 
 def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_threshold: float | None = None) -> dict:
     """Suggest `recognition.threshold` from the enrolled photos, so the choice rests on data, not a guess.
 
-    Every pair of photos of one person is a genuine pair; every pair of photos of two people
-    an impostor pair. The suggestion is the largest threshold (rounded down to 0.001, ready
-    for config.yaml) whose impostor FAR is <= `target_far`. Writes a PNG with the two
-    distance histograms and the ROC. Raises ValueError when the gallery cannot support it.
+    Scores follow the door's rule (`door_scores`): per photo, the closest other photo of the
+    same person (genuine) and the closest photo of anyone else (impostor: that photo as a
+    stranger facing the rest of the gallery). The suggestion is the largest threshold (rounded
+    down to 0.001, ready for config.yaml) whose per-stranger FAR is <= `target_far`. Writes a
+    PNG with the two distance histograms and the ROC. Raises ValueError when the gallery
+    cannot support it.
 
-    Returns: people, people_with_pairs (2+ photos), photos, genuine_pairs, impostor_pairs,
+    Returns: people, people_with_pairs (2+ photos), photos, genuine_pairs, impostor_pairs (the
+    number of genuine and impostor scores: one per photo),
     target_far, suggested_threshold, suggested_tar, suggested_far, current_threshold,
     current_tar, current_far (None without a current threshold), tar_at_far {"0.01", "0.001"}
     (unrounded operating points), eer, eer_threshold, far_resolution (1 / impostor_pairs:
@@ -140,10 +177,11 @@ def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_thre
     if not 0.0 < target_far < 1.0:
         raise ValueError(f"target FAR must be between 0 and 1 (exclusive), got {target_far}")
     people = gallery.people()
-    genuine, impostor = pair_distances(gallery.names, gallery.embeddings)
+    genuine, impostor = door_scores(gallery.names, gallery.embeddings)
     if genuine.size < 2:
         raise ValueError(
-            f"calibration needs at least 2 same-person photo pairs, found {genuine.size}: give some people 2 or more "
+            f"calibration needs at least 2 photos of people with same-person photo pairs, found {genuine.size}: give "
+            "some people 2 or more "
             "photos (images/<name>/*.jpg)")
     if impostor.size == 0:
         raise ValueError("calibration needs photos of at least 2 different people, found "
@@ -180,6 +218,7 @@ def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_thre
         "eer": eer,
         "eer_threshold": eer_threshold,
         "far_resolution": 1.0 / impostor.size,
+        "far_per_stranger_by_gallery": far_by_gallery_size(gallery.names, gallery.embeddings, suggested),
         "plot": str(plot_path),
     }
 
