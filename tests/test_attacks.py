@@ -98,3 +98,37 @@ def test_the_pasted_photo_is_recognised(tmp_path, swapped_clip):
     """The control: without liveness the same clip opens for Obama, so the refusal above is the decision's doing."""
     events = _events(tmp_path, swapped_clip, liveness=False)
     assert [e["name"] for e in events if e["event"] == "unlock"] == ["obama"]
+
+
+@pytest.fixture(scope="module")
+def strangers_then_obama(tmp_path_factory, detector):
+    from conftest import CELEBRITY
+    from door_access.democlip import Segment, write_clip
+
+    strangers = [FR_IMAGES / "biden.jpg"] + [sorted((CELEBRITY / "train" / p).glob("*.jpg"))[0]
+                                             for p in ("elton_john", "jerry_seinfeld")]
+    segments = []
+    for photo in strangers:  # three attempts, each a new track (the gap outlasts pipeline.track_timeout_s)
+        segments += [Segment(photo, 1.5), Segment(None, 1.3)]
+    segments += [Segment(FR_IMAGES / "obama2.jpg", 3.0), Segment(None, 0.5)]
+    return write_clip(detector, segments, tmp_path_factory.mktemp("lockout") / "lockout.mp4", fps=15.0)
+
+
+def test_repeated_stranger_attempts_raise_an_alarm_and_lock_out_the_next_person(tmp_path, strangers_then_obama):
+    site = write_site(tmp_path, "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\nliveness:\n  enabled: false\n"
+                                "lockout:\n  failures: 3\n  window_s: 60.0\n  cooloff_s: 60.0\n")
+    proc = subprocess.run([sys.executable, "-m", "door_access", "run", "--config", str(site / "config.yaml"),
+                           "--source", str(strangers_then_obama), "--headless", "--events-json"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    decisions = [(e["event"], e["name"]) for e in events if e["event"] in ("unlock", "denied", "alarm")]
+    assert decisions == [("denied", None)] * 3 + [("alarm", None), ("denied", "obama")], decisions
+    assert [e for e in events if e["name"] == "obama"][0]["detail"].startswith("locked out")
+    from door_access.access_log import AccessLog
+
+    log = AccessLog(site / "log.sqlite")
+    try:
+        assert [e.event for e in log.last(20)].count("alarm") == 1
+    finally:
+        log.close()
