@@ -170,7 +170,8 @@ def load_models(cfg: Config, images_dir: Path) -> Models:
     encoder = FaceEncoder(weights / "facenet_keras3.weights.h5")
     builder = GalleryBuilder(cfg, detector, encoder)
     gallery = builder.build(images_dir)
-    return Models(detector, encoder, gallery, Recognizer(gallery, cfg.recognition.threshold), builder)
+    return Models(detector, encoder, gallery, Recognizer(gallery, cfg.recognition.threshold, cfg.recognition.margin),
+                  builder)
 
 
 def cmd_setup(args, cfg: Config) -> int:

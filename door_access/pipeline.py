@@ -97,7 +97,7 @@ class Pipeline:
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
 
         gallery = gallery_builder.build(images_dir)
-        self.recognizer = Recognizer(gallery, cfg.recognition.threshold)
+        self.recognizer = Recognizer(gallery, cfg.recognition.threshold, cfg.recognition.margin)
         self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
         self.capture.on_status = self._camera_status
         self._threads: list[threading.Thread] = []
@@ -156,7 +156,8 @@ class Pipeline:
         self.notify(CAMERA_LOST if kind == "camera_lost" else CAMERA_BACK, detail=detail)
 
     def _swap_gallery(self, gallery: Gallery) -> None:
-        self.recognizer = Recognizer(gallery, self.cfg.recognition.threshold)  # one reference swap
+        self.recognizer = Recognizer(gallery, self.cfg.recognition.threshold,
+                                     self.cfg.recognition.margin)  # one reference swap
         self.notify(GALLERY, detail=f"{len(gallery.people())} people, {len(gallery.names)} photos, "
                                     f"{len(gallery.skipped)} skipped")
 

@@ -3,6 +3,11 @@
 Embeddings are unit vectors, so squared L2 distance is `2 - 2 * dot`: one matrix product
 gives every probe-to-photo distance, and a per-person minimum (over that person's photos)
 gives the distance to each person.
+
+The door's rule: the closest person, if under the threshold and, with a margin, at least that
+much closer than the second-closest person. A face halfway between two enrolled people is
+nobody rather than a guess; measured on LFW (`eval --open-set`), the margin turns away more
+strangers than the same loss of recognitions buys by lowering the threshold.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ if TYPE_CHECKING:
 
 
 class Recognizer:
-    def __init__(self, gallery: Gallery, threshold: float):
+    def __init__(self, gallery: Gallery, threshold: float, margin: float = 0.0):
         self.threshold = threshold
+        self.margin = margin
         order = np.argsort(np.asarray(gallery.names, dtype=object), kind="stable")
         names = [gallery.names[i] for i in order]
         self._embeddings = gallery.embeddings[order] if len(order) else gallery.embeddings
@@ -39,11 +45,13 @@ class Recognizer:
         per_person = self.distances(embeddings)
         if per_person.shape[1] == 0:
             return [Match(None, float("inf"), None) for _ in range(len(per_person))]
-        best = per_person.argmin(axis=1)
+        order = np.argsort(per_person, axis=1)
         out = []
-        for row, j in zip(per_person, best):
+        for row, (j, *rest) in zip(per_person, order):
             d = float(row[j])
-            out.append(Match(self.people[j] if d <= self.threshold else None, d, self.people[j]))
+            second = float(row[rest[0]]) if rest else float("inf")
+            accept = d <= self.threshold and second - d >= self.margin
+            out.append(Match(self.people[j] if accept else None, d, self.people[j]))
         return out
 
     def verify(self, embedding: np.ndarray, name: str) -> tuple[float, bool]:
