@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="1,2,3", help="--open-set: one seeded random slice per seed (default 1,2,3)")
     p.add_argument("--threshold", type=float, help="--open-set: instead of recognition.threshold")
     p.add_argument("--margin", type=float, help="--open-set: instead of recognition.margin")
-    p.add_argument("--flip", type=int, choices=(0, 1), help="--open-set: instead of recognition.flip_average")
+    p.add_argument("--flip", type=int, choices=(0, 1), default=0,
+                   help="--open-set: 1 averages each embedding with its mirror image's (measured: no gain)")
     p.add_argument("--dominant", type=float, help="--open-set: instead of detection.dominant_ratio (0: refuse)")
     p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
     p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
@@ -368,7 +369,7 @@ def cmd_eval(args, cfg: Config) -> int:
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     cache = EmbeddingCache(cfg.path("cache") / "eval.sqlite", encoder.weights_id)
-    embed = make_lfw_embedder(cfg, detector, encoder, cache, flip=cfg.recognition.flip_average)
+    embed = make_lfw_embedder(cfg, detector, encoder, cache)
     result = evaluate_pairs(args.pairs, args.root, embed, folds, args.plot)
     if args.json:
         print(json.dumps(result))
@@ -404,7 +405,7 @@ def _eval_open_set(args, cfg: Config) -> int:
         result = evaluate_open_set(
             records, args.open_set, args.people, seeds, threshold,
             margin=r.margin if args.margin is None else args.margin,
-            flip=r.flip_average if args.flip is None else bool(args.flip),
+            flip=bool(args.flip),
             dominant_ratio=cfg.detection.dominant_ratio if args.dominant is None else args.dominant)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

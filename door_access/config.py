@@ -46,14 +46,13 @@ class DetectionConfig:
     photo_max_side: int = meta(1024, lo=160)
     min_face: int = meta(32, lo=8)
     margin: float = meta(0.25, lo=0.0, hi=1.0)
-    dominant_ratio: float = meta(0.0, lo=0.0)
+    dominant_ratio: float = meta(2.0, lo=0.0)
 
 
 @dataclass(frozen=True)
 class RecognitionConfig:
-    threshold: float = meta(0.9, lo=0.0, hi=2.0)
-    margin: float = meta(0.0, lo=0.0, hi=2.0)
-    flip_average: bool = False
+    threshold: float = meta(0.85, lo=0.0, hi=2.0)
+    margin: float = meta(0.15, lo=0.0, hi=2.0)
 
 
 @dataclass(frozen=True)
