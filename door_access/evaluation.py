@@ -14,6 +14,7 @@ exceeds the target (ties at the boundary make it smaller).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import stat
@@ -478,7 +479,8 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
     photos at a time. With a cache, each photo's record is stored by file content under the
     cache's key plus this pipeline's settings, so a rerun detects and encodes nothing.
     """
-    settings = f"{chip_settings(cfg, encoder)}:c{CENTRAL_BOX:.3f}"
+    plain = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, dominant_ratio=0.0))
+    settings = f"{chip_settings(plain, encoder)}:c{CENTRAL_BOX:.3f}"  # records keep every face: no enrollment rule
     store_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-record:{settings}") if cache else None
 
     def chip(path: Path) -> tuple[np.ndarray, int, float]:
