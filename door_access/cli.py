@@ -340,12 +340,14 @@ def cmd_calibrate(args, cfg: Config) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['people']} people ({result['people_with_pairs']} with 2+ photos), {result['photos']} photos: "
-          f"{result['genuine_pairs']} genuine and {result['impostor_pairs']} impostor pairs")
+          f"{result['genuine_pairs']} genuine and {result['impostor_pairs']} impostor scores (the door's 1:K rule)")
     print(f"{_roc_summary(result)} (at {result['eer_threshold']:.3f})")
     print(f"suggested threshold for FAR {args.target_far:g}: {result['suggested_threshold']:.3f} "
           f"(TAR {result['suggested_tar']:.2%}, FAR {result['suggested_far']:.3%})")
     print(f"current threshold {cfg.recognition.threshold}: TAR {result['current_tar']:.2%}, "
           f"FAR {result['current_far']:.3%}")
+    for size, far in result["far_per_stranger_by_gallery"].items():
+        print(f"per-stranger FAR at the suggestion with {size} people enrolled: {far:.3%}")
     print(f"plot: {args.plot}")
     return 0
 
