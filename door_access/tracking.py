@@ -18,12 +18,15 @@ the old face can never unlock the new one.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .core import Box, LiveVerdict, Match
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -80,6 +83,8 @@ class Tracker:
                 track = self.tracks[tid]
                 used.add(tid)
                 if track.split_requested or self._jumped(track.box, boxes[bi]):
+                    log.info("track %d split: %s", track.id, "identity changed" if track.split_requested else
+                             f"box width {track.box.w} -> {boxes[bi].w} px between two detections")
                     self._end(track)
                     continue  # the box gets a fresh track below
                 track.box, track.last_seen = boxes[bi], t
