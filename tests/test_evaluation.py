@@ -393,3 +393,13 @@ def test_open_set_on_a_small_lfw_slice(cfg, detector, encoder, tmp_path):
     assert z["strangers_accepted"] == 0 and z["threshold"] >= 0.5
     assert result["gallery_growth"]["5"]["strangers"] == 12
     assert result["gallery_growth"]["5"]["accepted"] <= result["gallery_growth"]["12"]["accepted"]
+
+
+def test_eval_open_set_usage_errors(tmp_path, capsys):
+    from door_access.cli import main
+
+    assert main(["eval", "--open-set", str(tmp_path / "missing")]) == 2
+    assert "--open-set" in capsys.readouterr().err
+    assert main(["eval"]) == 2
+    assert "--pairs and --root, or --open-set" in capsys.readouterr().err
+    assert main(["eval", "--open-set", str(tmp_path), "--seeds", "a,b"]) == 2
