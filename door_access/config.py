@@ -174,11 +174,25 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) exceeds 'voting.window' "
                           f"({cfg.voting.window})")
     if 2 * cfg.voting.required <= cfg.voting.window:
-        raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) must be a strict majority of "
+        raise ConfigError(f"{path}{_line_of(node, 'voting', 'required')}: 'voting.required' ({cfg.voting.required}) "
+                          f"must be a strict majority of "
                           f"'voting.window' ({cfg.voting.window}): more than {cfg.voting.window // 2}")
     if cfg.liveness.reopen_ratio <= cfg.liveness.blink_ratio:
         raise ConfigError(f"{path}: 'liveness.reopen_ratio' must be above 'liveness.blink_ratio'")
     return cfg
+
+
+def _line_of(node, *keys: str) -> str:
+    """' line N' of the first of `keys` (a dotted path) found in the YAML, else '' (a default)."""
+    found = ""
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return found
+        match = next(((k, v) for k, v in node.value if k.value == key), None)
+        if match is None:
+            return found
+        found, node = f" line {match[0].start_mark.line + 1}", match[1]
+    return found
 
 
 def _build(cls, node, prefix: str, path: Path, skip=frozenset()) -> dict:

@@ -148,7 +148,7 @@ def test_voting_required_must_be_a_strict_majority(tmp_path):
 
     path = tmp_path / "config.yaml"
     path.write_text("voting:\n  window: 6\n  required: 3\n")
-    with pytest.raises(ConfigError, match="strict majority"):
+    with pytest.raises(ConfigError, match=r"line 3: .voting.required. \(3\) must be a strict majority"):
         load_config(path)
     path.write_text("voting:\n  window: 6\n  required: 4\n")
     assert load_config(path).voting.required == 4
