@@ -98,8 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="verification accuracy on an LFW-style pairs list")
     _common(p)
-    p.add_argument("--pairs", type=Path, required=True, help="pairs list in the LFW pairs.txt format")
-    p.add_argument("--root", type=Path, required=True, help="images folder: ROOT/<name>/<name>_NNNN.jpg")
+    p.add_argument("--pairs", type=Path, help="pairs list in the LFW pairs.txt format")
+    p.add_argument("--root", type=Path, help="images folder: ROOT/<name>/<name>_NNNN.jpg")
+    p.add_argument("--open-set", type=Path, metavar="ROOT", help="door-at-scale on an LFW-style folder instead: "
+                   "enroll N people from one photo, probe with their other photos and N strangers")
+    p.add_argument("--people", type=int, default=300, help="--open-set: N (default 300)")
+    p.add_argument("--seeds", default="1,2,3", help="--open-set: one seeded random slice per seed (default 1,2,3)")
+    p.add_argument("--threshold", type=float, help="--open-set: instead of recognition.threshold")
+    p.add_argument("--margin", type=float, help="--open-set: instead of recognition.margin")
+    p.add_argument("--flip", type=int, choices=(0, 1), default=0,
+                   help="--open-set: 1 averages each embedding with its mirror image's (measured: no gain)")
+    p.add_argument("--dominant", type=float, help="--open-set: instead of detection.dominant_ratio (0: refuse)")
     p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
     p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
 
@@ -199,7 +208,8 @@ def load_models(cfg: Config, images_dir: Path) -> Models:
     encoder = FaceEncoder(weights / "facenet_keras3.weights.h5")
     builder = GalleryBuilder(cfg, detector, encoder)
     gallery = builder.build(images_dir)
-    return Models(detector, encoder, gallery, Recognizer(gallery, cfg.recognition.threshold), builder)
+    return Models(detector, encoder, gallery, Recognizer(gallery, cfg.recognition.threshold, cfg.recognition.margin),
+                  builder)
 
 
 def cmd_setup(args, cfg: Config) -> int:
@@ -393,12 +403,14 @@ def cmd_calibrate(args, cfg: Config) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['people']} people ({result['people_with_pairs']} with 2+ photos), {result['photos']} photos: "
-          f"{result['genuine_pairs']} genuine and {result['impostor_pairs']} impostor pairs")
+          f"{result['genuine_pairs']} genuine and {result['impostor_pairs']} impostor scores (the door's 1:K rule)")
     print(f"{_roc_summary(result)} (at {result['eer_threshold']:.3f})")
     print(f"suggested threshold for FAR {args.target_far:g}: {result['suggested_threshold']:.3f} "
           f"(TAR {result['suggested_tar']:.2%}, FAR {result['suggested_far']:.3%})")
     print(f"current threshold {cfg.recognition.threshold}: TAR {result['current_tar']:.2%}, "
           f"FAR {result['current_far']:.3%}")
+    for size, far in result["far_per_stranger_by_gallery"].items():
+        print(f"per-stranger FAR at the suggestion with {size} people enrolled: {far:.3%}")
     print(f"plot: {args.plot}")
     return 0
 
@@ -409,6 +421,10 @@ def cmd_eval(args, cfg: Config) -> int:
     from .facenet import FaceEncoder
     from .gallery import EmbeddingCache
 
+    if args.open_set is not None:
+        return _eval_open_set(args, cfg)
+    if args.pairs is None or args.root is None:
+        raise UsageError("eval needs --pairs and --root, or --open-set ROOT")
     try:
         folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     except ValueError:
@@ -418,7 +434,8 @@ def cmd_eval(args, cfg: Config) -> int:
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     cache = EmbeddingCache(cfg.path("cache") / "eval.sqlite", encoder.weights_id)
-    result = evaluate_pairs(args.pairs, args.root, make_lfw_embedder(cfg, detector, encoder, cache), folds, args.plot)
+    embed = make_lfw_embedder(cfg, detector, encoder, cache)
+    result = evaluate_pairs(args.pairs, args.root, embed, folds, args.plot)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -436,6 +453,47 @@ def cmd_eval_liveness(args, cfg: Config) -> int:
         raise UsageError("eval-liveness needs liveness.enabled: true")
     result = eval_folder(cfg, args.folder, realtime=args.realtime, only=args.only)
     print(json.dumps(result) if args.json else format_report(result))
+def _eval_open_set(args, cfg: Config) -> int:
+    from .detection import FaceDetector
+    from .evaluation import evaluate_open_set, make_lfw_records
+    from .facenet import FaceEncoder
+    from .gallery import EmbeddingCache
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated numbers, got {args.seeds!r}") from None
+    if not args.open_set.is_dir():
+        raise UsageError(f"--open-set folder {args.open_set} not found")
+    if args.people < 2:
+        raise UsageError("--people must be at least 2")
+    r = cfg.recognition
+    detector = FaceDetector(cfg.detection, cfg.path("weights"))
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    records = make_lfw_records(cfg, detector, encoder, EmbeddingCache(cfg.path("cache") / "eval.sqlite",
+                                                                      encoder.weights_id))
+    threshold = r.threshold if args.threshold is None else args.threshold
+    try:
+        result = evaluate_open_set(
+            records, args.open_set, args.people, seeds, threshold,
+            margin=r.margin if args.margin is None else args.margin,
+            flip=bool(args.flip),
+            dominant_ratio=cfg.detection.dominant_ratio if args.dominant is None else args.dominant)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"open set: {args.people} enrolled from one photo, {args.people} strangers; threshold {threshold}, "
+          f"margin {result['margin']}, flip {result['flip']}, dominant face ratio {result['dominant_ratio']}")
+    for s in result["slices"]:
+        a, z = s["at_threshold"], s["at_zero_strangers"]
+        print(f"seed {s['seed']}: recognised {a['recognised']}/{args.people}, wrong person {a['wrong_person']}, "
+              f"strangers accepted {a['strangers_accepted']}; enrollments refused {s['refused_enrollments']}; "
+              f"zero-stranger point {z['threshold']}: recognised {z['recognised']}, wrong {z['wrong_person']}")
+    for size, g in result.get("gallery_growth", {}).items():
+        print(f"gallery {size}: {g['accepted']}/{g['strangers']} strangers accepted "
+              f"(FAR per stranger {g['far_per_stranger']:.4f})")
     return 0
 
 

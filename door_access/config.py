@@ -50,11 +50,13 @@ class DetectionConfig:
     min_face: int = meta(32, lo=8)
     min_eye_px: float = meta(28.0, lo=0.0)
     margin: float = meta(0.25, lo=0.0, hi=1.0)
+    dominant_ratio: float = meta(2.0, lo=0.0)
 
 
 @dataclass(frozen=True)
 class RecognitionConfig:
-    threshold: float = meta(0.9, lo=0.0, hi=2.0)
+    threshold: float = meta(0.85, lo=0.0, hi=2.0)
+    margin: float = meta(0.15, lo=0.0, hi=2.0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class PipelineConfig:
     encodes_per_second: float = meta(8.0, lo=0.1, hi=60.0)
     track_iou: float = meta(0.3, lo=0.0, hi=1.0)
     track_timeout_s: float = meta(1.0, lo=0.05)
+    track_max_scale_step: float = meta(1.3, lo=1.01, hi=4.0)
     gallery_poll_s: float = meta(2.0, lo=0.1)
 
 
@@ -97,6 +100,13 @@ class DoorConfig:
     unlock_seconds: float = meta(5.0, lo=0.0)
     cooldown_seconds: float = meta(30.0, lo=0.0)
     id: str = "door"  # this door's name in MQTT topics, the access log and people.yaml `doors:`
+
+
+@dataclass(frozen=True)
+class LockoutConfig:
+    failures: int = meta(5, lo=0, hi=1000)
+    window_s: float = meta(120.0, lo=1.0)
+    cooloff_s: float = meta(60.0, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
     spoof: SpoofConfig = field(default_factory=SpoofConfig)
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:
@@ -246,9 +257,26 @@ def load_config(path: Path | None) -> Config:
                           f"level), got {cfg.door.id!r}")
     if cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
         raise ConfigError(f"{path}: 'mqtt.reconnect_max_s' is below 'mqtt.reconnect_min_s'")
+    if 2 * cfg.voting.required <= cfg.voting.window:
+        raise ConfigError(f"{path}{_line_of(node, 'voting', 'required')}: 'voting.required' ({cfg.voting.required}) "
+                          f"must be a strict majority of "
+                          f"'voting.window' ({cfg.voting.window}): more than {cfg.voting.window // 2}")
     if cfg.liveness.reopen_ratio <= cfg.liveness.blink_ratio:
         raise ConfigError(f"{path}: 'liveness.reopen_ratio' must be above 'liveness.blink_ratio'")
     return cfg
+
+
+def _line_of(node, *keys: str) -> str:
+    """' line N' of the first of `keys` (a dotted path) found in the YAML, else '' (a default)."""
+    found = ""
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return found
+        match = next(((k, v) for k, v in node.value if k.value == key), None)
+        if match is None:
+            return found
+        found, node = f" line {match[0].start_mark.line + 1}", match[1]
+    return found
 
 
 def _build(cls, node, prefix: str, path: Path, skip=frozenset()) -> dict:

@@ -1,123 +1,184 @@
-"""Deciding per track: unlock when K of its last N matches name the same enrolled person.
+"""Deciding per track: who gets in, and when the door stops listening.
 
-One frame can be misread (motion blur, a turned head); a vote over several encodings of the
-same track cannot be swung by one. Each track unlocks at most once, each person at most once
-per cooldown, and a track that is mostly "unknown" gets one denial.
+A track unlocks when K (`voting.required`, a strict majority) of its last N encodings name the
+same enrolled person, and liveness evidence was seen on that face after that person's first
+vote. One misread frame cannot swing the vote; a photo raised in front of a live face cannot
+borrow its blink. The rules, each closing a way in:
+
+- a track whose votes name two enrolled people is a tracker swap or an attack: one `denied`
+  (conflict), and it never unlocks;
+- a track established as a stranger (K unknown votes in a row) that then names someone is
+  split: the tracker starts a fresh track with no votes and no liveness;
+- liveness evidence counts only if seen at or after the first vote naming the person; a
+  DENY cue (`LiveVerdict.spoof`) denies the track once and it never unlocks; while a
+  challenge runs the attempt is pending, otherwise no evidence within `liveness.timeout_s`
+  is one `denied: no liveness`;
+- after `lockout.failures` denials within `lockout.window_s`, an `alarm` and no unlock for
+  `lockout.cooloff_s` (`locked_out_until`);
+- each track unlocks at most once, each person at most once per cooldown, and an optional
+  per-person policy `allow(name, wall_time)` can refuse an unlock with a reason.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import DoorConfig, VotingConfig
-from .core import DENIED, UNLOCK, LiveVerdict, Match
+from .config import DoorConfig, LockoutConfig, VotingConfig
+from .core import ALARM, DENIED, UNLOCK, LiveVerdict, Match
+from .tracking import Track, vote
+
+Allow = Callable[[str, float], "str | None"]  # (name, Unix time) -> why not, or None to let them in
 
 
 @dataclass(frozen=True)
 class Decision:
-    event: str  # UNLOCK or DENIED
+    event: str  # UNLOCK, DENIED or ALARM
     track: int
     name: str | None
-    distance: float
+    distance: float | None
     detail: str = ""
-
-
-@dataclass
-class TrackVotes:
-    votes: deque[Match]
-    first_seen: float
-    last_seen: float
-    unlocked: bool = False
-    denied: bool = False
-    live: bool = True
-    liveness_note: str = ""  # the cue that proved liveness, or why it is not proven yet
-    live_after_s: float | None = None
-    refused: str = ""  # the door policy's reason, once it refused this track (asked once per track)
 
 
 class Decider:
     def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float,
                  liveness_timeout_s: float = float("inf"), liveness_window_s: float = float("inf"),
-                 allow: Callable[[str, float], str | None] | None = None):
+                 lockout: LockoutConfig | None = None, allow: Allow | None = None,
+                 wall_clock: Callable[[], float] = time.time):
         self.window = voting.window
         self.required = voting.required
         self.cooldown_s = door.cooldown_seconds
         self.track_timeout_s = track_timeout_s
         self.liveness_timeout_s = liveness_timeout_s
         self.liveness_window_s = liveness_window_s
-        self.tracks: dict[int, TrackVotes] = {}
+        self.lockout = lockout or LockoutConfig(failures=0)
+        self.allow = allow
+        self.wall_clock = wall_clock
+        self.tracks: dict[int, Track] = {}  # the records seen lately (owned by the tracker), by id
         self.last_unlock: dict[str, float] = {}
-        self.allow = allow  # (name, wall time) -> why this person may not enter now (door policy), or None
+        self.locked_out_until = float("-inf")  # frame time until which every unlock is refused
+        self._failures: deque[float] = deque()  # frame times of recent failed attempts
 
-    def observe(self, t: float, seen: list[int], matches: dict[int, Match],
+    def locked_out(self, t: float) -> bool:
+        return t < self.locked_out_until
+
+    def observe(self, t: float, seen: list[Track], matches: dict[int, Match],
                 liveness: dict[int, LiveVerdict] | None = None) -> list[Decision]:
-        """One processed frame: the tracks `seen` in it, new `matches` for some of them, and each
-        seen track's liveness verdict if it is checked (a track without one counts as live)."""
-        for tid in seen:
-            state = self.tracks.setdefault(tid, TrackVotes(deque(maxlen=self.window), t, t))
-            state.last_seen = t
-            if liveness and tid in liveness:
-                v = liveness[tid]
-                state.live = v.evidence_t is not None and t - v.evidence_t <= self.liveness_window_s
-                state.liveness_note, state.live_after_s = v.cue, v.first_wait_s
-        self.tracks = {i: s for i, s in self.tracks.items() if t - s.last_seen <= self.track_timeout_s}
-
-        decisions = []
-        for tid, match in matches.items():
-            state = self.tracks.get(tid)
-            if state is None:
+        """One processed frame: the tracks `seen` in it, new `matches` for some of them (by track id), and
+        each seen track's liveness verdict if it is checked (a track without one counts as live)."""
+        for track in seen:
+            self.tracks[track.id] = track
+            if liveness and track.id in liveness:
+                track.live = liveness[track.id]
+        self.tracks = {i: tr for i, tr in self.tracks.items()
+                       if t - tr.last_seen <= self.track_timeout_s and not tr.split_requested}
+        decisions: list[Decision] = []
+        for track in seen:
+            if track.split_requested:  # frames in flight from before the split: the old track is over
                 continue
-            state.votes.append(match)
-            decision = self._decide(t, tid, state)
-            if decision:
-                decisions.append(decision)
+            if track.live is not None and track.live.spoof and not track.spoofed:
+                track.spoofed = True
+                self._fail(t, decisions, Decision(DENIED, track.id, track.identity, _best(track),
+                                                  f"spoof ({track.live.spoof})"))
+            match = matches.get(track.id)
+            if match is not None:
+                track.label = (match.name, match.distance)
+                decision = self._decide(t, track, match)
+                if decision is not None:
+                    if decision.event == DENIED and not decision.detail.startswith(("locked out", "policy")):
+                        self._fail(t, decisions, decision)
+                    else:
+                        decisions.append(decision)
         return decisions
 
-    def _decide(self, t: float, tid: int, state: TrackVotes) -> Decision | None:
-        if state.unlocked:
+    def _fail(self, t: float, decisions: list[Decision], denial: Decision) -> None:
+        """A failed attempt: the denial, and the alarm when it is the N-th within the window."""
+        decisions.append(denial)
+        n, window = self.lockout.failures, self.lockout.window_s
+        if n <= 0:
+            return
+        self._failures.append(t)
+        while self._failures and t - self._failures[0] > window:
+            self._failures.popleft()
+        if len(self._failures) >= n and not self.locked_out(t):
+            self.locked_out_until = t + self.lockout.cooloff_s
+            self._failures.clear()
+            decisions.append(Decision(ALARM, denial.track, None, None,
+                                      f"{n} failed attempts within {window:g} s: unlocks refused for "
+                                      f"{self.lockout.cooloff_s:g} s"))
+
+    def _decide(self, t: float, track: Track, match: Match) -> Decision | None:
+        if match.name is None:
+            track.unknown_run += 1
+        elif track.identity is None:
+            if track.unknown_run >= self.required:  # an established stranger now names someone: new face
+                track.split_requested = True
+                return None
+            track.identity, track.identity_t = match.name, t
+        elif match.name != track.identity:
+            if not track.conflict:
+                track.conflict = True
+                return Decision(DENIED, track.id, None, match.distance,
+                                f"conflict: one track named {track.identity} and {match.name}")
+        if match.name is not None:
+            track.unknown_run = 0
+        vote(track, t, match, self.window)
+        if track.unlocked or track.conflict or track.spoofed:
             return None
-        named = Counter(m.name for m in state.votes if m.name is not None)
-        if named:
-            name, count = named.most_common(1)[0]
-            if count >= self.required:
-                if not state.live:  # wait for a blink or facial motion, up to the liveness timeout
-                    if not state.denied and t - state.first_seen >= self.liveness_timeout_s:
-                        state.denied = True
-                        return Decision(DENIED, tid, name, _mean(state, name), f"no liveness: {state.liveness_note}")
+
+        name = track.identity
+        named = [m for _, m in track.votes if name is not None and m.name == name]
+        if len(named) >= self.required:
+            distance = sum(m.distance for m in named) / len(named)
+            live = track.live
+            if live is not None and not self._live_for(t, track, live):
+                if live.challenge:  # the door asked for an action: the attempt is pending
                     return None
-                if t - self.last_unlock.get(name, float("-inf")) < self.cooldown_s:
-                    return None
-                if state.refused:
-                    return None
-                state.refused = self._refused(name) or ""
-                if state.refused:
-                    state.denied = True
-                    return Decision(DENIED, tid, name, _mean(state, name), state.refused)
-                state.unlocked = True
-                self.last_unlock[name] = t
-                detail = f"live after {state.live_after_s:.2f} s ({state.liveness_note})" \
-                    if state.live_after_s is not None else ""
-                return Decision(UNLOCK, tid, name, _mean(state, name), detail)
-        unknown = sum(m.name is None for m in state.votes)
-        if not state.denied and len(state.votes) >= self.window and unknown >= self.required:
-            state.denied = True
-            closest = min(state.votes, key=lambda m: m.distance)
-            return Decision(DENIED, tid, None, closest.distance, f"unknown face (closest: {closest.closest})")
+                if not track.denied and t - track.identity_t >= self.liveness_timeout_s:
+                    track.denied = True
+                    return Decision(DENIED, track.id, name, distance, f"no liveness: {live.cue}")
+                return None
+            if self.locked_out(t):
+                if not track.lockout_noted:
+                    track.lockout_noted = True
+                    return Decision(DENIED, track.id, name, distance,
+                                    f"locked out for {self.locked_out_until - t:.0f} s after repeated failed attempts")
+                return None
+            if t - self.last_unlock.get(name, float("-inf")) < self.cooldown_s:
+                return None
+            if self.allow is not None:
+                reason = self._refused(name)
+                if reason:
+                    if track.denied:
+                        return None
+                    track.denied = True
+                    return Decision(DENIED, track.id, name, distance, f"policy: {reason}")
+            track.unlocked = True
+            self.last_unlock[name] = t
+            detail = f"live after {live.first_wait_s:.2f} s ({live.cue})" \
+                if live is not None and live.first_wait_s is not None else ""
+            return Decision(UNLOCK, track.id, name, distance, detail)
+        unknown = [m for _, m in track.votes if m.name is None]
+        if not track.denied and len(track.votes) >= self.window and len(unknown) >= self.required:
+            track.denied = True
+            closest = min(unknown, key=lambda m: m.distance)
+            return Decision(DENIED, track.id, None, closest.distance, f"unknown face (closest: {closest.closest})")
         return None
+
+    def _live_for(self, t: float, track: Track, live: LiveVerdict) -> bool:
+        """Evidence seen on this face at or after the first vote naming the person, and recent enough."""
+        e = live.evidence_t
+        return e is not None and e >= track.identity_t and t - e <= self.liveness_window_s
 
     def _refused(self, name: str) -> str | None:
         """The door policy's reason to refuse `name` now; a policy that fails refuses (fail closed)."""
-        if self.allow is None:
-            return None
         try:
-            return self.allow(name, time.time())
+            return self.allow(name, self.wall_clock())
         except Exception as exc:
             return f"door policy failed: {type(exc).__name__}: {exc}"
 
 
-def _mean(state: TrackVotes, name: str) -> float:
-    ds = [m.distance for m in state.votes if m.name == name]
-    return sum(ds) / len(ds)
+def _best(track: Track) -> float | None:
+    return min((m.distance for _, m in track.votes), default=None)

@@ -14,6 +14,7 @@ exceeds the target (ties at the boundary make it smaller).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import stat
@@ -111,27 +112,64 @@ class Roc:
         return float(rate), float(thresholds[i - 1] + alpha * (thresholds[i] - thresholds[i - 1]))
 
 
-def pair_distances(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(genuine, impostor) distances over every unordered pair of rows: same name or not."""
+def door_scores(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine, impostor) scores with the door's 1:K rule, leaving one identity out, one of each per photo.
+
+    The door compares a face with every photo of every enrolled person and takes the best, so
+    a photo's genuine score is its distance to the closest other photo of the same person
+    (people with 2+ photos), and its impostor score, as a stranger to everyone else, the
+    distance to the closest photo of any other person. A per-pair rate would understate how
+    often a stranger gets in: the stranger's chance grows with the gallery.
+    """
     e = np.asarray(embeddings, np.float64)
-    sq = np.einsum("ij,ij->i", e, e)
-    dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2.0 * (e @ e.T), 0.0, None))
-    first, second = np.triu_indices(len(e), k=1)
+    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
+    np.fill_diagonal(d, np.inf)
     labels = np.asarray(names, dtype=object)
-    same = labels[first] == labels[second]
-    d = dist[first, second]
-    return d[same], d[~same]
+    same = labels[:, None] == labels[None, :]
+    genuine = np.where(same, d, np.inf).min(axis=1)
+    impostor = np.where(~same, d, np.inf).min(axis=1)
+    return genuine[np.isfinite(genuine)], impostor[np.isfinite(impostor)]
+
+
+def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold: float,
+                        sizes: Sequence[int] = (10, 100, 1000), draws: int = 20, seed: int = 0) -> dict[str, float]:
+    """Per-stranger FAR at `threshold` when the gallery holds `size` people: each photo, as a stranger, against
+    `draws` random galleries of `size` other people (sizes the gallery cannot reach are left out)."""
+    e = np.asarray(embeddings, np.float64)
+    labels = np.asarray(names, dtype=object)
+    people = sorted(set(names))
+    index = {p: i for i, p in enumerate(people)}
+    owner = np.array([index[n] for n in labels])
+    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
+    # distance from each photo to each person's closest photo
+    per_person = np.stack([d[:, owner == j].min(axis=1) for j in range(len(people))], axis=1)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for size in sizes:
+        if size >= len(people):
+            continue
+        accepted = []
+        for _ in range(draws):
+            for i in range(len(e)):
+                others = np.delete(np.arange(len(people)), owner[i])
+                pick = rng.choice(others, size, replace=False)
+                accepted.append(per_person[i, pick].min() <= threshold)
+        out[str(size)] = float(np.mean(accepted))
+    return out
 
 
 def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_threshold: float | None = None) -> dict:
     """Suggest `recognition.threshold` from the enrolled photos, so the choice rests on data, not a guess.
 
-    Every pair of photos of one person is a genuine pair; every pair of photos of two people
-    an impostor pair. The suggestion is the largest threshold (rounded down to 0.001, ready
-    for config.yaml) whose impostor FAR is <= `target_far`. Writes a PNG with the two
-    distance histograms and the ROC. Raises ValueError when the gallery cannot support it.
+    Scores follow the door's rule (`door_scores`): per photo, the closest other photo of the
+    same person (genuine) and the closest photo of anyone else (impostor: that photo as a
+    stranger facing the rest of the gallery). The suggestion is the largest threshold (rounded
+    down to 0.001, ready for config.yaml) whose per-stranger FAR is <= `target_far`. Writes a
+    PNG with the two distance histograms and the ROC. Raises ValueError when the gallery
+    cannot support it.
 
-    Returns: people, people_with_pairs (2+ photos), photos, genuine_pairs, impostor_pairs,
+    Returns: people, people_with_pairs (2+ photos), photos, genuine_pairs, impostor_pairs (the
+    number of genuine and impostor scores: one per photo),
     target_far, suggested_threshold, suggested_tar, suggested_far, current_threshold,
     current_tar, current_far (None without a current threshold), tar_at_far {"0.01", "0.001"}
     (unrounded operating points), eer, eer_threshold, far_resolution (1 / impostor_pairs:
@@ -140,10 +178,11 @@ def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_thre
     if not 0.0 < target_far < 1.0:
         raise ValueError(f"target FAR must be between 0 and 1 (exclusive), got {target_far}")
     people = gallery.people()
-    genuine, impostor = pair_distances(gallery.names, gallery.embeddings)
+    genuine, impostor = door_scores(gallery.names, gallery.embeddings)
     if genuine.size < 2:
         raise ValueError(
-            f"calibration needs at least 2 same-person photo pairs, found {genuine.size}: give some people 2 or more "
+            f"calibration needs at least 2 photos of people with same-person photo pairs, found {genuine.size}: give "
+            "some people 2 or more "
             "photos (images/<name>/*.jpg)")
     if impostor.size == 0:
         raise ValueError("calibration needs photos of at least 2 different people, found "
@@ -180,6 +219,7 @@ def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_thre
         "eer": eer,
         "eer_threshold": eer_threshold,
         "far_resolution": 1.0 / impostor.size,
+        "far_per_stranger_by_gallery": far_by_gallery_size(gallery.names, gallery.embeddings, suggested),
         "plot": str(plot_path),
     }
 
@@ -400,37 +440,67 @@ def evaluate_pairs_detailed(pairs_file: Path, root: Path, embed: EmbedFn, folds:
     return result
 
 
-def make_lfw_embedder(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
-                      cache: EmbeddingCache | None = None, batch_size: int = LFW_BATCH) -> EmbedFn:
-    """An `embed(paths) -> (embeddings, ok)` for LFW-style crops centred on their subject.
+RECORD_SIZE = 2 * EMBEDDING_SIZE + 2  # plain embedding, mirrored-chip embedding, faces found, dominance
+SOLE_FACE = 1e6  # the dominance of the only face in a photo
+
+
+@dataclass
+class PhotoRecords:
+    """What an LFW-style photo gives, per photo: the face nearest the centre, embedded as is and mirrored.
+
+    `faces` is how many faces were detected (0: aligned on the central box instead) and
+    `dominance` the area of the centre face over the largest other face (SOLE_FACE when alone),
+    so the enrollment rules (refuse two faces, or take a dominant one) are judged without
+    detecting again. Unreadable photos have NaN rows and ok False.
+    """
+
+    plain: np.ndarray  # (N, 128)
+    flipped: np.ndarray  # (N, 128): the horizontally mirrored chip
+    faces: np.ndarray  # (N,) int
+    dominance: np.ndarray  # (N,) float
+    ok: list[bool]  # a face was detected and the photo was readable
+
+    def embeddings(self, flip: bool) -> np.ndarray:
+        """Unit embeddings: the plain ones, or the normalised mean of plain and mirrored (flip averaging)."""
+        if not flip:
+            return self.plain
+        mean = self.plain + self.flipped
+        return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
+                     cache: EmbeddingCache | None = None,
+                     batch_size: int = LFW_BATCH) -> Callable[[list[Path]], PhotoRecords]:
+    """A `records(paths) -> PhotoRecords` for LFW-style crops centred on their subject.
 
     Per photo: the detected face closest to the image centre (others at the edges are
     bystanders); with no face found, the 5-point aligner on the central 44% box (110 px of
-    LFW's 250), flagged not ok. An unreadable photo gets a NaN row, also not ok. Chips are
-    encoded `batch_size` at a time. With a cache, results are stored by file content under
-    the cache's key plus this pipeline's settings, so a rerun detects and encodes nothing.
+    LFW's 250), flagged not ok. The chip and its mirror image are encoded `batch_size`
+    photos at a time. With a cache, each photo's record is stored by file content under the
+    cache's key plus this pipeline's settings, so a rerun detects and encodes nothing.
     """
-    settings = f"{chip_settings(cfg, encoder)}:c{CENTRAL_BOX:.3f}"
-    # two namespaces, because a cached embedding row cannot carry the 'found no face' flag
-    found_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-face:{settings}") if cache else None
-    central_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-central:{settings}") if cache else None
+    plain = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, dominant_ratio=0.0))
+    settings = f"{chip_settings(plain, encoder)}:c{CENTRAL_BOX:.3f}"  # records keep every face: no enrollment rule
+    store_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-record:{settings}") if cache else None
 
-    def chip(path: Path) -> tuple[np.ndarray, bool]:
+    def chip(path: Path) -> tuple[np.ndarray, int, float]:
         rgb = load_rgb(path, cfg.photo.max_pixels)
         h, w = rgb.shape[:2]
         faces = detector.photo_faces(rgb)
         if faces:
             centres = np.array([[f.box.x + f.box.w / 2, f.box.y + f.box.h / 2] for f in faces])
-            return faces[int(np.argmin(np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)))].chip, True
+            i = int(np.argmin(np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)))
+            others = [f.box.w * f.box.h for j, f in enumerate(faces) if j != i]
+            area = faces[i].box.w * faces[i].box.h
+            return faces[i].chip, len(faces), area / max(others) if others and max(others) else SOLE_FACE
         side = CENTRAL_BOX * min(h, w)
         left, top = round((w - side) / 2), round((h - side) / 2)
         rect = dlib.rectangle(left, top, left + round(side) - 1, top + round(side) - 1)
-        return detector.align(rgb, rect).chip, False
+        return detector.align(rgb, rect).chip, 0, SOLE_FACE
 
-    def embed(paths: list[Path]) -> tuple[np.ndarray, list[bool]]:
+    def records(paths: list[Path]) -> PhotoRecords:
         paths = [Path(p) for p in paths]
-        out = np.full((len(paths), EMBEDDING_SIZE), np.nan, np.float32)
-        ok = [False] * len(paths)
+        out = np.full((len(paths), RECORD_SIZE), np.nan, np.float32)
         by_digest: dict[str, list[int]] = {}
         for i, path in enumerate(paths):
             try:
@@ -440,49 +510,192 @@ def make_lfw_embedder(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
                 by_digest.setdefault(sha256_file(path), []).append(i)
             except OSError as exc:
                 log.warning("LFW image %s cannot be read (%s)", path, exc.strerror or exc)
-        found = found_cache.get(list(by_digest)) if found_cache else {}
-        central = central_cache.get(list(by_digest)) if central_cache else {}
+        known = store_cache.get(list(by_digest)) if store_cache else {}
 
-        def store(sha: str, value: np.ndarray | str, detected: bool) -> None:
-            for i in by_digest[sha]:
-                if isinstance(value, np.ndarray):
-                    out[i] = value
-                ok[i] = detected and isinstance(value, np.ndarray)
+        def store(sha: str, value: np.ndarray | str) -> None:
+            if isinstance(value, np.ndarray):
+                out[by_digest[sha]] = value
 
         todo = []
         for sha in by_digest:
-            if sha in found:
-                store(sha, found[sha], True)
-            elif sha in central:
-                store(sha, central[sha], False)
+            if sha in known:
+                store(sha, known[sha])
             else:
                 todo.append(sha)
         log.info("LFW: %d images, %d from the cache, %d to detect and encode", len(paths), len(by_digest) - len(todo),
                  len(todo))
-
         for start in range(0, len(todo), batch_size):
-            chips, digests, detected, reasons = [], [], [], []
+            chips, digests, info, rows = [], [], [], []
             for sha in todo[start:start + batch_size]:
                 path = paths[by_digest[sha][0]]
                 try:
-                    c, was_found = chip(path)
+                    c, n, dominance = chip(path)
                 except PhotoError as exc:
                     log.warning("LFW image %s is unusable: %s", path, exc)
-                    store(sha, str(exc), False)
-                    reasons.append((sha, None, str(exc)))
+                    rows.append((sha, None, str(exc)))
                     continue
-                if not was_found:
+                if not n:
                     log.info("LFW image %s: no face found, aligned on the central box", path)
                 chips.append(c)
                 digests.append(sha)
-                detected.append(was_found)
-            emb = encoder.encode(np.stack(chips)) if chips else np.zeros((0, EMBEDDING_SIZE), np.float32)
-            for sha, e, was_found in zip(digests, emb, detected):
-                store(sha, e, was_found)
-            if found_cache is not None and central_cache is not None:
-                found_cache.put(reasons + [(s, e, None) for s, e, f in zip(digests, emb, detected) if f])
-                central_cache.put([(s, e, None) for s, e, f in zip(digests, emb, detected) if not f])
+                info.append((n, dominance))
+            if chips:
+                emb = encoder.encode(np.concatenate([np.stack(chips), np.stack(chips)[:, :, ::-1]]))
+                for k, (sha, (n, dominance)) in enumerate(zip(digests, info)):
+                    record = np.concatenate([emb[k], emb[len(chips) + k], [n, dominance]]).astype(np.float32)
+                    store(sha, record)
+                    rows.append((sha, record, None))
+            if store_cache is not None:
+                store_cache.put(rows)
             log.info("LFW: encoded %d/%d", min(start + batch_size, len(todo)), len(todo))
-        return out, ok
+        faces = np.nan_to_num(out[:, 2 * EMBEDDING_SIZE], nan=0.0).astype(int)
+        return PhotoRecords(out[:, :EMBEDDING_SIZE], out[:, EMBEDDING_SIZE:2 * EMBEDDING_SIZE], faces,
+                            out[:, 2 * EMBEDDING_SIZE + 1], [bool(f > 0) for f in faces])
+
+    return records
+
+
+def make_lfw_embedder(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
+                      cache: EmbeddingCache | None = None, batch_size: int = LFW_BATCH, flip: bool = False) -> EmbedFn:
+    """An `embed(paths) -> (embeddings, ok)` over `make_lfw_records` (see there); `flip` averages
+    each chip's embedding with its mirror image's."""
+    records = make_lfw_records(cfg, detector, encoder, cache, batch_size)
+
+    def embed(paths: list[Path]) -> tuple[np.ndarray, list[bool]]:
+        r = records(paths)
+        return r.embeddings(flip), r.ok
 
     return embed
+
+
+# --- open-set identification: the door's own rule on an LFW-style folder ------------------------------------------
+
+GALLERY_SIZES = (10, 100, 1000)  # the per-stranger FAR is reported as the gallery grows to these
+
+
+@dataclass(frozen=True)
+class OpenSetSlice:
+    """One draw of the door-at-scale protocol: who is enrolled (from which photo), who probes, who is a stranger."""
+
+    seed: int
+    enrolled: list[str]  # people enrolled, in draw order (the first n are this slice's people)
+    enroll_photos: list[Path]
+    probe_photos: list[Path]  # one other photo of each of the first n enrolled people
+    strangers: list[Path]  # one photo each of people with a single photo in the folder
+
+
+def lfw_people(root: Path) -> dict[str, list[Path]]:
+    """Person -> sorted photos, from an LFW-style `root/<name>/*.jpg` folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"LFW images folder {root} does not exist")
+    people = {}
+    for d in sorted(root.iterdir()):
+        if d.is_dir():
+            photos = sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            if photos:
+                people[d.name] = photos
+    return people
+
+
+def draw_slice(people: dict[str, list[Path]], n: int, seed: int, gallery_max: int = 0, strangers: int = 0) -> OpenSetSlice:
+    """Seeded random slice: `max(n, gallery_max)` people with 2+ photos enrolled from a random photo each, the
+    first `n` of them probed with another random photo, and `max(n, strangers)` single-photo strangers."""
+    rng = np.random.default_rng(seed)
+    multi = [p for p, photos in people.items() if len(photos) >= 2]
+    single = [p for p, photos in people.items() if len(photos) == 1]
+    k, s = max(n, gallery_max), max(n, strangers)
+    if len(multi) < k or len(single) < s:
+        raise ValueError(f"the folder has {len(multi)} people with 2+ photos and {len(single)} with one; "
+                         f"the slice needs {k} and {s}")
+    enrolled = [multi[i] for i in rng.permutation(len(multi))[:k]]
+    enroll, probe = [], []
+    for i, person in enumerate(enrolled):
+        a, b = rng.choice(len(people[person]), 2, replace=False)
+        enroll.append(people[person][a])
+        if i < n:
+            probe.append(people[person][b])
+    stranger = [people[single[i]][0] for i in rng.permutation(len(single))[:s]]
+    return OpenSetSlice(seed, enrolled, enroll, probe, stranger)
+
+
+def best_two(probes: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per probe: (index of the closest gallery person, its distance, the distance to the second closest)."""
+    d = np.sqrt(np.clip(2.0 - 2.0 * probes.astype(np.float64) @ gallery.astype(np.float64).T, 0.0, None))
+    d = np.where(np.isnan(d), MISSING_DISTANCE, d)
+    order = np.argsort(d, axis=1)[:, :2]
+    rows = np.arange(len(d))
+    second = d[rows, order[:, 1]] if d.shape[1] > 1 else np.full(len(d), np.inf)
+    return order[:, 0], d[rows, order[:, 0]], second
+
+
+def open_set_counts(owner: np.ndarray, best: np.ndarray, d1: np.ndarray, d2: np.ndarray, stranger_d1: np.ndarray,
+                    stranger_d2: np.ndarray, threshold: float, margin: float) -> dict:
+    """The door's rule (closest person, under the threshold, `margin` ahead of the second) applied to probes
+    whose true gallery index is `owner` (-1: not enrolled) and to strangers."""
+    accept = (d1 <= threshold) & (d2 - d1 >= margin)
+    stranger_accept = (stranger_d1 <= threshold) & (stranger_d2 - stranger_d1 >= margin)
+    return {"threshold": round(float(threshold), 4), "recognised": int(np.sum(accept & (best == owner))),
+            "wrong_person": int(np.sum(accept & (best != owner))), "strangers_accepted": int(stranger_accept.sum())}
+
+
+def zero_stranger_threshold(stranger_d1: np.ndarray, stranger_d2: np.ndarray, margin: float) -> float:
+    """The largest threshold (to 0.001) that accepts no stranger under the margin rule."""
+    passing = stranger_d1[(stranger_d2 - stranger_d1) >= margin]
+    if passing.size == 0:
+        return MISSING_DISTANCE
+    return math.floor(float(np.nextafter(passing.min(), -np.inf)) * 1000) / 1000
+
+
+def evaluate_open_set(records: Callable[[list[Path]], PhotoRecords], root: Path, n: int, seeds: Sequence[int],
+                      threshold: float, margin: float = 0.0, flip: bool = False, dominant_ratio: float = 0.0,
+                      gallery_sizes: Sequence[int] = GALLERY_SIZES) -> dict:
+    """Door-at-scale: per seeded slice, `n` people enrolled from one photo each, probed with another of their
+    photos, and `n` strangers with a single photo, scored with the door's 1:K rule.
+
+    An enrollment photo with more than one face is refused, as the gallery refuses it, unless
+    `dominant_ratio` > 0 and the centre face is at least that many times the area of every other
+    face; a refused person stays out of the gallery and their probe can only be missed or named
+    wrongly. Reported per slice at `threshold` and at the largest zero-stranger threshold; the
+    first slice also reports the per-stranger FAR as the gallery grows to `gallery_sizes`.
+    """
+    people = lfw_people(root)
+    grow = max(gallery_sizes, default=0)
+    out = {"people": n, "threshold": threshold, "margin": margin, "flip": flip, "dominant_ratio": dominant_ratio,
+           "slices": []}
+    for k, seed in enumerate(seeds):
+        sl = draw_slice(people, n, seed, grow if k == 0 else 0, grow if k == 0 else 0)
+        r_enroll, r_probe, r_stranger = (records(sl.enroll_photos), records(sl.probe_photos), records(sl.strangers))
+        usable = ~np.isnan(r_enroll.plain).any(axis=1) & np.array(r_enroll.ok)
+        dominant = r_enroll.dominance >= dominant_ratio if dominant_ratio > 0 else np.zeros(len(usable), bool)
+        usable &= (r_enroll.faces == 1) | dominant
+        enrolled_e = r_enroll.embeddings(flip)
+        probes, strangers = r_probe.embeddings(flip), r_stranger.embeddings(flip)
+
+        def score(size: int, stranger_e: np.ndarray):
+            keep = np.flatnonzero(usable[:size])
+            gallery = enrolled_e[keep]
+            index_of = {int(g): i for i, g in enumerate(keep)}
+            owner = np.array([index_of.get(i, -1) for i in range(len(probes))])
+            return owner, best_two(probes, gallery), best_two(stranger_e, gallery), keep
+
+        owner, (best, d1, d2), (_, s1, s2), keep = score(n, strangers[:n])
+        zero = zero_stranger_threshold(s1, s2, margin)
+        out["slices"].append({
+            "seed": seed, "refused_enrollments": int(n - len(keep)),
+            "at_threshold": open_set_counts(owner, best, d1, d2, s1, s2, threshold, margin),
+            "at_zero_strangers": open_set_counts(owner, best, d1, d2, s1, s2, zero, margin),
+        })
+        if k == 0 and gallery_sizes:
+            growth = {}
+            for size in gallery_sizes:
+                _, _, (_, g1, g2), kept = score(size, strangers)
+                accepted = (g1 <= threshold) & (g2 - g1 >= margin)
+                growth[str(size)] = {"enrolled": int(len(kept)), "strangers": int(len(strangers)),
+                                     "accepted": int(accepted.sum()), "far_per_stranger": float(accepted.mean())}
+            out["gallery_growth"] = growth
+        log.info("open set, seed %d: %s", seed, out["slices"][-1])
+    totals = {key: sum(s["at_threshold"][key] for s in out["slices"])
+              for key in ("recognised", "wrong_person", "strangers_accepted")}
+    out["total_at_threshold"] = totals | {"probes": n * len(out["slices"])}
+    return out

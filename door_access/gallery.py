@@ -97,7 +97,7 @@ def chip_settings(cfg: Config, encoder: FaceEncoder) -> str:
     """What a photo's embedding depends on besides its bytes: the model and the photo-detection settings."""
     d = cfg.detection
     return (f"{encoder.weights_id}:m{d.margin}:s{d.photo_max_side}:u{d.photo_upsample}:{d.model}:f{d.min_face}"
-            f":p{cfg.photo.max_pixels}")
+            f":p{cfg.photo.max_pixels}" + (f":d{d.dominant_ratio}" if d.dominant_ratio else ""))
 
 
 class EmbeddingCache:
@@ -328,12 +328,23 @@ class GalleryBuilder:
         if not faces:
             raise PhotoError("no face found")
         if len(faces) > 1:
-            raise PhotoError(f"{len(faces)} faces found; an enrollment photo must show exactly one person")
+            faces = self._dominant(photo, faces)
         box = faces[0].box
         if min(box.w, box.h) < self.cfg.detection.min_face:
             limit = self.cfg.detection.min_face
             raise PhotoError(f"face too small ({box.w}x{box.h} px; detection.min_face is {limit})")
         return faces[0].chip
+
+    def _dominant(self, photo: Path, faces: list) -> list:
+        """The one face of a photo with bystanders: the largest, if `detection.dominant_ratio` allows it."""
+        ratio = self.cfg.detection.dominant_ratio
+        faces = sorted(faces, key=lambda f: f.box.w * f.box.h, reverse=True)
+        main, second = faces[0].box, faces[1].box
+        if ratio <= 0 or main.w * main.h < ratio * second.w * second.h:
+            raise PhotoError(f"{len(faces)} faces found; an enrollment photo must show exactly one person")
+        log.warning("photo %r: %d faces found; enrolling the largest (%dx%d px, %.1fx the next)", str(photo),
+                    len(faces), main.w, main.h, main.w * main.h / max(1, second.w * second.h))
+        return faces[:1]
 
 
 

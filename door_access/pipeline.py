@@ -35,7 +35,7 @@ from .liveness import LivenessChecker, eye_distance
 from .policy import PolicyFile
 from .recognizer import Recognizer
 from .spoof import SpoofChecker
-from .tracking import Tracker
+from .tracking import Track, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class FaceObs:
     embedding: np.ndarray | None = None
     match: Match | None = None
     live: LiveVerdict | None = None  # when liveness is checked
+    record: Track | None = None  # the track's one record (votes, liveness, label, flags)
 
 
 @dataclass
@@ -82,22 +83,22 @@ class Pipeline:
         self.finished = threading.Event()
         self.stats = Stats()
         self.latest: FrameFaces | None = None  # for the window
-        self.labels: dict[int, tuple[str | None, float]] = {}  # track -> latest (name, distance), for the window
 
         q = cfg.pipeline.queue_size
         self.to_encoder: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
         self.to_decider: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
 
         p = cfg.pipeline
-        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second)
+        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step)
         live = cfg.liveness
         self.liveness = LivenessChecker(live, cfg.path("weights"), challenge_action) if live.enabled else None
         self.spoof = SpoofChecker(cfg.spoof) if live.enabled and cfg.spoof.enabled else None
         self._asked: set[int] = set()  # tracks whose challenge has been announced
+        self.tracker.on_end.append(self._track_ended)
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
         self.policy = PolicyFile(cfg.path("people"))  # per-person days/hours/doors (people.yaml)
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
-                               live.timeout_s if live.enabled else float("inf"), live.window_s,
+                               live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
                                allow=self.policy.allow(cfg.door.id))
         self.access_log = AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id)
         wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
@@ -114,7 +115,7 @@ class Pipeline:
             self.actions.emit = fan_out(emit, self.mqtt.publish)
 
         self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
-        self.recognizer = Recognizer(self.watcher.load(), cfg.recognition.threshold)
+        self.recognizer = Recognizer(self.watcher.load(), cfg.recognition.threshold, cfg.recognition.margin)
         self.capture.on_status = self._camera_status
         self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event)
         self._threads: list[threading.Thread] = []
@@ -178,6 +179,15 @@ class Pipeline:
         r = self.recognizer
         self.notify(GALLERY, detail=f"{len(r.people)} people, {r.photo_count} photos, {skipped} skipped")
 
+    def _track_ended(self, track: Track) -> None:
+        """The one place a track's per-stage state goes when the tracker ends (or splits) it."""
+        alive = set(self.tracker.tracks)
+        if self.liveness:
+            self.liveness.forget(alive)
+        if self.spoof:
+            self.spoof.forget(alive)
+        self._asked.discard(track.id)
+
     def reload_gallery(self) -> None:
         """A full rebuild from the folder (the MQTT `reload_gallery` command), on the watcher's thread."""
         self.watcher.reload()
@@ -195,7 +205,7 @@ class Pipeline:
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
             out = FrameFaces(frame)
             for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
-                obs = FaceObs(track.id, track.box)
+                obs = FaceObs(track.id, track.box, record=track)
                 out.faces.append(obs)
                 points = self.liveness.landmarks(rgb, rect) if self.liveness else None
                 if self._too_small(rgb, rect, points):
@@ -213,12 +223,6 @@ class Pipeline:
                     if obs.live.challenge and track.id not in self._asked:
                         self._asked.add(track.id)
                         self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)
-            if self.liveness:
-                alive = set(self.tracker.tracks)
-                self.liveness.forget(alive)
-                if self.spoof:
-                    self.spoof.forget(alive)
-                self._asked &= alive
             self._put(self.to_encoder, out)
 
     def _too_small(self, rgb: np.ndarray, rect, points: np.ndarray | None) -> bool:
@@ -280,13 +284,12 @@ class Pipeline:
             if encoded:
                 for face, match in zip(encoded, recognizer.identify(np.stack([f.embedding for f in encoded]))):
                     face.match = match
-                    self.labels[face.track] = (match.name, match.distance)
-            decisions = self.decider.observe(item.frame.t, [f.track for f in item.faces],
+            decisions = self.decider.observe(item.frame.t, [f.record for f in item.faces],
                                              {f.track: f.match for f in encoded},
                                              {f.track: f.live for f in item.faces if f.live is not None})
             for d in decisions:
-                face = next(f for f in item.faces if f.track == d.track)
-                snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") else None
+                face = next((f for f in item.faces if f.track == d.track), None)
+                snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") and face else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
             for observer in self.observers:
                 observer(item, decisions)
@@ -338,6 +341,15 @@ class Pipeline:
             self.mqtt.stop(1.0)  # after the actions: their last relock goes out first
         self.speaker.stop(0.5)
         self.access_log.close(1.0)  # what is not in SQLite by then stays in the spool, replayed at next start
+
+    @property
+    def labels(self) -> dict[int, tuple[str | None, float]]:
+        """Track -> latest (name, distance), for the window (read from the tracks' records)."""
+        return {i: tr.label for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
+
+    def locked_out(self) -> bool:
+        """Unlocks are refused after repeated failed attempts (for the window)."""
+        return self.decider.locked_out(time.monotonic())  # frame times are monotonic clock readings
 
     def door_unlocked(self) -> bool:
         """The door controller's state (the door may be open while a relock keeps failing)."""

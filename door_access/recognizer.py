@@ -4,6 +4,11 @@ Embeddings are unit vectors, so squared L2 distance is `2 - 2 * dot`: one matrix
 gives every probe-to-photo distance, and a per-person minimum (over that person's photos)
 gives the distance to each person.
 
+The door's rule: the closest person, if under the threshold and, with a margin, at least that
+much closer than the second-closest person. A face halfway between two enrolled people is
+nobody rather than a guess; measured on LFW (`eval --open-set`), the margin turns away more
+strangers than the same loss of recognitions buys by lowering the threshold.
+
 The photo matrix is kept sorted by person, so each person's photos are one column range
 (for `np.maximum.reduceat`). Building it is a sort plus one pass (a whole site, 100,000
 people, in well under a second); a photo added or removed while the door runs is spliced
@@ -55,8 +60,9 @@ _SPLICE_MAX = 8  # changes up to this many photos are spliced in; more re-sort t
 
 
 class Recognizer:
-    def __init__(self, gallery: Gallery, threshold: float):
+    def __init__(self, gallery: Gallery, threshold: float, margin: float = 0.0):
         self.threshold = threshold
+        self.margin = margin
         self._index = _index(list(gallery.names), list(gallery.photos), np.asarray(gallery.embeddings, np.float32))
         self._write = threading.Lock()  # add/remove from the watcher and a reload may race; identify never waits
 
@@ -81,11 +87,15 @@ class Recognizer:
         per_person = _distances(index, embeddings)
         if per_person.shape[1] == 0:
             return [Match(None, float("inf"), None) for _ in range(len(per_person))]
-        best = per_person.argmin(axis=1)
+        # the closest and second-closest person of each probe, without sorting every person
+        order = (np.argpartition(per_person, 1, axis=1)[:, :2] if per_person.shape[1] > 1
+                 else np.zeros((len(per_person), 1), np.intp))
         out = []
-        for row, j in zip(per_person, best):
+        for row, (j, *rest) in zip(per_person, order):
             d = float(row[j])
-            out.append(Match(index.people[j] if d <= self.threshold else None, d, index.people[j]))
+            second = float(row[rest[0]]) if rest else float("inf")
+            accept = d <= self.threshold and second - d >= self.margin
+            out.append(Match(index.people[j] if accept else None, d, index.people[j]))
         return out
 
     def verify(self, embedding: np.ndarray, name: str) -> tuple[float, bool]:

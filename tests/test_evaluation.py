@@ -119,17 +119,17 @@ def test_calibrate_on_the_celebrity_gallery(celebrity_gallery, tmp_path):
     assert result["plot"] == str(plot)
     counts = Counter(celebrity_gallery.names)
     n = len(celebrity_gallery.names)
-    genuine = sum(c * (c - 1) // 2 for c in counts.values())
-    assert result["genuine_pairs"] == genuine
-    assert result["impostor_pairs"] == n * (n - 1) // 2 - genuine
+    assert result["genuine_pairs"] == result["impostor_pairs"] == n  # the door's rule: one score of each per photo
     assert result["people"] == result["people_with_pairs"] == len(counts) == 5
     assert result["photos"] == n
 
-    # recomputed from the embeddings: FAR <= 1% at the suggestion, and 0.001 higher is already over
+    # recomputed with the door's rule (closest other photo of the same person; closest photo of anyone else):
+    # FAR <= 1% at the suggestion, and 0.001 higher is already over
     d = all_distances(celebrity_gallery.embeddings)
+    np.fill_diagonal(d, np.inf)
     names = np.array(celebrity_gallery.names)
-    i, j = np.triu_indices(n, k=1)
-    impostor, genuine_d = d[i, j][names[i] != names[j]], d[i, j][names[i] == names[j]]
+    same = names[:, None] == names[None, :]
+    impostor, genuine_d = np.where(same, np.inf, d).min(axis=1), np.where(same, d, np.inf).min(axis=1)
     t = result["suggested_threshold"]
     assert np.mean(impostor <= t) <= 0.01
     assert np.mean(impostor <= t + 0.0011) > 0.01
@@ -324,3 +324,82 @@ def test_calibrate_and_eval_commands(lfw_like, tmp_path, capsys):
     assert main(["eval", "--config", str(config), "--pairs", str(pairs_file), "--root", str(root), "--folds", "x"]) == 2
     assert "--folds" in capsys.readouterr().err
     assert main(["calibrate", "--config", str(config), "--images", str(root), "--target-far", "2"]) == 2
+
+
+# --- the door's own rule: 1:K scores and the open set (issue 8, seam 4) --------------------------------------------
+
+
+def _unit(*rows):
+    e = np.array(rows, np.float64)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def test_door_scores_take_the_best_photo_of_the_best_other_person():
+    """A per-pair FAR counts each impostor pair alone; the door lets a stranger in when ANY photo of ANYONE
+    is close. Here b's photo is far from two of a's photos but close to the third: its impostor score
+    is that closest one."""
+    from door_access.evaluation import door_scores
+
+    e = _unit([1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.2, 1], [0.1, 1, 0.05])
+    genuine, impostor = door_scores(["a", "a", "a", "c", "b"], e)
+    d = all_distances(e)
+    assert genuine == pytest.approx([d[0, 1], d[1, 0], d[2, 1]])
+    assert impostor[4] == pytest.approx(d[4, 2]) and impostor[3] == pytest.approx(min(d[3, [0, 1, 2, 4]]))
+
+
+def test_open_set_counts_follow_the_door_rule():
+    from door_access.evaluation import best_two, open_set_counts, zero_stranger_threshold
+
+    gallery = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
+    probes = _unit([1, 0.2, 0], [0.1, 1, 0], [0.6, 0.6, 0])  # a, b, and a face halfway between a and b
+    strangers = _unit([0.2, 0.2, 1], [1, 1, 1])
+    best, d1, d2 = best_two(probes, gallery)
+    _, s1, s2 = best_two(strangers, gallery)
+    owner = np.array([0, 1, 1])  # the third is b, looking as much like a
+    counts = open_set_counts(owner, best, d1, d2, s1, s2, threshold=0.9, margin=0.0)
+    assert counts == {"threshold": 0.9, "recognised": 2, "wrong_person": 1, "strangers_accepted": 1}
+    # a margin between the best and the second person refuses the tie instead of guessing
+    counts = open_set_counts(owner, best, d1, d2, s1, s2, threshold=0.9, margin=0.1)
+    assert counts == {"threshold": 0.9, "recognised": 2, "wrong_person": 0, "strangers_accepted": 1}
+    zero = zero_stranger_threshold(s1, s2, 0.0)
+    assert zero < s1.min() and open_set_counts(owner, best, d1, d2, s1, s2, zero, 0.0)["strangers_accepted"] == 0
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "lfw" / "images_deepfunneled").is_dir(), reason="../shared/data/lfw is absent")
+def test_draw_slice_is_seeded_and_not_alphabetical():
+    from door_access.evaluation import draw_slice, lfw_people
+
+    people = lfw_people(SHARED_DATA / "lfw" / "images_deepfunneled")
+    a, b, c = draw_slice(people, 30, 1), draw_slice(people, 30, 1), draw_slice(people, 30, 2)
+    assert a == b and a.enrolled != c.enrolled
+    assert a.enrolled != sorted(a.enrolled)
+    assert all(len(people[p]) >= 2 for p in a.enrolled) and len(set(a.enrolled)) == 30
+    assert all(e != p and e.parent == p.parent for e, p in zip(a.enroll_photos, a.probe_photos))
+    assert not {s.parent.name for s in a.strangers} & set(a.enrolled)
+    assert all(len(people[s.parent.name]) == 1 for s in a.strangers)
+
+
+@pytest.mark.model
+@pytest.mark.skipif(not (SHARED_DATA / "lfw" / "images_deepfunneled").is_dir(), reason="../shared/data/lfw is absent")
+def test_open_set_on_a_small_lfw_slice(cfg, detector, encoder, tmp_path):
+    from door_access.evaluation import evaluate_open_set, make_lfw_records
+
+    records = make_lfw_records(cfg, detector, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
+    root = SHARED_DATA / "lfw" / "images_deepfunneled"
+    result = evaluate_open_set(records, root, 12, [5], threshold=0.9, gallery_sizes=(5, 12))
+    [s] = result["slices"]
+    a, z = s["at_threshold"], s["at_zero_strangers"]
+    assert a["recognised"] + a["wrong_person"] <= 12 - 0 and a["recognised"] >= 8
+    assert z["strangers_accepted"] == 0 and z["threshold"] >= 0.5
+    assert result["gallery_growth"]["5"]["strangers"] == 12
+    assert result["gallery_growth"]["5"]["accepted"] <= result["gallery_growth"]["12"]["accepted"]
+
+
+def test_eval_open_set_usage_errors(tmp_path, capsys):
+    from door_access.cli import main
+
+    assert main(["eval", "--open-set", str(tmp_path / "missing")]) == 2
+    assert "--open-set" in capsys.readouterr().err
+    assert main(["eval"]) == 2
+    assert "--pairs and --root, or --open-set" in capsys.readouterr().err
+    assert main(["eval", "--open-set", str(tmp_path), "--seeds", "a,b"]) == 2

@@ -69,3 +69,19 @@ def test_empty_gallery_knows_nobody(probes):
     _, _, embeddings = probes
     matches = Recognizer(Gallery(), 0.9).identify(embeddings[:2])
     assert [m.name for m in matches] == [None, None]
+
+
+def test_a_face_between_two_people_is_nobody_with_a_margin():
+    """The door's matching rule: closest person, under the threshold, and `margin` ahead of the second."""
+    from types import SimpleNamespace
+
+    from door_access.recognizer import Recognizer
+
+    e = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    gallery = SimpleNamespace(names=["ana", "bob", "cy"], photos=["a.jpg", "b.jpg", "c.jpg"], embeddings=e)
+    halfway = np.array([[0.71, 0.70, 0.0]], np.float32) / np.hypot(0.71, 0.70)
+    clear = np.array([[0.95, 0.1, 0.0]], np.float32) / np.hypot(0.95, 0.1)
+    assert Recognizer(gallery, 0.9).identify(halfway)[0].name == "ana"  # no margin: a guess
+    assert Recognizer(gallery, 0.9, margin=0.1).identify(halfway)[0].name is None
+    [m] = Recognizer(gallery, 0.9, margin=0.1).identify(clear)
+    assert (m.name, m.closest) == ("ana", "ana")
