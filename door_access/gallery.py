@@ -373,7 +373,7 @@ class GalleryWatcher:
     """
 
     def __init__(self, builder: GalleryBuilder, images_dir: Path, poll_s: float,
-                 on_change: Callable[[Gallery | GalleryChange], None]):
+                 on_change: Callable[[Gallery | GalleryChange], None] = lambda update: None):
         self.builder = builder
         self.images_dir = images_dir
         self.poll_s = poll_s
