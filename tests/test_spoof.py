@@ -236,7 +236,8 @@ def test_the_synthetic_photo_attack_still_never_unlocks(cfg, detector, tmp_path)
     from conftest import FR_IMAGES
 
     clip = write_photo_attack(detector, FR_IMAGES / "obama2.jpg", tmp_path / "attack.mp4", seconds=6.0)
-    run_cfg = _quiet(cfg)
+    run_cfg = _quiet(cfg)  # no challenge: this is about the DENY cues staying quiet, and no CONFIRM cue
+    run_cfg = dataclasses.replace(run_cfg, liveness=dataclasses.replace(run_cfg.liveness, challenge="off"))
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     result = eval_video(run_cfg, encoder, clip, FR_IMAGES / "obama.jpg",
                         {"file": "attack.mp4", "kind": "attack_print"}, realtime=False)
