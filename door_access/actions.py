@@ -39,6 +39,7 @@ from .door import DoorController, fill_argv  # noqa: F401  (fill_argv: re-export
 
 log = logging.getLogger(__name__)
 
+ALARM_TEXT = "Too many failed attempts. Please try again later."
 _STOP = object()  # queue sentinel: the worker drains nothing after it
 
 
@@ -281,8 +282,10 @@ class Actions:
                 self._unlock(event)
             if event.event in (DENIED, UNLOCK):  # unlock snapshots: the audit trail of who was let in
                 self._snapshot(event, notice.snapshot)
-            elif event.event == ALARM and self._webhook is not None:
-                self._webhook.post(event)
+            elif event.event == ALARM:  # one per lockout: said once, and posted
+                self.speaker.say(ALARM_TEXT)
+                if self._webhook is not None:
+                    self._webhook.post(event)
             elif event.event == CHALLENGE:  # the liveness challenge, spoken through the welcome voice
                 self.speaker.say(event.detail)
         except Exception as exc:  # a bug in one action must not end the worker

@@ -67,7 +67,8 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
     import tempfile
 
     from .core import UNLOCK
-    from .runner import build_pipeline
+    from .app import build_pipeline
+    from .runner import open_capture
 
     events = []
     with tempfile.TemporaryDirectory(prefix="door-bench-") as tmp:
@@ -77,7 +78,7 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str) -> dict:
             tts=dataclasses.replace(cfg.tts, wav_dir=str(Path(tmp) / "wav")),
             access_log=dataclasses.replace(cfg.access_log, path=str(Path(tmp) / "log.sqlite"), snapshots_dir=None),
         )
-        pipeline = build_pipeline(cfg, images_dir, source, realtime=True, emit=events.append)
+        pipeline = build_pipeline(cfg, images_dir, open_capture(cfg, source, realtime=True), events.append)
         pipeline.start()  # warms the encoder up before the clock starts
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
         helpers0 = pipeline.detected.processes_cpu_s()

@@ -453,6 +453,9 @@ def cmd_eval_liveness(args, cfg: Config) -> int:
         raise UsageError("eval-liveness needs liveness.enabled: true")
     result = eval_folder(cfg, args.folder, realtime=args.realtime, only=args.only)
     print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
 def _eval_open_set(args, cfg: Config) -> int:
     from .detection import FaceDetector
     from .evaluation import evaluate_open_set, make_lfw_records
@@ -543,6 +546,8 @@ def parse_since(text: str, now: float | None = None) -> float:
     except ValueError:
         raise UsageError(f"--since must be a date/time like 2026-11-24T08:00 or a span like 12h, got {text!r}") \
             from None
+
+
 def cmd_enroll(args, cfg: Config) -> int:
     """Shots from photos, a snapshot or a camera sweep; quality checks; collision check; atomic writes."""
     import os

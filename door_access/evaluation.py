@@ -481,7 +481,7 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
     """
     plain = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, dominant_ratio=0.0))
     settings = f"{chip_settings(plain, encoder)}:c{CENTRAL_BOX:.3f}"  # records keep every face: no enrollment rule
-    store_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-record:{settings}") if cache else None
+    store_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-record:{settings}", RECORD_SIZE) if cache else None
 
     def chip(path: Path) -> tuple[np.ndarray, int, float]:
         rgb = load_rgb(path, cfg.photo.max_pixels)

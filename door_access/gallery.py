@@ -111,8 +111,9 @@ class EmbeddingCache:
 
     COLUMNS = ["sha256", "encoder", "embedding", "reason"]
 
-    def __init__(self, path: Path, encoder_key: str):
+    def __init__(self, path: Path, encoder_key: str, width: int = EMBEDDING_SIZE):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.width = width  # float32 values per stored row: a row of another length is damaged
         self.path = path
         self.key = encoder_key
         self._warned = False
@@ -161,7 +162,7 @@ class EmbeddingCache:
                         f"SELECT sha256, embedding, reason FROM embeddings WHERE encoder = ? AND sha256 IN ({marks})",
                         (self.key, *chunk),
                     ):
-                        if blob is not None and len(blob) != EMBEDDING_SIZE * 4:
+                        if blob is not None and len(blob) != self.width * 4:
                             continue  # a damaged entry: encode the photo again
                         out[sha] = np.frombuffer(blob, np.float32).copy() if blob is not None else reason
         except sqlite3.Error as exc:
@@ -373,7 +374,7 @@ class GalleryWatcher:
     """
 
     def __init__(self, builder: GalleryBuilder, images_dir: Path, poll_s: float,
-                 on_change: Callable[[Gallery | GalleryChange], None]):
+                 on_change: Callable[[Gallery | GalleryChange], None] = lambda update: None):
         self.builder = builder
         self.images_dir = images_dir
         self.poll_s = poll_s

@@ -52,14 +52,12 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
     """Every clip of FOLDER's truth.csv (or those whose file contains `only`); per clip and totals."""
     from .detection import FaceDetector
     from .facenet import FaceEncoder
-    from .gallery import GalleryBuilder
 
     folder = Path(folder)
     rows = [r for r in read_truth(folder) if not only or only in r["file"]]
     cfg = _quiet(cfg)
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
-    builder = GalleryBuilder(cfg, detector, encoder)
     clips = []
     for row in rows:
         path = folder / row["file"]
@@ -67,7 +65,7 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
         if path.is_dir():
             clips.append(eval_frames(cfg, detector, path, row))
         else:
-            clips.append(eval_video(cfg, encoder, builder, path, folder / row["person_photo"], row, realtime))
+            clips.append(eval_video(cfg, encoder, path, folder / row["person_photo"], row, realtime))
     return {"clips": clips, "totals": totals(clips)}
 
 
@@ -81,10 +79,10 @@ def _quiet(cfg: Config) -> Config:
     )
 
 
-def eval_video(cfg: Config, encoder, builder, path: Path, photo: Path, row: dict, realtime: bool) -> dict:
+def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtime: bool) -> dict:
     """Play one clip through the real pipeline with its person enrolled; what the door did and why."""
+    from .app import build_pipeline
     from .capture import Capture
-    from .pipeline import Pipeline
 
     events: list = []
     seen = _Seen()
@@ -96,7 +94,7 @@ def eval_video(cfg: Config, encoder, builder, path: Path, photo: Path, row: dict
                                                                           path=str(Path(tmp) / "log.sqlite")))
         c = cfg.camera
         capture = Capture(str(path), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
-        pipeline = Pipeline(run_cfg, capture, encoder, builder, images, emit=events.append)
+        pipeline = build_pipeline(run_cfg, images, capture, events.append, encoder=encoder)
         pipeline.observers.append(seen.observer(pipeline))
         pipeline.start()
         try:

@@ -23,15 +23,15 @@ from .access_log import AccessLog
 from .actions import Actions, Speaker
 from .capture import END, Capture, Frame
 from .config import Config
+from .core import (CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match,
+                   Notice)
 from .decision import Decider
-from .core import (CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SIZE, UNLOCK, Box, Event, LiveVerdict,
-                   Match, Notice)
 from .detection import FaceDetector
 from .door import LOCKED
-from .parallel_detection import DetectedFrames
 from .facenet import FaceEncoder
-from .gallery import Gallery, GalleryBuilder, GalleryChange, GalleryWatcher, apply_update
+from .gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
 from .liveness import LivenessChecker, eye_distance
+from .parallel_detection import DetectedFrames
 from .policy import PolicyFile
 from .recognizer import Recognizer
 from .spoof import SpoofChecker
@@ -68,15 +68,36 @@ class Stats:
     batches: int = 0
 
 
-class Pipeline:
-    """Builds every stage from the config and runs them until stopped, the file ends, or a stage fails."""
+@dataclass
+class Parts:
+    """What the running door is built from: models loaded, gallery built, log opened (see app.py)."""
 
-    def __init__(self, cfg: Config, capture: Capture, encoder: FaceEncoder, gallery_builder: GalleryBuilder,
-                 images_dir, emit: Callable[[Event], None] | None = None, challenge_action: str | None = None):
+    encoder: FaceEncoder
+    detector: FaceDetector  # the detect stage's own
+    liveness: LivenessChecker | None
+    spoof: SpoofChecker | None
+    policy: PolicyFile
+    watcher: GalleryWatcher  # the gallery as first built is in `recognizer`
+    recognizer: Recognizer
+    access_log: AccessLog
+    speaker: Speaker
+
+
+class Pipeline:
+    """Runs the stages until stopped, the file ends, or a stage fails; `app.build_pipeline` builds it."""
+
+    def __init__(self, cfg: Config, capture: Capture, parts: Parts, emit: Callable[[Event], None] | None = None):
         self.cfg = cfg
         self.capture = capture
-        self.encoder = encoder
-        self.detector = FaceDetector(cfg.detection, cfg.path("weights"))
+        self.encoder = parts.encoder
+        self.detector = parts.detector
+        self.liveness = parts.liveness
+        self.spoof = parts.spoof
+        self.access_log = parts.access_log
+        self.speaker = parts.speaker
+        self.recognizer = parts.recognizer
+        self.watcher = parts.watcher
+        self.watcher.on_change = self._swap_gallery
         self.t0 = time.monotonic()
         self.stop_event = threading.Event()
         self.failure: tuple[str, BaseException] | None = None
@@ -88,37 +109,25 @@ class Pipeline:
         self.to_encoder: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
         self.to_decider: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
 
-        p = cfg.pipeline
+        p, live = cfg.pipeline, cfg.liveness
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step)
-        live = cfg.liveness
-        self.liveness = LivenessChecker(live, cfg.path("weights"), challenge_action) if live.enabled else None
-        self.spoof = SpoofChecker(cfg.spoof) if live.enabled and cfg.spoof.enabled else None
-        self._asked: set[int] = set()  # tracks whose challenge has been announced
         self.tracker.on_end.append(self._track_ended)
+        self._asked: set[int] = set()  # tracks whose challenge has been announced
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
-        self.policy = PolicyFile(cfg.path("people"))  # per-person days/hours/doors (people.yaml)
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
-                               allow=self.policy.allow(cfg.door.id))
-        self.access_log = AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id)
-        wav_dir = cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None
-        self.speaker = Speaker(cfg.tts, wav_dir)
+                               allow=parts.policy.allow(cfg.door.id))
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
         self.mqtt = None
-        if cfg.mqtt.enabled:  # events out, commands in; the door never waits for the broker
-            from .mqtt import MqttBridge, door_commands
-
-            self.mqtt = MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
-                lambda: self.notify(UNLOCK, detail="source: remote"),
-                lambda: self.door.lock("remote lock"), self.reload_gallery), base_dir=cfg.base_dir)
-            self.actions.emit = fan_out(emit, self.mqtt.publish)
-
-        self.watcher = GalleryWatcher(gallery_builder, images_dir, p.gallery_poll_s, self._swap_gallery)
-        self.recognizer = Recognizer(self.watcher.load(), cfg.recognition.threshold, cfg.recognition.margin)
         self.capture.on_status = self._camera_status
         self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event)
         self._threads: list[threading.Thread] = []
+
+    def attach_mqtt(self, bridge) -> None:
+        """Publish every event to `bridge` too; it starts and stops with the pipeline."""
+        self.mqtt = bridge
+        self.actions.emit = fan_out(self.actions.emit, bridge.publish)
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -346,10 +355,6 @@ class Pipeline:
     def labels(self) -> dict[int, tuple[str | None, float]]:
         """Track -> latest (name, distance), for the window (read from the tracks' records)."""
         return {i: tr.label for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
-
-    def locked_out(self) -> bool:
-        """Unlocks are refused after repeated failed attempts (for the window)."""
-        return self.decider.locked_out(time.monotonic())  # frame times are monotonic clock readings
 
     def door_unlocked(self) -> bool:
         """The door controller's state (the door may be open while a relock keeps failing)."""

@@ -21,7 +21,6 @@ from .capture import Capture, parse_source
 from .config import Config
 from .core import Event
 from .door import LOCKED
-from .quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
     from .display import StatusModel, Window
@@ -35,22 +34,6 @@ def open_capture(cfg: Config, source: str, realtime: bool) -> Capture:
     c = cfg.camera
     return Capture(parse_source(source), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s,
                    open_timeout_s=c.open_timeout_s, request=(c.width, c.height, c.fps))
-
-
-def build_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool,
-                   emit: Callable[[Event], None] | None = None, capture: Capture | None = None) -> Pipeline:
-    """Models, capture and every stage, from the config (raises SourceError for a bad source)."""
-    if capture is None:
-        capture = open_capture(cfg, source, realtime)
-    with native_stderr_silenced():  # TensorFlow's import and first use print a page of notices
-        from .detection import FaceDetector
-        from .facenet import FaceEncoder
-        from .gallery import GalleryBuilder
-        from .pipeline import Pipeline
-
-        encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
-    builder = GalleryBuilder(cfg, FaceDetector(cfg.detection, cfg.path("weights")), encoder)
-    return Pipeline(cfg, capture, encoder, builder, images_dir, emit=emit)
 
 
 def json_printer() -> Callable[[Event], None]:
@@ -85,7 +68,9 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
             printer(event)
 
     try:
-        pipeline = build_pipeline(cfg, images_dir, source, realtime, emit, capture=capture)
+        from .app import build_pipeline
+
+        pipeline = build_pipeline(cfg, images_dir, capture, emit)
     except BaseException:
         capture.stop(0.1)
         raise

@@ -575,3 +575,17 @@ def test_submit_never_blocks_when_the_queue_is_full(rig, caplog):
     r.actions.stop(5.0)
     assert [e.track for e in r.events] == [0, 1]
 
+
+
+def test_an_alarm_is_spoken_once(rig, tmp_path):
+    """The lockout's alarm is said through the welcome voice, once per alarm event."""
+    wav_dir = tmp_path / "wavs"
+    tts = TtsConfig(enabled=True, rate=220)
+    r = rig(tts=tts, speaker=Speaker(tts, wav_dir))
+    r.actions.submit(notice(ALARM, detail="5 failed attempts within 120 s"))
+    r.actions.submit(notice(DENIED, detail="locked out for 60 s"))
+    assert r.wait_kinds(ALARM, DENIED)
+    r.speaker.stop(WAIT_S)
+    wavs = sorted(wav_dir.iterdir())
+    assert len(wavs) == 1 and "Too_many_failed_attempts" in wavs[0].name
+    assert read_wav(wavs[0])[0] > 2000

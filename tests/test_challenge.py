@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from door_access.challenge import (
-    ACTIONS, BLINK_TWICE, FAILED, LEFT, PASSED, RIGHT, RUNNING, UP, Challenge, Pose, choose_action, head_pose,
+    ACTIONS, BLINK_TWICE, FAILED, LEFT, PASSED, RIGHT, RUNNING, UP, Challenge, choose_action, head_pose,
     pose_action,
 )
 from door_access.config import LivenessConfig

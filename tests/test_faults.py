@@ -25,11 +25,11 @@ import pytest
 import tensorflow as tf
 
 from door_access.access_log import AccessLog
+from door_access.app import build_pipeline
 from door_access.capture import Capture
 from door_access.config import AccessLogConfig, Config, DoorConfig, PipelineConfig, TtsConfig
 from door_access.democlip import Segment, write_clip
 from door_access.core import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, UNLOCK, Event
-from door_access.gallery import GalleryBuilder
 from door_access.pipeline import Pipeline
 
 from conftest import FR_IMAGES, REPO, make_config, wait_for
@@ -88,8 +88,8 @@ def file_capture(cfg: Config, clip: Path) -> Capture:
     return Capture(str(clip), False, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
 
 
-def make_pipeline(cfg, capture, encoder, detector, images, events: list[Event]) -> Pipeline:
-    return Pipeline(cfg, capture, encoder, GalleryBuilder(cfg, detector, encoder), images, emit=events.append)
+def make_pipeline(cfg, capture, encoder, images, events: list[Event]) -> Pipeline:
+    return build_pipeline(cfg, images, capture, events.append, encoder=encoder)
 
 
 def run_to_end(pipeline: Pipeline) -> None:
@@ -186,7 +186,7 @@ def test_camera_drop_out_is_logged_and_frames_flow_again(tmp_path, clips, cache,
     capture = Capture(0, False, lost_after_s=0.2, reconnect_min_s=0.05, reconnect_max_s=1.0, opener=opener)
     assert capture.live
     events: list[Event] = []
-    pipeline = make_pipeline(cfg, capture, encoder, detector, enroll(tmp_path, "obama.jpg"), events)
+    pipeline = make_pipeline(cfg, capture, encoder, enroll(tmp_path, "obama.jpg"), events)
     pipeline.start()
     try:
         assert wait_for(lambda: kinds(events, CAMERA_BACK)), f"no camera_back: {events}"
@@ -259,7 +259,7 @@ def test_hot_enroll_bad_files_and_removal_while_running(tmp_path, clips, cache, 
     camera = ClipCamera(clips, "obama")
     capture = Capture(0, False, 3.0, 0.5, 10.0, opener=lambda source: camera)
     events: list[Event] = []
-    pipeline = make_pipeline(cfg, capture, encoder, detector, images, events)
+    pipeline = make_pipeline(cfg, capture, encoder, images, events)
     pipeline.start()
     try:
         # a stranger is denied; then a different photo of them is dropped in: enrolled without a restart
@@ -327,7 +327,7 @@ def test_unusable_access_log_does_not_stop_the_door(tmp_path, clips, cache, dete
     events: list[Event] = []
     try:
         with caplog.at_level(logging.WARNING):
-            pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), encoder, detector,
+            pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), encoder,
                                      enroll(tmp_path, "obama.jpg"), events)
             pipeline.start()
             try:
@@ -371,7 +371,7 @@ def test_stopping_while_a_locked_log_holds_up_the_actions_still_relocks(tmp_path
                                       unlock_seconds=600))
     events: list[Event] = []
     try:
-        pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), encoder, detector,
+        pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), encoder,
                                  enroll(tmp_path, "obama.jpg"), events)
         pipeline.start()
         try:
@@ -400,7 +400,7 @@ def test_speech_without_an_audio_player_is_one_warning_and_unlocks_go_on(tmp_pat
                       door=DoorConfig(cooldown_seconds=0.0))
     events: list[Event] = []
     with caplog.at_level(logging.WARNING):
-        pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), encoder, detector,
+        pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), encoder,
                                  enroll(tmp_path, "obama.jpg", "biden.jpg"), events)
         run_to_end(pipeline)
     assert pipeline.failure is None
@@ -504,7 +504,7 @@ def test_a_failing_encoder_stops_the_app_with_the_stage_name(tmp_path, clips, ca
     broken = copy.copy(encoder)  # shares the real model and its traced graph: warm-up at start() works
     cfg = site_config(tmp_path, cache)
     events: list[Event] = []
-    pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), broken, detector,
+    pipeline = make_pipeline(cfg, file_capture(cfg, clips["door"]), broken,
                              enroll(tmp_path, "obama.jpg"), events)
     started = time.monotonic()
     pipeline.start()

@@ -69,7 +69,7 @@ def test_a_blink_is_evidence_and_a_steady_stare_is_not(landmarks, cfg):
     assert verdicts[-1].cue == "blink" and 0.7 < verdicts[-1].first_wait_s < 0.9
 
 
-def _site(root, liveness: bool):
+def _site(root, liveness: bool, extra: str = ""):
     return write_site(root, f"""
 tts:
   enabled: false
@@ -77,7 +77,7 @@ access_log:
   path: log.sqlite
 liveness:
   enabled: {'true' if liveness else 'false'}
-""")
+{extra}""")
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +95,22 @@ def _events(site, source, *extra):
 
 
 def test_photo_attack_is_denied_for_no_liveness(tmp_path, attack_clip):
-    events = _events(_site(tmp_path, liveness=True), attack_clip)
+    events = _events(_site(tmp_path, liveness=True, extra="  challenge: \"off\"\n"), attack_clip)
     assert not [e for e in events if e["event"] == "unlock"]
     denied = [e for e in events if e["event"] == "denied"]
     assert denied and denied[0]["name"] == "obama" and denied[0]["detail"].startswith("no liveness")
-    asked = [e for e in events if e["event"] == "challenge"]  # no cue after challenge_after_s: the door asks, once
-    assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values() and asked[0]["track"] == denied[0]["track"]
+
+
+def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, attack_clip):
+    """With no cue the door asks for an action, once; a photo moved by hand cannot perform it in time."""
+    extra = "  challenge_after_s: 1.0\n  challenge_deadline_s: 3.0\n"
+    events = _events(_site(tmp_path, liveness=True, extra=extra), attack_clip)
+    assert not [e for e in events if e["event"] == "unlock"]
+    asked = [e for e in events if e["event"] == "challenge"]
+    assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values()
+    denied = [e for e in events if e["event"] == "denied"]
+    assert denied and denied[0]["name"] == "obama" and denied[0]["track"] == asked[0]["track"]
+    assert denied[0]["detail"].startswith("spoof (challenge failed"), denied[0]
 
 
 def test_same_clip_without_liveness_unlocks(tmp_path, attack_clip):

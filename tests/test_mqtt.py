@@ -117,7 +117,8 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
     after the first unlock reaches it; the door keeps deciding; the second unlock, queued while the
     broker was away, arrives once it is back."""
     from door_access.democlip import Segment, write_clip
-    from door_access.runner import build_pipeline
+    from door_access.app import build_pipeline
+    from door_access.runner import open_capture
 
     images = tmp_path / "images" / "obama"
     images.mkdir(parents=True)
@@ -134,7 +135,7 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
     hub = Listener(broker.port, "door-access/lobby/#", client_id="test-hub", persistent=True)
     topics = Topics(cfg.mqtt, "lobby")
     events: list[Event] = []
-    pipeline = build_pipeline(cfg, cfg.path("images"), str(clip), realtime=True, emit=events.append)
+    pipeline = build_pipeline(cfg, cfg.path("images"), open_capture(cfg, str(clip), realtime=True), events.append)
     pipeline.start()
     try:
         def unlocks_on_mqtt():

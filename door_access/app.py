@@ -1,0 +1,66 @@
+"""The composition root: loads the models, builds the gallery, opens the access log and wires the door.
+
+Everything that reads a model, a folder or a database, or talks to the network, is made here,
+once, and handed to the `Pipeline`, which only runs the stages. The capture is opened before
+this is called (see `runner.open_capture`), so a missing camera is reported before any model loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .capture import Capture
+from .config import Config
+from .core import UNLOCK, Event
+from .quiet import native_stderr_silenced
+
+if TYPE_CHECKING:
+    from .facenet import FaceEncoder
+    from .pipeline import Pipeline
+
+
+def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callable[[Event], None] | None = None,
+                   *, encoder: FaceEncoder | None = None, challenge_action: str | None = None) -> Pipeline:
+    """The door, wired and ready to `start()`. `encoder` reuses a loaded model (tests, evaluations);
+    `challenge_action` fixes the liveness challenge (evaluations on clips that perform a known action)."""
+    with native_stderr_silenced():  # TensorFlow's import and first use print a page of notices
+        from .facenet import FaceEncoder
+        from .pipeline import Parts, Pipeline
+
+        encoder = encoder or FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    from .access_log import AccessLog
+    from .actions import Speaker
+    from .detection import FaceDetector
+    from .gallery import GalleryBuilder, GalleryWatcher
+    from .liveness import LivenessChecker
+    from .policy import PolicyFile
+    from .recognizer import Recognizer
+    from .spoof import SpoofChecker
+
+    weights, live = cfg.path("weights"), cfg.liveness
+    # dlib objects are not thread-safe: the gallery watcher gets a detector of its own
+    watcher = GalleryWatcher(GalleryBuilder(cfg, FaceDetector(cfg.detection, weights), encoder), images_dir,
+                             cfg.pipeline.gallery_poll_s)
+    recognizer = Recognizer(watcher.load(), cfg.recognition.threshold, cfg.recognition.margin)
+    parts = Parts(
+        encoder=encoder,
+        detector=FaceDetector(cfg.detection, weights),
+        liveness=LivenessChecker(live, weights, challenge_action) if live.enabled else None,
+        spoof=SpoofChecker(cfg.spoof) if live.enabled and cfg.spoof.enabled else None,
+        policy=PolicyFile(cfg.path("people")),  # per-person days/hours/doors (people.yaml)
+        watcher=watcher,
+        recognizer=recognizer,
+        access_log=AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id),
+        speaker=Speaker(cfg.tts, cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None),
+    )
+    pipeline = Pipeline(cfg, capture, parts, emit)
+    if cfg.mqtt.enabled:  # events out, commands in; the door never waits for the broker
+        from .mqtt import MqttBridge, door_commands
+
+        pipeline.attach_mqtt(MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
+            lambda: pipeline.notify(UNLOCK, detail="source: remote"),
+            lambda: pipeline.door.lock("remote lock"),
+            pipeline.reload_gallery), base_dir=cfg.base_dir))
+    return pipeline
