@@ -241,12 +241,7 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    node = compose_yaml(text, path)
     values = _build(Config, node, "", path, skip={"base_dir"}) if node is not None else {}
     cfg = Config(**values, base_dir=path.resolve().parent)
     if cfg.voting.required > cfg.voting.window:
@@ -277,6 +272,16 @@ def _line_of(node, *keys: str) -> str:
             return found
         found, node = f" line {match[0].start_mark.line + 1}", match[1]
     return found
+
+
+def compose_yaml(text: str, path: Path | str) -> yaml.Node | None:
+    """The YAML node tree of `text` (keeping line numbers for messages); ConfigError on a syntax error."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
 
 
 def _build(cls, node, prefix: str, path: Path, skip=frozenset()) -> dict:

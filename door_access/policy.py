@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError
+from .config import ConfigError, compose_yaml
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,7 @@ class Policy:
 
 def parse_policy(text: str, path: Path | str) -> Policy:
     """Parse people.yaml text; ConfigError names the file and line of the first problem."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    node = compose_yaml(text, path)
     if node is None:
         return Policy()
     if not isinstance(node, yaml.MappingNode):
