@@ -138,7 +138,7 @@ class LivenessConfig:
     parallax_threshold: float = meta(0.06, lo=0.01, hi=1.0)
     parallax_min_turn: float = meta(0.2, lo=0.01, hi=1.0)
     challenge: str = meta("on_doubt", choices=("off", "on_doubt", "always"))
-    challenge_after_s: float = meta(3.0, lo=0.0)
+    challenge_after_s: float = meta(3.5, lo=0.0)
     challenge_deadline_s: float = meta(6.0, lo=0.5, hi=60.0)
     challenge_turn: float = meta(0.3, lo=0.05, hi=1.0)
     challenge_look_up: float = meta(0.08, lo=0.02, hi=1.0)

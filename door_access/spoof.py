@@ -223,8 +223,9 @@ class SpoofChecker:
         s = self.tracks.get(track)
         if s is None or s.fired:
             return None
-        for cue, q in s.hits.items():
-            if len(q) >= 3 and sum(hit for _, hit in q) >= self.cfg.doubt_fraction * len(q):
+        for cue, q in s.hits.items():  # judged, like a DENY, only over a whole sustain_s of tests
+            if (q and q[-1][0] - q[0][0] >= 0.8 * self.cfg.sustain_s
+                    and sum(hit for _, hit in q) >= self.cfg.doubt_fraction * len(q)):
                 return cue
         return None
 
