@@ -27,9 +27,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
+from .door import LOCKED, RELOCK_FAILING, UNLOCKED
 
 # BGR, as OpenCV draws
 GREEN, RED, GREY, WHITE, AMBER = (60, 200, 60), (40, 40, 220), (160, 160, 160), (255, 255, 255), (0, 190, 255)
+DOOR_BADGES = {LOCKED: ("LOCKED", RED), UNLOCKED: ("UNLOCKED", GREEN), RELOCK_FAILING: ("RELOCK FAILING", AMBER)}
 
 IDLE, LOOK, HOLD, CHALLENGE_STATE, WELCOME, NOT_RECOGNISED, LOCKOUT, NO_CAMERA = (
     "idle", "look", "hold", "challenge", "welcome", "not_recognised", "lockout", "camera_lost")
@@ -166,8 +168,9 @@ def _blit(img: np.ndarray, mask: np.ndarray, x: int, y: int, color, background=N
     region[:] = (region * (1.0 - a) + np.asarray(color, np.float32) * a).astype(np.uint8)
 
 
-def render(image: np.ndarray, status: Status, faces: list[FaceView], unlocked: bool, mirror: bool = True) -> np.ndarray:
-    """The window's picture: a (mirrored) copy of `image` with boxes, names, door state and status line."""
+def render(image: np.ndarray, status: Status, faces: list[FaceView], door: str, mirror: bool = True) -> np.ndarray:
+    """The window's picture: a (mirrored) copy of `image` with boxes, names, the door controller's
+    state (`door.LOCKED`, `UNLOCKED` or `RELOCK_FAILING`) and the status line."""
     img = cv2.flip(image, 1) if mirror else image.copy()
     h, w = img.shape[:2]
     label_size = max(12, h // 30)
@@ -182,7 +185,7 @@ def render(image: np.ndarray, status: Status, faces: list[FaceView], unlocked: b
             _blit(img, mask, x, b.y - mask.shape[0] if b.y >= mask.shape[0] else b.y + b.h, WHITE, color)
 
     # the door state, top right
-    state, color = ("UNLOCKED", GREEN) if unlocked else ("LOCKED", RED)
+    state, color = DOOR_BADGES.get(door, DOOR_BADGES[RELOCK_FAILING])  # an unknown state is not shown as locked
     mask = text_mask(state, max(14, h // 20))
     _blit(img, mask, w - mask.shape[1] - h // 40, h // 40, WHITE, color)
 

@@ -27,7 +27,6 @@ from .core import (CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SI
                    Notice)
 from .decision import Decider
 from .detection import FaceDetector
-from .door import LOCKED
 from .facenet import FaceEncoder
 from .gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
 from .liveness import LivenessChecker, eye_distance
@@ -355,10 +354,6 @@ class Pipeline:
     def labels(self) -> dict[int, tuple[str | None, float]]:
         """Track -> latest (name, distance), for the window (read from the tracks' records)."""
         return {i: tr.label for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
-
-    def door_unlocked(self) -> bool:
-        """The door controller's state (the door may be open while a relock keeps failing)."""
-        return self.door.state() != LOCKED
 
 
 def fan_out(*sinks: Callable[[Event], None] | None) -> Callable[[Event], None] | None:

@@ -152,10 +152,10 @@ def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: C
         faces = [FaceView(f.track, f.box, *labels.get(f.track, (None, None)),
                           challenge=f.live.challenge if f.live is not None else None) for f in item.faces]
         now = status.status(pipeline.clock()[0], faces)
-        unlocked = pipeline.door_unlocked()
-        if item is not shown or (now, unlocked) != shown_state:
-            window.show(render(item.frame.image, now, faces, unlocked, cfg.display.mirror))
-            shown, shown_state = item, (now, unlocked)
+        door = pipeline.door.state()  # the door controller owns it: locked, unlocked or relock failing
+        if item is not shown or (now, door) != shown_state:
+            window.show(render(item.frame.image, now, faces, door, cfg.display.mirror))
+            shown, shown_state = item, (now, door)
         return True
 
     return tick

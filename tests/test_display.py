@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
+from door_access.door import LOCKED, RELOCK_FAILING, UNLOCKED
 from door_access.display import (AMBER, CHALLENGE_STATE, GREEN, GREY, HOLD, IDLE, LOCKOUT, LOOK, NO_CAMERA,
                                   NOT_RECOGNISED, RED, WELCOME, WHITE, FaceView, StatusModel, Ticker,
                                   challenge_text, font_path, render, text_mask)
@@ -132,7 +133,7 @@ def test_each_state_writes_a_large_status_line_in_its_colour(frame, state):
         model.feed(e)
     status = model.status(0.5, faces)
     assert status.state == state
-    out = render(frame, status, faces, unlocked=state == WELCOME)
+    out = render(frame, status, faces, door=UNLOCKED if state == WELCOME else LOCKED)
     band = _band(out)
     ink = _near(band, color, tol=30)
     rows, cols = np.nonzero(ink)
@@ -149,7 +150,7 @@ def test_different_messages_differ_on_screen(frame):
         model = StatusModel()
         for e in events:
             model.feed(e)
-        texts[state] = _band(render(frame, model.status(0.5, faces), faces, unlocked=False))
+        texts[state] = _band(render(frame, model.status(0.5, faces), faces, door=LOCKED))
     states = list(texts)
     for i, a in enumerate(states):
         for b in states[i + 1:]:
@@ -162,9 +163,9 @@ def test_preview_is_mirrored_with_boxes_names_and_the_door_state(frame):
     known = FaceView(1, Box(60, 80, 100, 100), "lin_manuel", 0.41)
     stranger = FaceView(2, Box(400, 100, 90, 90), None, 1.3)
     model = StatusModel()
-    out = render(frame, model.status(0.0, [known, stranger]), [known, stranger], unlocked=True)
+    out = render(frame, model.status(0.0, [known, stranger]), [known, stranger], door=UNLOCKED)
     assert out.shape == frame.shape
-    plain = render(frame, model.status(0.0, []), [], unlocked=False)
+    plain = render(frame, model.status(0.0, []), [], door=LOCKED)
     # mirrored: an area without overlays is the frame flipped left to right
     assert np.array_equal(plain[h // 3:h // 2, w // 3:w // 2], cv2.flip(frame, 1)[h // 3:h // 2, w // 3:w // 2])
     # boxes land where the face is in the mirror image: the known face's left edge at w - x - w_box
@@ -177,8 +178,10 @@ def test_preview_is_mirrored_with_boxes_names_and_the_door_state(frame):
     # the door state badge, top right: green when unlocked, red when locked
     corner = (slice(0, h // 8), slice(w - w // 4, w))
     assert _near(out[corner], GREEN, 10).sum() > 200 and _near(plain[corner], RED, 10).sum() > 200
+    failing = render(frame, model.status(0.0, []), [], door=RELOCK_FAILING)  # a relock that keeps failing: amber
+    assert _near(failing[corner], AMBER, 10).sum() > 200 and _near(failing[corner], GREEN, 10).sum() == 0
     assert np.array_equal(frame, original)  # the input is not drawn on
-    not_mirrored = render(frame, model.status(0.0, []), [], unlocked=False, mirror=False)
+    not_mirrored = render(frame, model.status(0.0, []), [], door=LOCKED, mirror=False)
     assert np.array_equal(not_mirrored[h // 3:h // 2, w // 3:w // 2], frame[h // 3:h // 2, w // 3:w // 2])
 
 
@@ -186,6 +189,6 @@ def test_long_names_shrink_to_fit_and_the_font_is_truetype(frame):
     assert font_path() is not None and font_path().name == "DejaVuSans-Bold.ttf"
     model = StatusModel()
     model.feed(ev(UNLOCK, 0.0, "Maximilian_Alexander_von_Humboldt_Bonaparte"))
-    out = render(frame, model.status(0.1, []), [], unlocked=True)
+    out = render(frame, model.status(0.1, []), [], door=UNLOCKED)
     cols = np.nonzero(_near(_band(out), GREEN, 30))[1]
     assert cols.min() > 0 and cols.max() < out.shape[1] - 1  # nothing cut off at the edges
