@@ -84,6 +84,7 @@ class Capture:
         self.frames_in = 0
         self.dropped = 0
         self.fps = 0.0
+        self.size = (0, 0)  # (width, height) as opened, so no other thread touches the device
         self.started_at = 0.0  # monotonic time of the first read: frame i of a realtime file is due i/fps later
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,6 +101,7 @@ class Capture:
             if is_device(self.source):
                 raise SourceError(f"no camera at {self.source}: plug one in, or use --source FILE_OR_URL")
             raise SourceError(f"cannot open video source '{self.source}'")
+        self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))  # (w, h)
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         if not 1.0 <= self.fps <= 240.0:
             self.fps = 30.0

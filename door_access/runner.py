@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 
 from .capture import Capture, parse_source
 from .config import Config
@@ -77,7 +76,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     if status is not None:
         from .display import Window
 
-        width, height = _resolution(capture)
+        width, height = capture.size
         scale = max(1.0, 720 / height) if height else 1.0  # a small frame gets a readable window
         window = Window(cfg.display.fullscreen or fullscreen, (int(width * scale), int(height * scale)))
 
@@ -87,7 +86,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         pipeline.start()
-        width, height = _resolution(capture)
+        width, height = capture.size
         log.info("ready: %s %s at %dx%d, %d people enrolled%s",
                  "camera" if isinstance(capture.source, int) else "source", source, width, height,
                  len(pipeline.recognizer.people), "; q or Esc quits" if window else "")
@@ -123,13 +122,6 @@ def _stop_handler(pipeline: Pipeline):
         pipeline.stop_event.set()
 
     return handler
-
-
-def _resolution(capture: Capture) -> tuple[int, int]:
-    cap = getattr(capture, "_cap", None)
-    if cap is None:
-        return 0, 0
-    return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
 
 
 def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: Config) -> Callable[[], bool]:
