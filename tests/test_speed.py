@@ -11,7 +11,7 @@ import dlib
 import numpy as np
 import pytest
 
-from door_access.bench import parse_sizes, scaled_clip
+from door_access.bench import parse_sizes, scaled_clip, sizes_table
 from door_access.capture import Capture, request_format
 from door_access.config import DetectionConfig
 from door_access.detection import FaceDetector
@@ -56,6 +56,19 @@ def test_sizes_are_parsed_and_bad_ones_named():
     assert parse_sizes("640x360, 1280x720") == [(640, 360), (1280, 720)]
     with pytest.raises(ValueError, match="'720p'"):
         parse_sizes("1280x720,720p")
+
+
+def test_the_sizes_table_shows_both_modes_and_the_ratio_per_size():
+    run = {"processed_fps": 29.9, "frames_dropped": 1, "latency_p50_s": 0.42, "cpu_ms_per_frame": 12.3}
+    result = {"machine": {"cpus": 2, "load_avg_before": [1.0], "load_avg_after": [2.0], "max_side": 640,
+                          "upsample": 0},
+              "sizes": {"640x360": {"realtime": run, "throughput": {**run, "processed_fps": 101.0},
+                                    "peer": {"fps": 16.3, "cpu_ms_per_frame": 60.2}, "ratio": 6.2, "cpu_ratio": 4.9},
+                        "1920x1080": {"realtime": {**run, "latency_p50_s": None}, "throughput": run}}}
+    lines = sizes_table(result).splitlines()
+    assert len(lines) == 4
+    assert "29.9" in lines[2] and "101.0" in lines[2] and "16.3" in lines[2] and "6.2x" in lines[2]
+    assert lines[3].split("|")[0].strip() == "1920x1080" and "nan" in lines[3]  # no peer: no ratio
 
 
 def clip_frames(n: int, size=None) -> list[np.ndarray]:
