@@ -45,6 +45,7 @@ class DetectionConfig:
     upsample: int = meta(0, lo=0, hi=3)
     max_side: int = meta(640, lo=160, hi=4096)
     workers: int = meta(2, lo=1, hi=8)
+    full_scan_every: int = meta(4, lo=1, hi=30)
     photo_upsample: int = meta(1, lo=0, hi=3)
     photo_max_side: int = meta(1024, lo=160)
     min_face: int = meta(32, lo=8)

@@ -1,5 +1,8 @@
 """Face detection on more than one core, with the frames handed on in their own order.
 
+Each frame is shrunk to `detection.max_side` and searched whole every `full_scan_every` frames;
+in between only around the faces being tracked (scan.py): HOG costs what it scans.
+
 dlib's HOG detector holds the GIL: two threads detect no faster than one (measured on the
 real clip: 40 frames took 1.24 s on one thread and 1.24 s on two). So with `workers` >= 2
 each lane is a thread that feeds its own detector *process*: a lane takes the next frame
@@ -19,9 +22,12 @@ import threading
 from collections.abc import Callable
 
 import cv2
+import numpy as np
 
 from .capture import END
+from .core import Box
 from .detection import FaceDetector, scale_rects, shrink
+from .scan import REGION_PAD, is_full_scan, regions_around, to_frame
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +37,20 @@ READY_S = 60.0
 
 
 def _hog_process(conn, upsample: int) -> None:
-    """A detector process: frames in, (left, top, right, bottom) tuples out, until None or EOF."""
+    """A detector process: a list of images in, a list of (left, top, right, bottom) tuples per image
+    out, until None or EOF."""
     import dlib
 
     hog = dlib.get_frontal_face_detector()
     conn.send("ready")
     while True:
         try:
-            small = conn.recv()
+            images = conn.recv()
         except (EOFError, OSError):
             return
-        if small is None:
+        if images is None:
             return
-        conn.send([(r.left(), r.top(), r.right(), r.bottom()) for r in hog(small, upsample)])
+        conn.send([[(r.left(), r.top(), r.right(), r.bottom()) for r in hog(img, upsample)] for img in images])
 
 
 class DetectedFrames:
@@ -51,19 +58,25 @@ class DetectedFrames:
 
     `get(timeout)` behaves like `queue.Queue.get` (raises `queue.Empty`) and returns END after
     the last frame of a file. `lanes()` gives the thread bodies; the pipeline runs them, so a lane
-    that fails (e.g. its process died) stops the app like any other stage.
+    that fails (e.g. its process died) stops the app like any other stage. `tracked()` gives the
+    boxes of the faces being tracked (frame pixels), searched on the frames between full scans;
+    without it every frame is scanned whole.
     """
 
-    def __init__(self, frames: queue.Queue, detector: FaceDetector, workers: int, stop: threading.Event):
+    def __init__(self, frames: queue.Queue, detector: FaceDetector, workers: int, stop: threading.Event,
+                 tracked: Callable[[], list[Box]] | None = None):
         self.frames = frames
         self.detector = detector
         self.stop = stop
+        self.tracked = tracked
+        self.every = detector.cfg.full_scan_every if tracked is not None else 1
         self.workers = workers if detector.cfg.model == "hog" else 1
         self._take = threading.Lock()  # a lane takes a frame and its sequence number together
         self._ready = threading.Condition()
         self._results: dict[int, object] = {}
         self._taken = 0
         self._next = 0
+        self._last_full = 0  # sequence number of the latest frame taken for a full scan
         self._procs: list = []
         self._conns: list = []
 
@@ -98,29 +111,61 @@ class DetectedFrames:
                     continue
                 seq = self._taken
                 self._taken += 1
+                full = is_full_scan(seq, self.every)
+                if full:
+                    self._last_full = seq
+                last_full = self._last_full
             if frame is END:
                 self._deposit(seq, END)
                 return
             rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
-            if conn is None:
-                rects = self.detector.detect(rgb)
+            scale = self.detector.video_scale(rgb.shape)
+            small = shrink(rgb, scale)
+            h, w = small.shape[:2]
+            if full:
+                regions = [(0, 0, w, h)]
             else:
-                scale = self.detector.video_scale(rgb.shape)
-                proc = self._procs[i]
-                try:
-                    conn.send(shrink(rgb, scale))
-                    while not conn.poll(POLL_S):
-                        if self.stop.is_set():
-                            return
-                        if not proc.is_alive():
-                            raise EOFError
-                    rects = scale_rects(conn.recv(), scale)
-                except (EOFError, OSError) as exc:
-                    if self.stop.is_set():  # closed while stopping
-                        return
-                    proc.join(JOIN_S)
-                    raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
+                known = self._known(last_full)
+                if known is None:
+                    return  # stopping
+                regions = regions_around(known, scale, REGION_PAD, w, h)
+            crops = [small if r == (0, 0, w, h) else np.ascontiguousarray(small[r[1]:r[3], r[0]:r[2]]) for r in regions]
+            found = self._search(i, conn, crops) if crops else []
+            if found is None:
+                return  # stopping
+            rects = scale_rects([e for r, f in zip(regions, found) for e in to_frame(f, r)], scale)
             self._deposit(seq, (frame, rgb, rects))
+
+    def _known(self, last_full: int) -> list[Box] | None:
+        """The faces to search for between full scans: once the latest full scan is done (a face
+        that just appeared is in no track yet), the tracks' boxes and those of the frames detected
+        but not yet handed on (the tracker has not seen them). None when stopping."""
+        with self._ready:
+            while not (last_full < self._next or last_full in self._results):
+                if self.stop.is_set():
+                    return None
+                self._ready.wait(POLL_S)
+            pending = [item[2] for item in self._results.values() if item is not END]
+        return self.tracked() + [Box(r.left(), r.top(), r.width(), r.height()) for rects in pending for r in rects]
+
+    def _search(self, i: int, conn, crops: list[np.ndarray]) -> list[list[tuple]] | None:
+        """HOG on each crop, in this thread or in lane i's process; None when stopping."""
+        if conn is None:
+            return [self.detector.detect_small(c) for c in crops]
+        proc = self._procs[i]
+        try:
+            conn.send(crops)
+            while not conn.poll(POLL_S):
+                if self.stop.is_set():
+                    return None
+                if not proc.is_alive():
+                    raise EOFError
+            return conn.recv()
+        except (EOFError, OSError) as exc:
+            if self.stop.is_set():  # closed while stopping
+                return None
+            proc.join(JOIN_S)
+            raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
 
     def _deposit(self, seq: int, item) -> None:
         with self._ready:

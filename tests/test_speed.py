@@ -14,8 +14,11 @@ import pytest
 from door_access.bench import parse_sizes, scaled_clip, sizes_table
 from door_access.capture import Capture, request_format
 from door_access.config import DetectionConfig
+from door_access.core import Box
 from door_access.detection import FaceDetector
 from door_access.parallel_detection import DetectedFrames
+from door_access.scan import is_full_scan, regions_around, to_frame
+from door_access.tracking import Tracker
 
 from conftest import REPO, SHARED_DATA
 
@@ -71,6 +74,34 @@ def test_the_sizes_table_shows_both_modes_and_the_ratio_per_size():
     assert lines[3].split("|")[0].strip() == "1920x1080" and "nan" in lines[3]  # no peer: no ratio
 
 
+def test_every_nth_frame_is_scanned_whole_and_1_means_all():
+    assert [seq for seq in range(10) if is_full_scan(seq, 4)] == [0, 4, 8]
+    assert all(is_full_scan(seq, 1) for seq in range(5))
+
+
+def test_a_region_is_the_tracked_box_shrunk_padded_and_clipped_to_the_frame():
+    # 1920x1080 shrunk by 3 to 640x360: a 300 px face at (600, 300) is 100 px at (200, 100)
+    assert regions_around([Box(600, 300, 300, 300)], 3.0, 0.5, 640, 360) == [(150, 50, 350, 250)]
+    # near the corner: clipped, never outside the frame
+    assert regions_around([Box(30, 1020, 300, 60)], 3.0, 0.5, 640, 360) == [(0, 330, 160, 360)]
+    # a box entirely outside the frame searches nothing
+    assert regions_around([Box(2000, 0, 50, 50)], 3.0, 0.5, 640, 360) == []
+
+
+def test_overlapping_regions_merge_so_no_face_is_found_twice():
+    boxes = [Box(100, 100, 80, 80), Box(200, 110, 80, 80), Box(330, 100, 60, 60)]
+    # the first two grow into each other (and the merged one reaches the third's region)
+    assert regions_around(boxes[:2], 1.0, 0.5, 640, 360) == [(60, 60, 320, 230)]
+    assert regions_around(boxes, 1.0, 0.5, 640, 360) == [(60, 60, 420, 230)]
+    assert regions_around([Box(0, 0, 40, 40), Box(400, 200, 40, 40)], 1.0, 0.5, 640, 360) == \
+        [(0, 0, 60, 60), (380, 180, 460, 260)]
+
+
+def test_faces_found_in_a_region_come_back_in_the_frame_pixels():
+    assert to_frame([(10, 20, 90, 100)], (150, 50, 350, 250)) == [(160, 70, 240, 150)]
+    assert to_frame([], (150, 50, 350, 250)) == []
+
+
 def clip_frames(n: int, size=None) -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(CLIP))
     frames = []
@@ -105,16 +136,15 @@ def test_a_1080p_frame_is_detected_at_max_side_and_boxes_come_back_in_its_pixels
     assert found > 0
 
 
-@pytest.mark.model
-@needs_clip
-def test_two_detector_processes_hand_frames_on_in_order_with_the_same_faces():
-    detector = FaceDetector(DetectionConfig(workers=2), REPO / "weights")
+def detect_clip(detector: FaceDetector, workers: int, tracker: Tracker | None = None, procs: list | None = None):
+    """(frame, rgb, rects) for every frame of the clip from DetectedFrames; with `tracker`, the
+    tracker is fed in order, as the pipeline does, and its boxes are searched between full scans."""
     capture = Capture(str(CLIP), realtime=False, lost_after_s=3.0, reconnect_min_s=0.5, reconnect_max_s=1.0)
     stop = threading.Event()
-    detected = DetectedFrames(capture.frames, detector, 2, stop)
+    detected = DetectedFrames(capture.frames, detector, workers, stop, tracker.boxes if tracker else None)
     detected.start_processes()
-    procs = list(detected._procs)
-    assert len(procs) == 2
+    if procs is not None:
+        procs.extend(detected._procs)
     lanes = [threading.Thread(target=lane, daemon=True) for lane in detected.lanes()]
     for lane in lanes:
         lane.start()
@@ -128,6 +158,8 @@ def test_two_detector_processes_hand_frames_on_in_order_with_the_same_faces():
                 continue
             if item is None:  # END: the file is over
                 break
+            if tracker:
+                tracker.update([Box(r.left(), r.top(), r.width(), r.height()) for r in item[2]], item[0].t)
             out.append(item)
     finally:
         stop.set()
@@ -135,6 +167,16 @@ def test_two_detector_processes_hand_frames_on_in_order_with_the_same_faces():
         for lane in lanes:
             lane.join(1.0)
         detected.close()
+    return out
+
+
+@pytest.mark.model
+@needs_clip
+def test_two_detector_processes_hand_frames_on_in_order_with_the_same_faces():
+    detector = FaceDetector(DetectionConfig(workers=2), REPO / "weights")
+    procs = []
+    out = detect_clip(detector, 2, procs=procs)
+    assert len(procs) == 2
     total = int(cv2.VideoCapture(str(CLIP)).get(cv2.CAP_PROP_FRAME_COUNT))
     assert [frame.index for frame, _, _ in out] == list(range(total))  # every frame of the file, in order
     in_thread = FaceDetector(DetectionConfig(), REPO / "weights")
@@ -142,6 +184,29 @@ def test_two_detector_processes_hand_frames_on_in_order_with_the_same_faces():
         assert [edges(r).tolist() for r in rects] == [edges(r).tolist() for r in in_thread.detect(rgb)]
     assert sum(len(r) for _, _, r in out) > 0
     assert not any(p.is_alive() for p in procs)  # closed with the pipeline
+
+
+def iou(a: dlib.rectangle, b: dlib.rectangle) -> float:
+    return Box(a.left(), a.top(), a.width(), a.height()).iou(Box(b.left(), b.top(), b.width(), b.height()))
+
+
+@pytest.mark.model
+@needs_clip
+@pytest.mark.parametrize("workers", [1, 2])
+def test_between_full_scans_the_tracked_faces_are_found_in_their_regions(workers):
+    detector = FaceDetector(DetectionConfig(workers=workers, full_scan_every=4), REPO / "weights")
+    out = detect_clip(detector, workers, Tracker(0.3, 1.0, 8.0))
+    in_thread = FaceDetector(DetectionConfig(), REPO / "weights")
+    full = [in_thread.detect(rgb) for _, rgb, _ in out]
+    found = [[max((iou(a, b) for b in rects), default=0.0) >= 0.5 for a in f] for f, (_, _, rects) in zip(full, out)]
+    total, kept = sum(map(len, found)), sum(map(sum, found))
+    assert total > 100
+    # measured: 149 of 154 with 1 or 2 lanes; the misses are faces first seen between full scans, and HOG flickers
+    assert kept >= 0.95 * total, (kept, total)
+    for _, _, rects in out:  # merged regions: never the same face twice
+        assert all(iou(a, b) < 0.5 for i, a in enumerate(rects) for b in rects[i + 1:])
+    for frame, _, rects in out[::4]:  # full scans: what a full scan finds, so a new face is found within 4 frames
+        assert [edges(r).tolist() for r in rects] == [edges(r).tolist() for r in full[frame.index]]
 
 
 @pytest.mark.model
