@@ -1,7 +1,7 @@
 """Face detection on more than one core, with the frames handed on in their own order.
 
 Each frame is shrunk to `detection.max_side` and searched whole every `full_scan_every` frames;
-in between only around the faces being tracked (scan.py): HOG costs what it scans.
+in between only around the faces found just before (scan.py): HOG costs what it scans.
 
 dlib's HOG detector holds the GIL: two threads detect no faster than one (measured on the
 real clip: 40 frames took 1.24 s on one thread and 1.24 s on two). So with `workers` >= 2
@@ -27,7 +27,7 @@ import numpy as np
 from .capture import END
 from .core import Box
 from .detection import FaceDetector, scale_rects, shrink
-from .scan import REGION_PAD, is_full_scan, regions_around, to_frame
+from .scan import REGION_PAD, is_full_scan, regions_around, searched_after, to_frame
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +58,25 @@ class DetectedFrames:
 
     `get(timeout)` behaves like `queue.Queue.get` (raises `queue.Empty`) and returns END after
     the last frame of a file. `lanes()` gives the thread bodies; the pipeline runs them, so a lane
-    that fails (e.g. its process died) stops the app like any other stage. `tracked()` gives the
-    boxes of the faces being tracked (frame pixels), searched on the frames between full scans;
-    without it every frame is scanned whole.
+    that fails (e.g. its process died) stops the app like any other stage.
+
+    What a frame between full scans searches depends only on earlier frames' results (`scan.
+    searched_after`), never on how far another lane has got: a file gives the same faces on any
+    machine, at any load.
     """
 
-    def __init__(self, frames: queue.Queue, detector: FaceDetector, workers: int, stop: threading.Event,
-                 tracked: Callable[[], list[Box]] | None = None):
+    def __init__(self, frames: queue.Queue, detector: FaceDetector, workers: int, stop: threading.Event):
         self.frames = frames
         self.detector = detector
         self.stop = stop
-        self.tracked = tracked
-        self.every = detector.cfg.full_scan_every if tracked is not None else 1
+        self.every = detector.cfg.full_scan_every
         self.workers = workers if detector.cfg.model == "hog" else 1
         self._take = threading.Lock()  # a lane takes a frame and its sequence number together
         self._ready = threading.Condition()
         self._results: dict[int, object] = {}
         self._taken = 0
         self._next = 0
-        self._last_full = 0  # sequence number of the latest frame taken for a full scan
+        self._found: dict[int, list[Box]] = {}  # sequence number -> faces found, for the last few frames
         self._procs: list = []
         self._conns: list = []
 
@@ -111,10 +111,6 @@ class DetectedFrames:
                     continue
                 seq = self._taken
                 self._taken += 1
-                full = is_full_scan(seq, self.every)
-                if full:
-                    self._last_full = seq
-                last_full = self._last_full
             if frame is END:
                 self._deposit(seq, END)
                 return
@@ -122,10 +118,10 @@ class DetectedFrames:
             scale = self.detector.video_scale(rgb.shape)
             small = shrink(rgb, scale)
             h, w = small.shape[:2]
-            if full:
+            if is_full_scan(seq, self.every):
                 regions = [(0, 0, w, h)]
             else:
-                known = self._known(last_full)
+                known = self._known(seq)
                 if known is None:
                     return  # stopping
                 regions = regions_around(known, scale, REGION_PAD, w, h)
@@ -134,19 +130,19 @@ class DetectedFrames:
             if found is None:
                 return  # stopping
             rects = scale_rects([e for r, f in zip(regions, found) for e in to_frame(f, r)], scale)
-            self._deposit(seq, (frame, rgb, rects))
+            self._deposit(seq, (frame, rgb, rects), [Box(r.left(), r.top(), r.width(), r.height()) for r in rects])
 
-    def _known(self, last_full: int) -> list[Box] | None:
-        """The faces to search for between full scans: once the latest full scan is done (a face
-        that just appeared is in no track yet), the tracks' boxes and those of the frames detected
-        but not yet handed on (the tracker has not seen them). None when stopping."""
+    def _known(self, seq: int) -> list[Box] | None:
+        """The faces found in the earlier frames that frame `seq` searches around, once they are
+        all done (one of them may be a full scan still running in the other lane: waiting for it
+        means a face that just appeared is searched at once). None when stopping."""
+        sources = searched_after(seq, self.every)
         with self._ready:
-            while not (last_full < self._next or last_full in self._results):
+            while not all(j in self._found for j in sources):
                 if self.stop.is_set():
                     return None
                 self._ready.wait(POLL_S)
-            pending = [item[2] for item in self._results.values() if item is not END]
-        return self.tracked() + [Box(r.left(), r.top(), r.width(), r.height()) for rects in pending for r in rects]
+            return [box for j in sources for box in self._found[j]]
 
     def _search(self, i: int, conn, crops: list[np.ndarray]) -> list[list[tuple]] | None:
         """HOG on each crop, in this thread or in lane i's process; None when stopping."""
@@ -167,8 +163,12 @@ class DetectedFrames:
             proc.join(JOIN_S)
             raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
 
-    def _deposit(self, seq: int, item) -> None:
+    def _deposit(self, seq: int, item, found: list[Box] | None = None) -> None:
         with self._ready:
+            if found is not None:
+                self._found[seq] = found
+                for old in [j for j in self._found if j < self._next - self.every]:
+                    del self._found[old]  # every frame not yet handed on searches later ones
             # a lane ahead of the consumer waits, so a file read flat out never piles up frames here
             while seq - self._next >= 2 * self.workers and not self.stop.is_set():
                 self._ready.wait(POLL_S)

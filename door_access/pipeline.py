@@ -120,8 +120,7 @@ class Pipeline:
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
         self.mqtt = None
         self.capture.on_status = self._camera_status
-        self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event,
-                                       self.tracker.boxes)
+        self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event)
         self._threads: list[threading.Thread] = []
 
     def attach_mqtt(self, bridge) -> None:

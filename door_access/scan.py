@@ -1,5 +1,5 @@
 """Where the face detector looks in each frame: all of it every `detection.full_scan_every`
-frames, and in between only a padded region around each face being tracked.
+frames, and in between only a padded region around each face found in the frames just before.
 
 HOG's cost is proportional to the pixels it scans: a whole 640x360 frame takes ~17 ms on
 one core, the region around a 100 px face a few. A region is searched by the same detector
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .core import Box
 
-# Each side of a tracked face is searched this far beyond it, as a fraction of its size: the box
-# comes from a frame 1-4 frames earlier (the lanes run ahead of the tracker). On the Hamilton
+# Each side of a face is searched this far beyond it, as a fraction of its size: the box comes
+# from a frame 1-4 frames earlier. On the Hamilton
 # clip with full scans every 4 frames, 0.5 finds 149 of the 154 faces a full scan of every frame
 # finds (the rest are faces seen first between full scans, and HOG flicker); 0.25 loses 3-5 more
 # and is barely cheaper.
@@ -25,6 +25,15 @@ Region = tuple[int, int, int, int]  # left, top, right, bottom (right and bottom
 def is_full_scan(seq: int, every: int) -> bool:
     """Whether frame number `seq` (in the order frames are taken) gets a whole-frame scan."""
     return every <= 1 or seq % every == 0
+
+
+def searched_after(seq: int, every: int) -> list[int]:
+    """The earlier frames whose faces frame `seq` (between full scans) searches around: those of
+    the last `every` frames but the one just before, which another lane may still be working on,
+    unless that one is a full scan (then it is waited for, so a face that just appeared is found
+    again at once). A fixed rule, so the faces found never depend on how the lanes are timed."""
+    earlier = list(range(max(0, seq - every), seq - 1))
+    return earlier + [seq - 1] if seq >= 1 and is_full_scan(seq - 1, every) else earlier
 
 
 def regions_around(boxes: list[Box], scale: float, pad: float, width: int, height: int) -> list[Region]:

@@ -97,11 +97,6 @@ class Tracker:
                     assigned[bi] = track
             return [assigned[bi] for bi in range(len(boxes))]
 
-    def boxes(self) -> list[Box]:
-        """The boxes of the live tracks (for the detector lanes, on their own threads)."""
-        with self._lock:
-            return [tr.box for tr in self.tracks.values()]
-
     def _jumped(self, old: Box, new: Box) -> bool:
         """A size change between two detections larger than a head moving at a door can make."""
         ratio = max(new.w, 1) / max(old.w, 1)
