@@ -79,6 +79,7 @@ class PipelineConfig:
     batch_size: int = meta(16, lo=1, hi=128)
     batch_wait_ms: float = meta(15.0, lo=0.0, hi=1000.0)
     encodes_per_second: float = meta(8.0, lo=0.1, hi=60.0)
+    settled_encodes_per_second: float = meta(1.0, lo=0.1, hi=60.0)
     track_iou: float = meta(0.3, lo=0.0, hi=1.0)
     track_timeout_s: float = meta(1.0, lo=0.05)
     track_max_scale_step: float = meta(1.3, lo=1.01, hi=4.0)

@@ -109,7 +109,8 @@ class Pipeline:
         self.to_decider: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
 
         p, live = cfg.pipeline, cfg.liveness
-        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step)
+        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step,
+                               p.settled_encodes_per_second)
         self.tracker.on_end.append(self._track_ended)
         self._asked: set[int] = set()  # tracks whose challenge has been announced
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
