@@ -32,7 +32,7 @@ def bench_encoder(cfg: Config, photo: Path | None, repeats: int) -> dict:
 
     photo = photo or testdata_dir(cfg.path("cache")) / "face_recognition" / "obama.jpg"
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
 
     rgb = load_rgb(photo, cfg.photo.max_pixels)
     rects = detector.detect(rgb)
@@ -127,6 +127,7 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool = 
         "frames_in": capture.frames_in,
         "frames_processed": stats.processed,
         "frames_dropped": capture.dropped,
+        "faces_encoded": stats.encoded,
         "processed_fps": round(stats.processed / wall, 2),
         "latency_clock": "wall" if realtime else "video",
         "latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,

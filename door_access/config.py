@@ -78,6 +78,7 @@ class PipelineConfig:
     queue_size: int = meta(4, lo=1, hi=256)
     batch_size: int = meta(16, lo=1, hi=128)
     batch_wait_ms: float = meta(15.0, lo=0.0, hi=1000.0)
+    encoder_threads: int = meta(1, lo=0, hi=256)
     encodes_per_second: float = meta(8.0, lo=0.1, hi=60.0)
     settled_encodes_per_second: float = meta(1.0, lo=0.1, hi=60.0)
     track_iou: float = meta(0.3, lo=0.0, hi=1.0)
