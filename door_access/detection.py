@@ -80,6 +80,14 @@ class FaceDetector:
         box = _clipped_box(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1, rgb.shape)
         return Face(box=box, chip=np.ascontiguousarray(chip), landmarks=points)
 
+    def video_chip(self, bgr: np.ndarray, rect: dlib.rectangle) -> np.ndarray:
+        """The aligned RGB chip of a face in a BGR video frame, without converting the whole frame:
+        dlib's landmarks read a pixel's intensity as (r + g + b) / 3, the same in either order, so
+        only the chip's channels are swapped (identical to `align` on the RGB frame: every face of
+        the Hamilton clip at 1080p, where converting the frame cost 0.5 ms)."""
+        chip = dlib.get_face_chip(bgr, self._predictor(bgr, rect), size=INPUT_SIZE, padding=self.cfg.margin)
+        return np.ascontiguousarray(chip[..., ::-1])
+
     def eye_distance(self, rgb: np.ndarray, rect: dlib.rectangle) -> float:
         """Pixels between the eyes (midpoints of each eye's two corners, 5-point landmarks): the face
         size that decides whether a video face may vote."""

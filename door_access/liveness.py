@@ -122,7 +122,8 @@ class LivenessChecker:
         self.tracks: dict[int, _TrackLiveness] = {}
 
     def landmarks(self, rgb: np.ndarray, rect) -> np.ndarray:
-        """dlib's 68 points of the face in `rect`, (68, 2) float pixels."""
+        """dlib's 68 points of the face in `rect`, (68, 2) float pixels; `rgb` may be BGR too (dlib
+        reads a pixel's intensity as (r + g + b) / 3)."""
         return np.array([[p.x, p.y] for p in self._predictor(rgb, rect).parts()], np.float64)
 
     def update(self, track: int, t: float, rgb: np.ndarray, rect) -> LiveVerdict:

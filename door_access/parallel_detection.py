@@ -21,7 +21,6 @@ import queue
 import threading
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 
 from .capture import END
@@ -54,7 +53,7 @@ def _hog_process(conn, upsample: int) -> None:
 
 
 class DetectedFrames:
-    """(frame, rgb, rects) for each frame taken from `frames`, in order, from `workers` lanes at once.
+    """(frame, rects) for each frame taken from `frames`, in order, from `workers` lanes at once.
 
     `get(timeout)` behaves like `queue.Queue.get` (raises `queue.Empty`) and returns END after
     the last frame of a file. `lanes()` gives the thread bodies; the pipeline runs them, so a lane
@@ -114,9 +113,8 @@ class DetectedFrames:
             if frame is END:
                 self._deposit(seq, END)
                 return
-            rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
-            scale = self.detector.video_scale(rgb.shape)
-            small = shrink(rgb, scale)
+            scale = self.detector.video_scale(frame.image.shape)
+            small = shrink(frame.image, scale)  # BGR: HOG takes the strongest channel's gradient, in any order
             h, w = small.shape[:2]
             if is_full_scan(seq, self.every):
                 regions = [(0, 0, w, h)]
@@ -130,7 +128,7 @@ class DetectedFrames:
             if found is None:
                 return  # stopping
             rects = scale_rects([e for r, f in zip(regions, found) for e in to_frame(f, r)], scale)
-            self._deposit(seq, (frame, rgb, rects), [Box(r.left(), r.top(), r.width(), r.height()) for r in rects])
+            self._deposit(seq, (frame, rects), [Box(r.left(), r.top(), r.width(), r.height()) for r in rects])
 
     def _known(self, seq: int) -> list[Box] | None:
         """The faces found in the earlier frames that frame `seq` searches around, once they are
