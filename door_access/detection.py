@@ -84,7 +84,7 @@ class FaceDetector:
         """The aligned RGB chip of a face in a BGR video frame, without converting the whole frame:
         dlib's landmarks read a pixel's intensity as (r + g + b) / 3, the same in either order, so
         only the chip's channels are swapped (identical to `align` on the RGB frame: every face of
-        the Hamilton clip at 1080p, where converting the frame cost 0.5 ms)."""
+        the Hamilton clip at 1080p and of g11, where converting the frame cost 0.5 ms)."""
         chip = dlib.get_face_chip(bgr, self._predictor(bgr, rect), size=INPUT_SIZE, padding=self.cfg.margin)
         return np.ascontiguousarray(chip[..., ::-1])
 
