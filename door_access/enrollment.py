@@ -16,7 +16,6 @@ import os
 import re
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from .config import EnrollConfig
+from .enroll_prompt import EnrollError, safe_name
 
 if TYPE_CHECKING:  # dlib is imported where a model is used: the name and pose rules need none
     import dlib
@@ -38,24 +38,6 @@ log = logging.getLogger(__name__)
 POSES = ("straight", "left", "right", "up", "down")
 CROP_GROW = 0.6  # saved photos: the face box grown by this much on each side (room for the photo detector)
 SHARPNESS_WIDTH = 160  # px: the face is resized to this width before the Laplacian, so scores compare
-
-
-class EnrollError(ValueError):
-    """Enrollment cannot go on; the message says why and what to do."""
-
-
-def safe_name(name: str) -> str:
-    """`name` if it can be a folder under images/ (letters, digits, space, . _ -; no path parts), else EnrollError.
-
-    The name becomes a folder name and is shown on screen; it never reaches a shell.
-    """
-    name = unicodedata.normalize("NFC", str(name)).strip()
-    if not name or len(name) > 64:
-        raise EnrollError("the name must be 1 to 64 characters")
-    if name.startswith(".") or not all(c.isalnum() or c in " ._-" for c in name) or ".." in name:
-        raise EnrollError(f"{name!r} is not a usable name: use letters, digits, spaces, '.', '_' or '-' "
-                          "(not starting with '.')")
-    return name
 
 
 @dataclass(frozen=True)
