@@ -2,7 +2,8 @@
 
 Three parts, so the logic is testable without a window:
 - `StatusModel`: pure state fed each event (from the actions worker) and asked, at render time,
-  what the door is saying now given the faces in view. No OpenCV, no clock of its own.
+  what the door is saying now given the faces in view. No OpenCV, no clock of its own. While the
+  enroll key's prompt is up (`enroll_prompt`), its line takes the status line's place.
 - `render`: draws a frame, boxes with names, the door state and the status line (Pillow, a
   DejaVu TrueType font shipped with matplotlib). Text is rasterised once per string and cached,
   so a frame costs a flip, a few rectangles and a blend.
@@ -28,13 +29,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
 from .door import LOCKED, RELOCK_FAILING, UNLOCKED
+from .enroll_prompt import ASK, BAD, CONFIRM, OK
 
 # BGR, as OpenCV draws
 GREEN, RED, GREY, WHITE, AMBER = (60, 200, 60), (40, 40, 220), (160, 160, 160), (255, 255, 255), (0, 190, 255)
 DOOR_BADGES = {LOCKED: ("LOCKED", RED), UNLOCKED: ("UNLOCKED", GREEN), RELOCK_FAILING: ("RELOCK FAILING", AMBER)}
 
-IDLE, LOOK, HOLD, CHALLENGE_STATE, WELCOME, NOT_RECOGNISED, LOCKOUT, NO_CAMERA = (
-    "idle", "look", "hold", "challenge", "welcome", "not_recognised", "lockout", "camera_lost")
+IDLE, LOOK, HOLD, CHALLENGE_STATE, WELCOME, NOT_RECOGNISED, LOCKOUT, NO_CAMERA, ENROLL = (
+    "idle", "look", "hold", "challenge", "welcome", "not_recognised", "lockout", "camera_lost", "enroll")
+ENROLL_COLORS = {ASK: WHITE, OK: GREEN, BAD: RED, CONFIRM: AMBER}  # enroll_prompt's tones
 
 _CHALLENGES = {  # liveness challenge keys (LiveVerdict.challenge / challenge events) -> what to say
     "left": "Turn your head left", "turn_left": "Turn your head left",
@@ -123,6 +126,11 @@ class StatusModel:
         if faces:
             return Status(LOOK, "Look at the camera", WHITE)
         return Status(IDLE, "Step up to the camera", GREY)
+
+
+def enroll_status(line: tuple[str, str] | None) -> Status | None:
+    """The enroll prompt's line (`EnrollPrompt.line`) as the status line; None when it is not showing."""
+    return None if line is None else Status(ENROLL, line[0], ENROLL_COLORS[line[1]])
 
 
 # ---- drawing ----------------------------------------------------------------------------------
@@ -225,9 +233,10 @@ class Window:
     def show(self, image: np.ndarray) -> None:
         cv2.imshow(self.TITLE, image)
 
-    def poll(self, wait_ms: int) -> bool:
-        """Handle window events for up to `wait_ms`; False when q or Esc was pressed."""
-        return (cv2.waitKey(max(1, wait_ms)) & 0xFF) not in (ord("q"), 27)
+    def poll(self, wait_ms: int) -> int:
+        """Handle window events for up to `wait_ms`; the key pressed (-1: none). Unmasked (waitKeyEx), so
+        an arrow key (X11 0xFF51) is not read as the letter Q."""
+        return cv2.waitKeyEx(max(1, wait_ms))
 
     def close(self) -> None:
         cv2.destroyWindow(self.TITLE)
