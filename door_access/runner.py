@@ -86,7 +86,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     handler = _stop_handler(pipeline)
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if window:  # the enroll key; made before the stages start (see KioskEnroller), it never touches the door
+        if window and cfg.display.enroll_key:  # made before the stages start (see KioskEnroller); never touches the door
             from .enrollment import KioskEnroller
 
             enroll = KioskEnroller(cfg, pipeline.encoder, pipeline.recognizer, images_dir)
@@ -94,7 +94,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
         width, height = capture.size
         log.info("ready: %s %s at %dx%d, %d people enrolled%s",
                  "camera" if isinstance(capture.source, int) else "source", source, width, height,
-                 len(pipeline.recognizer.people), "; e enrolls, q or Esc quits" if window else "")
+                 len(pipeline.recognizer.people), ("; e enrolls" if enroll else "") + ("; q or Esc quits" if window else ""))
         pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg, enroll) if window else None)
     finally:
         pipeline.stop_event.set()
@@ -132,7 +132,7 @@ def _stop_handler(pipeline: Pipeline):
 
 
 def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: Config,
-                 enroll: KioskEnroller) -> Callable[[], bool]:
+                 enroll: KioskEnroller | None) -> Callable[[], bool]:
     """Keys (the enroll prompt's first, then q/Esc quit) at every poll; render on the main thread at most
     `display.fps` times a second, and only when something changed."""
     from .display import FaceView, Ticker, enroll_status, render
@@ -146,7 +146,8 @@ def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: C
         key = window.poll(ticker.wait_ms())
         t = pipeline.clock()[0]
         item = pipeline.latest
-        if not enroll.key(key, t, item.frame.image if item is not None else None) and key in QUIT_KEYS:
+        taken = enroll is not None and enroll.key(key, t, item.frame.image if item is not None else None)
+        if not taken and key in QUIT_KEYS:
             return False
         if not ticker.due():
             return True
@@ -155,7 +156,7 @@ def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: C
         labels = pipeline.labels
         faces = [FaceView(f.track, f.box, *labels.get(f.track, (None, None)),
                           challenge=f.live.challenge if f.live is not None else None) for f in item.faces]
-        now = enroll_status(enroll.line(t)) or status.status(t, faces)
+        now = (enroll_status(enroll.line(t)) if enroll is not None else None) or status.status(t, faces)
         door = pipeline.door.state()  # the door controller owns it: locked, unlocked or relock failing
         if item is not shown or (now, door) != shown_state:
             window.show(render(item.frame.image, now, faces, door, cfg.display.mirror))

@@ -154,7 +154,7 @@ WEBCAM_CLIP = SHARED_DATA / "liveness" / "genuine" / "g08_mounish_webcam_blink.m
 @pytest.mark.skipif(not WEBCAM_CLIP.is_file(), reason=f"shared real data not found at {WEBCAM_CLIP}")
 def test_e_enrolls_the_face_in_view_under_the_typed_name_and_q_still_quits(tmp_path, xvfb):
     """Keys typed into the real window at a person's pace; a q in the name is a letter, not quit."""
-    site = _site(tmp_path)
+    site = _site(tmp_path, "display:\n  enroll_key: true\n")
     proc = subprocess.Popen([sys.executable, "-m", "door_access", "run", "--config", str(site / "config.yaml"),
                              "--source", str(WEBCAM_CLIP), "--realtime", "--max-seconds", "60"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(DISPLAY=xvfb),
