@@ -56,6 +56,22 @@ def challenge_text(challenge: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+_DENIALS = (  # a denial's detail (decision.py) -> what the person at the door is told; first prefix wins
+    ("spoof (challenge", "Challenge not passed"),
+    ("spoof", "Photo or screen: denied"),
+    ("no liveness", "Not live: blink or turn your head"),
+    ("conflict", "One person at a time, please"),
+    ("locked out", "Try again later"),
+    ("policy", "No access at this time"),
+)
+
+
+def denial_text(detail: str) -> str:
+    """The reason for a denial in words for the person at the door; "Not recognised" for a stranger
+    (and for anything unforeseen: it tells an attacker nothing)."""
+    return next((text for prefix, text in _DENIALS if detail.startswith(prefix)), "Not recognised")
+
+
 @dataclass(frozen=True)
 class FaceView:
     """One face as the window shows it (frame pixels, before mirroring)."""
@@ -78,7 +94,7 @@ class StatusModel:
     """What the status line says: fed each event (any thread), asked at render time.
 
     Priority: camera lost (until it is back) > "Try again later" (a lockout alarm) > the latest of
-    "Welcome NAME" / "Not recognised" > the challenge asked of a face > "Hold still" (a face is
+    "Welcome NAME" / the denial in words (`denial_text`) > the challenge asked of a face > "Hold still" (a face is
     recognised, the vote or liveness is pending) > "Look at the camera" (a face, no match yet) > idle.
     Messages from events stay up for `message_s`; times are the pipeline clock's (Event.t).
     """
@@ -115,7 +131,7 @@ class StatusModel:
         if verdict is not None and now - verdict.t < self.message_s:
             if verdict.event == UNLOCK:
                 return Status(WELCOME, f"Welcome {(verdict.name or '').replace('_', ' ')}".strip(), GREEN)
-            return Status(NOT_RECOGNISED, "Not recognised", RED)
+            return Status(NOT_RECOGNISED, denial_text(verdict.detail or ""), RED)
         asked = next((f.challenge for f in faces if f.challenge), None)
         if asked is None and faces and challenge is not None and now - challenge.t < self.message_s:
             asked = challenge.detail or challenge.name

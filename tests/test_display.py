@@ -221,3 +221,19 @@ def test_the_enroll_prompt_takes_the_status_line_and_shows_the_name_as_typed(fra
     out = render(frame, asked, [], door=LOCKED)
     cols = np.nonzero(_near(_band(out), AMBER, 30))[1]
     assert len(cols) > 400 and cols.min() > 0 and cols.max() < out.shape[1] - 1  # a long line shrinks to fit
+
+
+def test_a_denial_says_why_in_words_and_a_stranger_hears_only_not_recognised():
+    model = StatusModel(message_s=4.0)
+    said = {}
+    for t, detail in enumerate(("unknown face (closest: alex 0.91)", "no liveness: none", "spoof (screen light)",
+                                "spoof (challenge failed (asked right, saw left))",
+                                "conflict: one track named alex and lin", "policy: outside hours (08:00-18:00)",
+                                "locked out for 50 s after repeated failed attempts", "something new")):
+        model.feed(ev(DENIED, 10.0 * t, detail=detail))
+        said[detail.split()[0]] = model.status(10.0 * t + 0.5, [FACE]).text
+    assert said == {"unknown": "Not recognised", "no": "Not live: blink or turn your head",
+                    "spoof": "Challenge not passed", "conflict:": "One person at a time, please",
+                    "policy:": "No access at this time", "locked": "Try again later", "something": "Not recognised"}
+    model.feed(ev(DENIED, 100.0, detail="spoof (screen light)"))
+    assert model.status(100.5, [FACE]).text == "Photo or screen: denied"
