@@ -29,7 +29,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         from .facenet import FaceEncoder
         from .pipeline import Parts, Pipeline
 
-        encoder = encoder or FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+        encoder = encoder or FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
     from .access_log import AccessLog
     from .actions import Speaker
     from .detection import FaceDetector

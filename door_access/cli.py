@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photo", type=Path, help="encoder: photo for the per-stage timing (default: a test photo)")
     p.add_argument("--repeats", type=int, default=5, help="encoder: timed runs per figure (median is reported)")
     p.add_argument("--source", help="pipeline: the video file to play at its own frame rate")
+    p.add_argument("--throughput", action="store_true",
+                   help="pipeline without --sizes: hand over every frame as fast as the app takes them")
     p.add_argument("--people", type=int, default=100_000, help="gallery: synthetic people to enroll (default 100000)")
     p.add_argument("--sizes", help="pipeline: also scale the file to these sizes, each run beside the "
                                    "face_recognition library's loop, e.g. 640x360,1280x720,1920x1080")
@@ -303,16 +305,16 @@ def cmd_bench(args, cfg: Config) -> int:
         if not args.source:
             raise UsageError("bench pipeline needs --source FILE")
         if args.sizes:
-            from .bench import bench_sizes, parse_sizes
+            from .bench import bench_sizes, parse_sizes, sizes_table
 
             try:
                 sizes = parse_sizes(args.sizes)
             except ValueError as exc:
                 raise UsageError(f"--sizes: {exc}") from None
             result = bench_sizes(cfg, _images_dir(args, cfg), args.source, sizes, peer=not args.no_peer)
-            print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+            print(json.dumps(result) if args.json else sizes_table(result))
             return 0
-        result = bench_pipeline(cfg, _images_dir(args, cfg), args.source)
+        result = bench_pipeline(cfg, _images_dir(args, cfg), args.source, realtime=not args.throughput)
         if args.json:
             print(json.dumps(result))
         else:

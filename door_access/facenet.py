@@ -162,6 +162,19 @@ def convert_keras2_weights(h5_path: Path, out_path: Path) -> int:
     return int(model.count_params())
 
 
+def limit_threads(threads: int) -> None:
+    """Run TensorFlow's ops on `threads` threads (0: its default, one per core). It can be set only
+    before TensorFlow's first op in a process; later, a different value is logged and ignored."""
+    threading = tf.config.threading
+    if not threads or threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
+        threading.set_intra_op_parallelism_threads(threads)
+        threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.warning("encoder threads: TensorFlow is already running in this process, %d ignored", threads)
+
+
 class FaceEncoder:
     """Turns aligned 160x160 RGB face chips into L2-normalised 128-d embeddings, a batch per call.
 
@@ -169,7 +182,8 @@ class FaceEncoder:
     so a batch costs one call into TensorFlow and no Python loop over faces.
     """
 
-    def __init__(self, weights_path: Path):
+    def __init__(self, weights_path: Path, threads: int = 0):
+        limit_threads(threads)
         weights_path = Path(weights_path)
         if not weights_path.is_file():
             raise FileNotFoundError(f"FaceNet weights not found at {weights_path}: run `door-access setup`")

@@ -57,14 +57,18 @@ def eye_distance(points: np.ndarray) -> float:
     return float(np.linalg.norm(points[[36, 39]].mean(axis=0) - points[[42, 45]].mean(axis=0)))
 
 
-def non_rigid_motion(a: np.ndarray, b: np.ndarray) -> float:
+def non_rigid_motion(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
     """How far the lips and eyelids of shape `b` moved relative to `a`, once `b` is mapped onto `a`
-    by the affine transform that best fits their anchor points; RMS, in eye distances."""
-    src = np.hstack([b[ANCHORS], np.ones((len(ANCHORS), 1))])
-    affine, *_ = np.linalg.lstsq(src, a[ANCHORS], rcond=None)
-    mapped = np.hstack([b[DEFORMABLE], np.ones((len(DEFORMABLE), 1))]) @ affine
+    by the affine transform that best fits their anchor points; RMS, in eye distances. `b` may be
+    a stack of shapes (K, 68, 2): one value each, in one batched least-squares fit (a track
+    compares each frame with the ~30 shapes of the last second)."""
+    stack = np.asarray(b, np.float64).reshape(-1, *np.shape(b)[-2:])
+    ones = np.ones((len(stack), len(ANCHORS), 1))
+    affine = np.linalg.pinv(np.concatenate([stack[:, ANCHORS], ones], axis=2)) @ a[ANCHORS]  # (K, 3, 2)
+    mapped = np.concatenate([stack[:, DEFORMABLE], ones[:, :1].repeat(len(DEFORMABLE), axis=1)], axis=2) @ affine
     eye_distance = np.linalg.norm(a[36:42].mean(axis=0) - a[42:48].mean(axis=0))
-    return float(np.sqrt(((mapped - a[DEFORMABLE]) ** 2).sum(axis=1).mean()) / max(eye_distance, 1e-6))
+    rms = np.sqrt(((mapped - a[DEFORMABLE]) ** 2).sum(axis=2).mean(axis=1)) / max(eye_distance, 1e-6)
+    return float(rms[0]) if np.ndim(b) == 2 else rms
 
 
 def planar_residual(a: np.ndarray, b: np.ndarray) -> float:
@@ -118,7 +122,8 @@ class LivenessChecker:
         self.tracks: dict[int, _TrackLiveness] = {}
 
     def landmarks(self, rgb: np.ndarray, rect) -> np.ndarray:
-        """dlib's 68 points of the face in `rect`, (68, 2) float pixels."""
+        """dlib's 68 points of the face in `rect`, (68, 2) float pixels; `rgb` may be BGR too (dlib
+        reads a pixel's intensity as (r + g + b) / 3)."""
         return np.array([[p.x, p.y] for p in self._predictor(rgb, rect).parts()], np.float64)
 
     def update(self, track: int, t: float, rgb: np.ndarray, rect) -> LiveVerdict:
@@ -137,7 +142,7 @@ class LivenessChecker:
         if self._blink(s, t, eye_aspect_ratio(points)):
             self._evidence(s, t, "blink")
 
-        motion = max((non_rigid_motion(points, old) for _, old, _ in s.shapes), default=0.0)
+        motion = float(non_rigid_motion(points, np.stack([old for _, old, _ in s.shapes])).max()) if s.shapes else 0.0
         s.motion_frames = s.motion_frames + 1 if motion >= cfg.motion_threshold else 0
         if s.motion_frames >= cfg.motion_frames:
             self._evidence(s, t, "facial motion")

@@ -56,7 +56,7 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
     folder = Path(folder)
     rows = [r for r in read_truth(folder) if not only or only in r["file"]]
     cfg = _quiet(cfg)
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
     clips = []
     for row in rows:

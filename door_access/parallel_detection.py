@@ -1,5 +1,8 @@
 """Face detection on more than one core, with the frames handed on in their own order.
 
+Each frame is shrunk to `detection.max_side` and searched whole every `full_scan_every` frames;
+in between only around the faces found just before (scan.py): HOG costs what it scans.
+
 dlib's HOG detector holds the GIL: two threads detect no faster than one (measured on the
 real clip: 40 frames took 1.24 s on one thread and 1.24 s on two). So with `workers` >= 2
 each lane is a thread that feeds its own detector *process*: a lane takes the next frame
@@ -18,10 +21,12 @@ import queue
 import threading
 from collections.abc import Callable
 
-import cv2
+import numpy as np
 
 from .capture import END
+from .core import Box
 from .detection import FaceDetector, scale_rects, shrink
+from .scan import REGION_PAD, is_full_scan, regions_around, searched_after, to_frame
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +36,46 @@ READY_S = 60.0
 
 
 def _hog_process(conn, upsample: int) -> None:
-    """A detector process: frames in, (left, top, right, bottom) tuples out, until None or EOF."""
+    """A detector process: a list of images in, a list of (left, top, right, bottom) tuples per image
+    out, until None or EOF."""
     import dlib
 
     hog = dlib.get_frontal_face_detector()
     conn.send("ready")
     while True:
         try:
-            small = conn.recv()
+            images = conn.recv()
         except (EOFError, OSError):
             return
-        if small is None:
+        if images is None:
             return
-        conn.send([(r.left(), r.top(), r.right(), r.bottom()) for r in hog(small, upsample)])
+        conn.send([[(r.left(), r.top(), r.right(), r.bottom()) for r in hog(img, upsample)] for img in images])
 
 
 class DetectedFrames:
-    """(frame, rgb, rects) for each frame taken from `frames`, in order, from `workers` lanes at once.
+    """(frame, rects) for each frame taken from `frames`, in order, from `workers` lanes at once.
 
     `get(timeout)` behaves like `queue.Queue.get` (raises `queue.Empty`) and returns END after
     the last frame of a file. `lanes()` gives the thread bodies; the pipeline runs them, so a lane
     that fails (e.g. its process died) stops the app like any other stage.
+
+    What a frame between full scans searches depends only on earlier frames' results (`scan.
+    searched_after`), never on how far another lane has got: a file gives the same faces on any
+    machine, at any load.
     """
 
     def __init__(self, frames: queue.Queue, detector: FaceDetector, workers: int, stop: threading.Event):
         self.frames = frames
         self.detector = detector
         self.stop = stop
+        self.every = detector.cfg.full_scan_every
         self.workers = workers if detector.cfg.model == "hog" else 1
         self._take = threading.Lock()  # a lane takes a frame and its sequence number together
         self._ready = threading.Condition()
         self._results: dict[int, object] = {}
         self._taken = 0
         self._next = 0
+        self._found: dict[int, list[Box]] = {}  # sequence number -> faces found, for the last few frames
         self._procs: list = []
         self._conns: list = []
 
@@ -101,29 +113,60 @@ class DetectedFrames:
             if frame is END:
                 self._deposit(seq, END)
                 return
-            rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
-            if conn is None:
-                rects = self.detector.detect(rgb)
+            scale = self.detector.video_scale(frame.image.shape)
+            small = shrink(frame.image, scale)  # BGR: HOG takes the strongest channel's gradient, in any order
+            h, w = small.shape[:2]
+            if is_full_scan(seq, self.every):
+                regions = [(0, 0, w, h)]
             else:
-                scale = self.detector.video_scale(rgb.shape)
-                proc = self._procs[i]
-                try:
-                    conn.send(shrink(rgb, scale))
-                    while not conn.poll(POLL_S):
-                        if self.stop.is_set():
-                            return
-                        if not proc.is_alive():
-                            raise EOFError
-                    rects = scale_rects(conn.recv(), scale)
-                except (EOFError, OSError) as exc:
-                    if self.stop.is_set():  # closed while stopping
-                        return
-                    proc.join(JOIN_S)
-                    raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
-            self._deposit(seq, (frame, rgb, rects))
+                known = self._known(seq)
+                if known is None:
+                    return  # stopping
+                regions = regions_around(known, scale, REGION_PAD, w, h)
+            crops = [small if r == (0, 0, w, h) else np.ascontiguousarray(small[r[1]:r[3], r[0]:r[2]]) for r in regions]
+            found = self._search(i, conn, crops) if crops else []
+            if found is None:
+                return  # stopping
+            rects = scale_rects([e for r, f in zip(regions, found) for e in to_frame(f, r)], scale)
+            self._deposit(seq, (frame, rects), [Box(r.left(), r.top(), r.width(), r.height()) for r in rects])
 
-    def _deposit(self, seq: int, item) -> None:
+    def _known(self, seq: int) -> list[Box] | None:
+        """The faces found in the earlier frames that frame `seq` searches around, once they are
+        all done (one of them may be a full scan still running in the other lane: waiting for it
+        means a face that just appeared is searched at once). None when stopping."""
+        sources = searched_after(seq, self.every)
         with self._ready:
+            while not all(j in self._found for j in sources):
+                if self.stop.is_set():
+                    return None
+                self._ready.wait(POLL_S)
+            return [box for j in sources for box in self._found[j]]
+
+    def _search(self, i: int, conn, crops: list[np.ndarray]) -> list[list[tuple]] | None:
+        """HOG on each crop, in this thread or in lane i's process; None when stopping."""
+        if conn is None:
+            return [self.detector.detect_small(c) for c in crops]
+        proc = self._procs[i]
+        try:
+            conn.send(crops)
+            while not conn.poll(POLL_S):
+                if self.stop.is_set():
+                    return None
+                if not proc.is_alive():
+                    raise EOFError
+            return conn.recv()
+        except (EOFError, OSError) as exc:
+            if self.stop.is_set():  # closed while stopping
+                return None
+            proc.join(JOIN_S)
+            raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
+
+    def _deposit(self, seq: int, item, found: list[Box] | None = None) -> None:
+        with self._ready:
+            if found is not None:
+                self._found[seq] = found
+                for old in [j for j in self._found if j < self._next - self.every]:
+                    del self._found[old]  # every frame not yet handed on searches later ones
             # a lane ahead of the consumer waits, so a file read flat out never piles up frames here
             while seq - self._next >= 2 * self.workers and not self.stop.is_set():
                 self._ready.wait(POLL_S)

@@ -109,7 +109,8 @@ class Pipeline:
         self.to_decider: queue.Queue[FrameFaces | None] = queue.Queue(maxsize=q)
 
         p, live = cfg.pipeline, cfg.liveness
-        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step)
+        self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step,
+                               p.settled_encodes_per_second)
         self.tracker.on_end.append(self._track_ended)
         self._asked: set[int] = set()  # tracks whose challenge has been announced
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
@@ -209,17 +210,18 @@ class Pipeline:
             if item is END:
                 self._put(self.to_encoder, END)
                 return
-            frame, rgb, rects = item
+            frame, rects = item
+            image = frame.image  # BGR: landmarks read (r + g + b) / 3, chips are turned to RGB
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
             out = FrameFaces(frame)
             for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
                 obs = FaceObs(track.id, track.box, record=track)
                 out.faces.append(obs)
-                points = self.liveness.landmarks(rgb, rect) if self.liveness else None
-                if self._too_small(rgb, rect, points):
+                points = self.liveness.landmarks(image, rect) if self.liveness else None
+                if self._too_small(image, rect, points):
                     continue  # too small to judge: tracked and drawn, but no vote and no liveness
                 if self.tracker.take_encode_slot(track, frame.t):
-                    obs.chip = self.detector.align(rgb, rect).chip
+                    obs.chip = self.detector.video_chip(image, rect)
                 if self.liveness:
                     obs.live = self.liveness.observe(track.id, frame.t, points)
                     if self.spoof:
@@ -233,12 +235,12 @@ class Pipeline:
                         self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)
             self._put(self.to_encoder, out)
 
-    def _too_small(self, rgb: np.ndarray, rect, points: np.ndarray | None) -> bool:
+    def _too_small(self, image: np.ndarray, rect, points: np.ndarray | None) -> bool:
         """Eyes closer than `detection.min_eye_px`: landmarks too coarse to vote or judge liveness on."""
         least = self.cfg.detection.min_eye_px
         if not least:
             return False
-        return (eye_distance(points) if points is not None else self.detector.eye_distance(rgb, rect)) < least
+        return (eye_distance(points) if points is not None else self.detector.eye_distance(image, rect)) < least
 
     def _encode_stage(self) -> None:
         """Batch chips across frames: up to batch_size chips or batch_wait_ms, whichever comes first."""

@@ -2,7 +2,9 @@
 
 Association is greedy by box overlap (IoU), which is enough at a door: few faces, small
 motion between frames. The tracker also paces encoding: each track is sent to the encoder
-at most `encodes_per_second` times, not every frame.
+at most `encodes_per_second` times, not every frame, and a track that can no longer unlock
+(it unlocked, named two people, or showed a spoof) at most `settled_encodes_per_second`:
+its votes then only keep its label fresh and notice a different enrolled face taking its place.
 
 Each track is one `Track` record, owned here: its box, its votes and identity segment, its
 latest liveness verdict, its label for the window and its decision flags. The detector
@@ -53,10 +55,12 @@ class Track:
 
 
 class Tracker:
-    def __init__(self, min_iou: float, timeout_s: float, encodes_per_second: float, max_scale_step: float = 1.3):
+    def __init__(self, min_iou: float, timeout_s: float, encodes_per_second: float, max_scale_step: float = 1.3,
+                 settled_encodes_per_second: float | None = None):
         self.min_iou = min_iou
         self.timeout_s = timeout_s
         self.encode_interval = 1.0 / encodes_per_second
+        self.settled_interval = 1.0 / (settled_encodes_per_second or encodes_per_second)
         self.max_scale_step = max_scale_step
         self.tracks: dict[int, Track] = {}
         self.on_end: list[Callable[[Track], None]] = []  # the one "track ended" hook
@@ -110,7 +114,8 @@ class Tracker:
 
     def take_encode_slot(self, track: Track, t: float) -> bool:
         """True (and the slot is used) when this track is due for another encoding."""
-        if t - track.last_encoded >= self.encode_interval:
+        settled = track.unlocked or track.conflict or track.spoofed  # set by the decider: no unlock can follow
+        if t - track.last_encoded >= (self.settled_interval if settled else self.encode_interval):
             track.last_encoded = t
             return True
         return False

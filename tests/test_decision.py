@@ -122,6 +122,18 @@ def test_an_established_stranger_that_names_someone_is_split():
     assert ended == [tr] and tr.ended and fresh.id != tr.id and not fresh.votes
 
 
+@pytest.mark.parametrize("flag, settled", [("unlocked", True), ("conflict", True), ("spoofed", True),
+                                           ("denied", False)])  # a denial can still be followed by an unlock or a split
+def test_a_track_that_can_no_longer_unlock_is_encoded_less_often(flag, settled):
+    tracker = Tracker(0.3, 1.0, 8.0, settled_encodes_per_second=1.0)
+    [tr] = tracker.update([BOX], 0.0)
+    second = [i / 30 for i in range(30)]  # one second at 30 FPS
+    assert sum(tracker.take_encode_slot(tr, t) for t in second) == 8
+    setattr(tr, flag, True)  # the decider's flag
+    tr.last_encoded = float("-inf")
+    assert sum(tracker.take_encode_slot(tr, 1 + t) for t in second) == (1 if settled else 8)
+
+
 def test_a_box_that_jumps_in_size_starts_a_new_track():
     tracker = Tracker(0.3, 1.0, 8.0)
     ended = []

@@ -49,6 +49,18 @@ def test_talking_moves_the_lips_relative_to_the_nose(landmarks):
     assert set(range(57, 60)) <= set(DEFORMABLE)
 
 
+def test_a_stack_of_earlier_shapes_gives_each_one_its_own_motion(landmarks):
+    eye_distance = np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0))
+    shapes = []
+    for drop in (0.0, 0.1, 0.35):
+        s = landmarks.copy()
+        s[57:60] += [0, drop * eye_distance]
+        shapes.append(s * 1.2 + 7.0)  # each also moved as a whole
+    one_by_one = [non_rigid_motion(landmarks, s) for s in shapes]
+    assert np.allclose(non_rigid_motion(landmarks, np.stack(shapes)), one_by_one, atol=1e-12)
+    assert one_by_one[0] < 1e-6 < one_by_one[1] < one_by_one[2]
+
+
 def test_a_blink_is_evidence_and_a_steady_stare_is_not(landmarks, cfg):
     # motion cue off: this is about blinks; landmarks are fed directly
     checker = LivenessChecker(LivenessConfig(motion_threshold=5.0, challenge="off"), cfg.path("weights"))
