@@ -154,6 +154,7 @@ class DisplayConfig:
     fps: float = meta(15.0, lo=1.0, hi=120.0)
     mirror: bool = True
     message_seconds: float = meta(4.0, lo=0.5, hi=60.0)
+    enroll_key: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Three parts, so the logic is testable without a window:
 - `StatusModel`: pure state fed each event (from the actions worker) and asked, at render time,
-  what the door is saying now given the faces in view. No OpenCV, no clock of its own.
+  what the door is saying now given the faces in view. No OpenCV, no clock of its own. While the
+  enroll key's prompt is up (`enroll_prompt`), its line takes the status line's place.
 - `render`: draws a frame, boxes with names, the door state and the status line (Pillow, a
   DejaVu TrueType font shipped with matplotlib). Text is rasterised once per string and cached,
   so a frame costs a flip, a few rectangles and a blend.
@@ -28,13 +29,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
 from .door import LOCKED, RELOCK_FAILING, UNLOCKED
+from .enroll_prompt import ASK, BAD, CONFIRM, OK
 
 # BGR, as OpenCV draws
 GREEN, RED, GREY, WHITE, AMBER = (60, 200, 60), (40, 40, 220), (160, 160, 160), (255, 255, 255), (0, 190, 255)
 DOOR_BADGES = {LOCKED: ("LOCKED", RED), UNLOCKED: ("UNLOCKED", GREEN), RELOCK_FAILING: ("RELOCK FAILING", AMBER)}
 
-IDLE, LOOK, HOLD, CHALLENGE_STATE, WELCOME, NOT_RECOGNISED, LOCKOUT, NO_CAMERA = (
-    "idle", "look", "hold", "challenge", "welcome", "not_recognised", "lockout", "camera_lost")
+IDLE, LOOK, HOLD, CHALLENGE_STATE, WELCOME, NOT_RECOGNISED, LOCKOUT, NO_CAMERA, ENROLL = (
+    "idle", "look", "hold", "challenge", "welcome", "not_recognised", "lockout", "camera_lost", "enroll")
+ENROLL_COLORS = {ASK: WHITE, OK: GREEN, BAD: RED, CONFIRM: AMBER}  # enroll_prompt's tones
 
 _CHALLENGES = {  # liveness challenge keys (LiveVerdict.challenge / challenge events) -> what to say
     "left": "Turn your head left", "turn_left": "Turn your head left",
@@ -51,6 +54,22 @@ def challenge_text(challenge: str) -> str:
         return _CHALLENGES[key]
     text = challenge.strip().replace("_", " ")
     return text[:1].upper() + text[1:]
+
+
+_DENIALS = (  # a denial's detail (decision.py) -> what the person at the door is told; first prefix wins
+    ("spoof (challenge", "Challenge not passed"),
+    ("spoof", "Photo or screen: denied"),
+    ("no liveness", "Not live: blink or turn your head"),
+    ("conflict", "One person at a time, please"),
+    ("locked out", "Try again later"),
+    ("policy", "No access at this time"),
+)
+
+
+def denial_text(detail: str) -> str:
+    """The reason for a denial in words for the person at the door; "Not recognised" for a stranger
+    (and for anything unforeseen: it tells an attacker nothing)."""
+    return next((text for prefix, text in _DENIALS if detail.startswith(prefix)), "Not recognised")
 
 
 @dataclass(frozen=True)
@@ -75,7 +94,7 @@ class StatusModel:
     """What the status line says: fed each event (any thread), asked at render time.
 
     Priority: camera lost (until it is back) > "Try again later" (a lockout alarm) > the latest of
-    "Welcome NAME" / "Not recognised" > the challenge asked of a face > "Hold still" (a face is
+    "Welcome NAME" / the denial in words (`denial_text`) > the challenge asked of a face > "Hold still" (a face is
     recognised, the vote or liveness is pending) > "Look at the camera" (a face, no match yet) > idle.
     Messages from events stay up for `message_s`; times are the pipeline clock's (Event.t).
     """
@@ -112,7 +131,7 @@ class StatusModel:
         if verdict is not None and now - verdict.t < self.message_s:
             if verdict.event == UNLOCK:
                 return Status(WELCOME, f"Welcome {(verdict.name or '').replace('_', ' ')}".strip(), GREEN)
-            return Status(NOT_RECOGNISED, "Not recognised", RED)
+            return Status(NOT_RECOGNISED, denial_text(verdict.detail or ""), RED)
         asked = next((f.challenge for f in faces if f.challenge), None)
         if asked is None and faces and challenge is not None and now - challenge.t < self.message_s:
             asked = challenge.detail or challenge.name
@@ -123,6 +142,11 @@ class StatusModel:
         if faces:
             return Status(LOOK, "Look at the camera", WHITE)
         return Status(IDLE, "Step up to the camera", GREY)
+
+
+def enroll_status(line: tuple[str, str] | None) -> Status | None:
+    """The enroll prompt's line (`EnrollPrompt.line`) as the status line; None when it is not showing."""
+    return None if line is None else Status(ENROLL, line[0], ENROLL_COLORS[line[1]])
 
 
 # ---- drawing ----------------------------------------------------------------------------------
@@ -225,9 +249,10 @@ class Window:
     def show(self, image: np.ndarray) -> None:
         cv2.imshow(self.TITLE, image)
 
-    def poll(self, wait_ms: int) -> bool:
-        """Handle window events for up to `wait_ms`; False when q or Esc was pressed."""
-        return (cv2.waitKey(max(1, wait_ms)) & 0xFF) not in (ord("q"), 27)
+    def poll(self, wait_ms: int) -> int:
+        """Handle window events for up to `wait_ms`; the key pressed (-1: none). Unmasked (waitKeyEx), so
+        an arrow key (X11 0xFF51) is not read as the letter Q."""
+        return cv2.waitKeyEx(max(1, wait_ms))
 
     def close(self) -> None:
         cv2.destroyWindow(self.TITLE)

@@ -16,8 +16,8 @@ import os
 import re
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .config import EnrollConfig
+from .config import Config, EnrollConfig
+from .enroll_prompt import EnrollError, EnrollPrompt, safe_name
 
 if TYPE_CHECKING:  # dlib is imported where a model is used: the name and pose rules need none
     import dlib
@@ -38,24 +39,6 @@ log = logging.getLogger(__name__)
 POSES = ("straight", "left", "right", "up", "down")
 CROP_GROW = 0.6  # saved photos: the face box grown by this much on each side (room for the photo detector)
 SHARPNESS_WIDTH = 160  # px: the face is resized to this width before the Laplacian, so scores compare
-
-
-class EnrollError(ValueError):
-    """Enrollment cannot go on; the message says why and what to do."""
-
-
-def safe_name(name: str) -> str:
-    """`name` if it can be a folder under images/ (letters, digits, space, . _ -; no path parts), else EnrollError.
-
-    The name becomes a folder name and is shown on screen; it never reaches a shell.
-    """
-    name = unicodedata.normalize("NFC", str(name)).strip()
-    if not name or len(name) > 64:
-        raise EnrollError("the name must be 1 to 64 characters")
-    if name.startswith(".") or not all(c.isalnum() or c in " ._-" for c in name) or ".." in name:
-        raise EnrollError(f"{name!r} is not a usable name: use letters, digits, spaces, '.', '_' or '-' "
-                          "(not starting with '.')")
-    return name
 
 
 @dataclass(frozen=True)
@@ -229,7 +212,7 @@ class Enroller:
         """The face in one video frame, checked (pose not asked); EnrollError if it fails."""
         q, rect = self.check(rgb)
         if not q.ok:
-            raise EnrollError(f"{source}: {q.problem}")
+            raise EnrollError(f"{source}: {q.problem}" if source else q.problem)
         return self.shot(rgb, rect, q, "frame", source)
 
 
@@ -316,13 +299,13 @@ def enroll_from_frame(bgr: np.ndarray, name: str, enroller: Enroller, encoder, r
 
     Same checks as `door-access enroll` (no pose asked). When the face is within the threshold of
     another enrolled person, nothing is written and `collisions` names them: the window asks,
-    and calls again with `accept_collision=True` if the operator agrees. Call it from the window's
-    thread with an Enroller built for that thread (dlib objects are not shared between threads);
-    the gallery watcher picks the new photo up within `pipeline.gallery_poll_s`.
+    and calls again with `accept_collision=True` if the operator agrees. The Enroller must be
+    used by one thread only (dlib objects are not shared; see `KioskEnroller`); the gallery
+    watcher picks the new photo up within `pipeline.gallery_poll_s`.
     """
     try:
         name = safe_name(name)
-        shot = enroller.from_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "camera")
+        shot = enroller.from_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "")
     except EnrollError as exc:
         return EnrollResult(problem=str(exc))
     found = collisions(recognizer, name, encode_shots(encoder, [shot]))
@@ -334,6 +317,81 @@ def enroll_from_frame(bgr: np.ndarray, name: str, enroller: Enroller, encoder, r
 def collision_message(name: str, found: list[Collision]) -> str:
     who = ", ".join(f"{c.person} (distance {c.distance:.3f})" for c in found)
     return f"the new face of {name} is within the threshold of {who}: they could be let in as each other"
+
+
+class KioskEnroller:
+    """The running window's enroll key: `EnrollPrompt` for the keys, the enrollment on a worker thread.
+
+    The window hands over the newest frame and reads the outcome at a later tick, so drawing goes
+    on and no pipeline stage waits; nothing here touches the door. The worker builds its own
+    detector and Enroller (dlib objects are not shared between threads) as soon as it is made:
+    loading the landmark model holds the GIL for most of a second, which at start-up stalls
+    nothing, but later would freeze the window mid-typing and the pipeline's stages. The encoder
+    and the recognizer are the pipeline's. A new photo reaches the door through the gallery
+    watcher, like any photo dropped into images/.
+    """
+
+    def __init__(self, cfg: Config, encoder, recognizer, images_dir: Path, prompt: EnrollPrompt | None = None):
+        self.cfg, self.encoder, self.recognizer, self.images_dir = cfg, encoder, recognizer, Path(images_dir)
+        self.prompt = prompt or EnrollPrompt(cfg.display.message_seconds)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kiosk-enroll")
+        self._job: Future | None = None
+        self._enroller: Enroller | None = None  # the worker's own, built on its thread (`_warm`)
+        self._frame: np.ndarray | None = None  # the frame last checked: an accepted look-alike is enrolled from it
+        self._pool.submit(self._warm)
+
+    def key(self, code: int, now: float, frame: np.ndarray | None) -> bool:
+        """One key from the window (see `EnrollPrompt.key`); `frame`: the newest camera frame (BGR), if any."""
+        handled = self.prompt.key(code, now)
+        request = self.prompt.take()
+        if request is not None:
+            if not request.accept_collision:
+                self._frame = None if frame is None else frame.copy()
+            self._job = self._pool.submit(self._enroll, self._frame, request.name, request.accept_collision)
+        return handled
+
+    def line(self, now: float) -> tuple[str, str] | None:
+        """The status line while enrolling (`EnrollPrompt.line`), with the worker's outcome once it is in."""
+        if self._job is not None and self._job.done():
+            job, self._job = self._job, None
+            try:
+                result = job.result()
+            except Exception as exc:  # a full disk, an unreadable model: said on screen, the door goes on
+                log.error("kiosk enroll failed: %s", exc, exc_info=exc)
+                result = EnrollResult(problem=f"enrollment failed: {exc}")
+            self.prompt.finished(now, bool(result.written), result.problem, [c.person for c in result.collisions])
+        return self.prompt.line(now)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _warm(self) -> None:
+        try:
+            self._ready()
+        except Exception as exc:  # said again, on screen, when the key is used
+            log.warning("the enroll key cannot work: %s", exc)
+
+    def _ready(self) -> Enroller:
+        if self._enroller is None:
+            from .detection import FaceDetector
+
+            weights = self.cfg.path("weights")
+            self._enroller = Enroller(self.cfg.enroll, FaceDetector(self.cfg.detection, weights), weights)
+        return self._enroller
+
+    def _enroll(self, bgr: np.ndarray | None, name: str, accept_collision: bool) -> EnrollResult:
+        if bgr is None:
+            return EnrollResult(problem="no picture from the camera yet")
+        result = enroll_from_frame(bgr, name, self._ready(), self.encoder, self.recognizer, self.images_dir,
+                                   accept_collision)
+        if result.written and result.collisions:
+            log.warning("kiosk enroll: %s written, accepted at the window: %s", result.written[0],
+                        collision_message(name, result.collisions))
+        elif result.written:
+            log.info("kiosk enroll: %s written", result.written[0])
+        else:
+            log.info("kiosk enroll: %s not enrolled: %s", name, result.problem)
+        return result
 
 
 def video_frames(source: str, camera_cfg) -> Iterable[np.ndarray]:

@@ -23,6 +23,7 @@ from .door import LOCKED
 
 if TYPE_CHECKING:
     from .display import StatusModel, Window
+    from .enrollment import KioskEnroller
     from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
              max_seconds: float | None, fullscreen: bool = False) -> int:
     """Run until Ctrl-C, SIGTERM, q/Esc in the window, the end of a file or `max_seconds`; 1 if a stage failed."""
     capture = open_capture(cfg, source, realtime)  # before any model: no camera -> SourceError at once
-    window = status = None
+    window = status = enroll = None
     if not headless:
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             log.warning("no display found: running headless (use --headless to silence this)")
@@ -85,14 +86,20 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     handler = _stop_handler(pipeline)
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if window and cfg.display.enroll_key:  # made before the stages start (see KioskEnroller); never touches the door
+            from .enrollment import KioskEnroller
+
+            enroll = KioskEnroller(cfg, pipeline.encoder, pipeline.recognizer, images_dir)
         pipeline.start()
         width, height = capture.size
         log.info("ready: %s %s at %dx%d, %d people enrolled%s",
                  "camera" if isinstance(capture.source, int) else "source", source, width, height,
-                 len(pipeline.recognizer.people), "; q or Esc quits" if window else "")
-        pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg) if window else None)
+                 len(pipeline.recognizer.people), ("; e enrolls" if enroll else "") + ("; q or Esc quits" if window else ""))
+        pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg, enroll) if window else None)
     finally:
         pipeline.stop_event.set()
+        if enroll:
+            enroll.close()
         pipeline.stop()
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -124,26 +131,32 @@ def _stop_handler(pipeline: Pipeline):
     return handler
 
 
-def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: Config) -> Callable[[], bool]:
-    """Render on the main thread at most `display.fps` times a second, and only when something changed."""
-    from .display import FaceView, Ticker, render
+def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: Config,
+                 enroll: KioskEnroller | None) -> Callable[[], bool]:
+    """Keys (the enroll prompt's first, then q/Esc quit) at every poll; render on the main thread at most
+    `display.fps` times a second, and only when something changed."""
+    from .display import FaceView, Ticker, enroll_status, render
+    from .enroll_prompt import QUIT_KEYS
 
     ticker = Ticker(cfg.display.fps)
     shown, shown_state = None, None
 
     def tick() -> bool:
         nonlocal shown, shown_state
-        if not window.poll(ticker.wait_ms()):
+        key = window.poll(ticker.wait_ms())
+        t = pipeline.clock()[0]
+        item = pipeline.latest
+        taken = enroll is not None and enroll.key(key, t, item.frame.image if item is not None else None)
+        if not taken and key in QUIT_KEYS:
             return False
         if not ticker.due():
             return True
-        item = pipeline.latest
         if item is None:
             return True
         labels = pipeline.labels
         faces = [FaceView(f.track, f.box, *labels.get(f.track, (None, None)),
                           challenge=f.live.challenge if f.live is not None else None) for f in item.faces]
-        now = status.status(pipeline.clock()[0], faces)
+        now = (enroll_status(enroll.line(t)) if enroll is not None else None) or status.status(t, faces)
         door = pipeline.door.state()  # the door controller owns it: locked, unlocked or relock failing
         if item is not shown or (now, door) != shown_state:
             window.show(render(item.frame.image, now, faces, door, cfg.display.mirror))

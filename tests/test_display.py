@@ -9,9 +9,10 @@ import pytest
 
 from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
 from door_access.door import LOCKED, RELOCK_FAILING, UNLOCKED
-from door_access.display import (AMBER, CHALLENGE_STATE, GREEN, GREY, HOLD, IDLE, LOCKOUT, LOOK, NO_CAMERA,
+from door_access.display import (AMBER, CHALLENGE_STATE, ENROLL, GREEN, GREY, HOLD, IDLE, LOCKOUT, LOOK, NO_CAMERA,
                                   NOT_RECOGNISED, RED, WELCOME, WHITE, FaceView, StatusModel, Ticker,
-                                  challenge_text, font_path, render, text_mask)
+                                  challenge_text, enroll_status, font_path, render, text_mask)
+from door_access.enroll_prompt import EnrollPrompt
 
 from conftest import SHARED_DATA
 
@@ -192,3 +193,47 @@ def test_long_names_shrink_to_fit_and_the_font_is_truetype(frame):
     out = render(frame, model.status(0.1, []), [], door=UNLOCKED)
     cols = np.nonzero(_near(_band(out), GREEN, 30))[1]
     assert cols.min() > 0 and cols.max() < out.shape[1] - 1  # nothing cut off at the edges
+
+
+def test_the_enroll_prompt_takes_the_status_line_and_shows_the_name_as_typed(frame):
+    assert enroll_status(None) is None  # no prompt: the door's own status line
+    typing = EnrollPrompt()
+    for key in "eANA":
+        typing.key(ord(key), 0.0)
+    status = enroll_status(typing.line(0.0))
+    assert (status.state, status.text, status.color) == (ENROLL, "Enroll as: ANA_", WHITE)
+    short = _band(render(frame, status, [], door=LOCKED))
+    ink = np.nonzero(_near(short, WHITE, 30))
+    assert len(ink[0]) > 400 and ink[0].max() - ink[0].min() >= short.shape[0] * 0.4  # large, like every status
+    for key in "BELLA":
+        typing.key(ord(key), 0.0)
+    longer = _band(render(frame, enroll_status(typing.line(0.0)), [], door=LOCKED))
+    cols = np.nonzero(_near(longer, WHITE, 30))[1]
+    assert cols.max() - cols.min() > ink[1].max() - ink[1].min()  # each letter typed shows
+    idle = _band(render(frame, StatusModel().status(0.0, []), [], door=LOCKED))
+    assert not np.array_equal(short, idle)
+
+    typing.key(13, 0.0)
+    typing.take()
+    typing.finished(1.0, enrolled=False, looks_like=["bob"])
+    asked = enroll_status(typing.line(1.0))
+    assert asked.text == "Looks like bob: Enter again to confirm, Esc to cancel" and asked.color == AMBER
+    out = render(frame, asked, [], door=LOCKED)
+    cols = np.nonzero(_near(_band(out), AMBER, 30))[1]
+    assert len(cols) > 400 and cols.min() > 0 and cols.max() < out.shape[1] - 1  # a long line shrinks to fit
+
+
+def test_a_denial_says_why_in_words_and_a_stranger_hears_only_not_recognised():
+    model = StatusModel(message_s=4.0)
+    said = {}
+    for t, detail in enumerate(("unknown face (closest: alex 0.91)", "no liveness: none", "spoof (screen light)",
+                                "spoof (challenge failed (asked right, saw left))",
+                                "conflict: one track named alex and lin", "policy: outside hours (08:00-18:00)",
+                                "locked out for 50 s after repeated failed attempts", "something new")):
+        model.feed(ev(DENIED, 10.0 * t, detail=detail))
+        said[detail.split()[0]] = model.status(10.0 * t + 0.5, [FACE]).text
+    assert said == {"unknown": "Not recognised", "no": "Not live: blink or turn your head",
+                    "spoof": "Challenge not passed", "conflict:": "One person at a time, please",
+                    "policy:": "No access at this time", "locked": "Try again later", "something": "Not recognised"}
+    model.feed(ev(DENIED, 100.0, detail="spoof (screen light)"))
+    assert model.status(100.5, [FACE]).text == "Photo or screen: denied"

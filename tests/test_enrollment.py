@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import logging
 import shutil
 import time
 
@@ -14,8 +15,8 @@ from door_access.actions import snapshot_pattern
 from door_access.cli import main
 from door_access.config import EnrollConfig
 from door_access.core import DENIED, Event
-from door_access.enrollment import (EnrollError, Enroller, Quality, collisions, enroll_from_frame, head_pose,
-                                    safe_name, video_frames, write_photos)
+from door_access.enrollment import (EnrollError, Enroller, KioskEnroller, Quality, collisions, enroll_from_frame,
+                                    head_pose, safe_name, video_frames, write_photos)
 from door_access.photos import load_rgb
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA
@@ -254,3 +255,59 @@ def test_enroll_command_sweeps_a_real_clip_headless(capsys, site):
 def test_bad_bench_sizes_are_one_line_and_exit_2(capsys):
     code, _, err = run(capsys, "bench", "pipeline", "--source", HEADTURN, "--sizes", "1280x720,720p")
     assert code == 2 and "--sizes" in err and "'720p'" in err
+
+
+@pytest.mark.model
+def test_the_kiosk_enroll_key_writes_a_photo_the_watcher_picks_up_and_asks_before_a_look_alike(
+        enroller, encoder, cfg, tmp_path, caplog):
+    """Keys as the window delivers them, the enrollment on the kiosk's worker thread, real photos as frames."""
+    from door_access.enroll_prompt import WORKING
+    from door_access.gallery import GalleryBuilder, GalleryWatcher, apply_update
+    from door_access.recognizer import Recognizer
+
+    from conftest import wait_for
+
+    images = tmp_path / "images"
+    (images / "obama").mkdir(parents=True)
+    shutil.copy(FR_IMAGES / "obama.jpg", images / "obama" / "a.jpg")
+    watcher = GalleryWatcher(GalleryBuilder(cfg, enroller.detector, encoder), images, 60.0)
+    recognizer = Recognizer(watcher.load(), cfg.recognition.threshold)
+    watcher.on_change = lambda update: apply_update(recognizer, update)
+    kiosk = KioskEnroller(cfg, encoder, recognizer, images)
+    biden, obama2 = cv2.imread(str(FR_IMAGES / "biden.jpg")), cv2.imread(str(FR_IMAGES / "obama2.jpg"))
+    blank = np.full_like(biden, 128)
+
+    def keys(text, frame, enter=True):
+        for k in text:
+            assert kiosk.key(ord(k), 0.0, frame)
+        if enter:
+            kiosk.key(13, 0.0, frame)
+
+    def outcome():
+        assert wait_for(lambda: kiosk.line(0.0) is not None and kiosk.prompt.state != WORKING, timeout=120)
+        return kiosk.line(0.0)[0]
+
+    try:
+        keys("ejoe", biden)
+        assert outcome() == "Enrolled joe"
+        (photo,) = (images / "joe").iterdir()
+        assert photo.suffix == ".jpg" and not photo.name.startswith(".")
+        assert watcher.poll() and "joe" in recognizer.people  # the running gallery's own hot reload
+
+        keys("ebarack", blank)
+        assert outcome() == "No face. Enter to retry, Esc to cancel"
+        keys("", obama2)  # Enter again: the newest frame
+        assert outcome() == "Looks like obama: Enter again to confirm, Esc to cancel"
+        kiosk.key(27, 0.0, obama2)
+        assert kiosk.line(0.0) is None and not (images / "barack").exists()
+
+        keys("ebarack", obama2)
+        assert outcome().startswith("Looks like obama")
+        with caplog.at_level(logging.INFO, logger="door_access.enrollment"):
+            keys("", None)  # the confirmation enrolls the frame that was checked, not the newest
+            assert outcome() == "Enrolled barack"
+        assert len(list((images / "barack").glob("*.jpg"))) == 1
+        assert any(r.levelno == logging.WARNING and "within the threshold of obama" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        kiosk.close()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,6 +143,56 @@ window.close()
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "0", "1280", "720"]  # a toolbar or status bar would shift or shrink it
     assert proc.stderr == ""  # Qt finds its fonts: no warnings
+
+
+# ---- the enroll key ---------------------------------------------------------------------------
+
+WEBCAM_CLIP = SHARED_DATA / "liveness" / "genuine" / "g08_mounish_webcam_blink.mp4"  # one person, 12.8 s
+
+
+@pytest.mark.model
+@pytest.mark.skipif(not WEBCAM_CLIP.is_file(), reason=f"shared real data not found at {WEBCAM_CLIP}")
+def test_e_enrolls_the_face_in_view_under_the_typed_name_and_q_still_quits(tmp_path, xvfb):
+    """Keys typed into the real window at a person's pace; a q in the name is a letter, not quit."""
+    site = _site(tmp_path, "display:\n  enroll_key: true\n")
+    proc = subprocess.Popen([sys.executable, "-m", "door_access", "run", "--config", str(site / "config.yaml"),
+                             "--source", str(WEBCAM_CLIP), "--realtime", "--max-seconds", "60"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(DISPLAY=xvfb),
+                            cwd=site)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+
+    def keys(*names):
+        for name in names:
+            subprocess.run(["xdotool", "search", "--name", "^door-access$", "key", "--window", "%1", name],
+                           capture_output=True, env=dict(os.environ, DISPLAY=xvfb), timeout=10)
+            time.sleep(0.15)
+
+    try:
+        deadline = time.monotonic() + 240
+        while not any(" ready: " in x for x in lines) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        keys("e", "q", "u", "i", "n", "n", "BackSpace", "Return")
+        for _ in range(20):  # a frame mid-blink is refused ("eyes closed"): Enter tries the newest frame again
+            time.sleep(0.5)
+            if any("kiosk enroll:" in x and "written" in x for x in lines) or proc.poll() is not None:
+                break
+            if any("kiosk enroll: quin not enrolled" in x for x in lines[-3:]):
+                keys("Return")
+        keys("q")
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(10)
+    err = "".join(lines)
+    assert proc.returncode == 0, err[-3000:]
+    photos = list((site / "images" / "quin").glob("enroll-*.jpg"))
+    assert len(photos) == 1, err[-3000:]
+    frames_in = int(next(x for x in lines if " stopped: " in x).split(" stopped: ")[1].split()[0])
+    assert frames_in < 380, "the clip ran to its end (384 frames): q did not quit"
+    assert "kiosk enroll: cancelled" not in err
 
 
 # ---- speech reaches the speaker --------------------------------------------------------------
