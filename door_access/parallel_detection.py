@@ -20,14 +20,15 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from .capture import END
+from .capture import END, Frame
 from .core import Box
 from .detection import FaceDetector, scale_rects, shrink
-from .scan import REGION_PAD, is_full_scan, regions_around, searched_after, to_frame
+from .scan import REGION_PAD, SKIP, is_full_scan, regions_around, searched_after, to_frame
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,14 @@ def _hog_process(conn, upsample: int) -> None:
         conn.send([[(r.left(), r.top(), r.right(), r.bottom()) for r in hog(img, upsample)] for img in images])
 
 
+class Detected(NamedTuple):
+    frame: Frame
+    rects: list  # dlib rectangles, in the full frame's pixels
+    shrunk: np.ndarray  # the BGR frame at `detection.max_side` that was searched
+
+
 class DetectedFrames:
-    """(frame, rects) for each frame taken from `frames`, in order, from `workers` lanes at once.
+    """A `Detected` for each frame taken from `frames`, in order, from `workers` lanes at once.
 
     `get(timeout)` behaves like `queue.Queue.get` (raises `queue.Empty`) and returns END after
     the last frame of a file. `lanes()` gives the thread bodies; the pipeline runs them, so a lane
@@ -115,10 +122,11 @@ class DetectedFrames:
                 self._deposit(seq, END)
                 return
             scale = self.detector.video_scale(frame.image.shape)
+            shrunk = shrink(frame.image, scale)  # BGR, handed on: the spoof cues' work frame comes from it
             # only the shrunk copy is turned to RGB (resizing works per channel, so this is the RGB
             # frame shrunk): HOG, which keeps the strongest channel's gradient, breaks its rare ties by
             # channel order (2 of 200 frames of the g11 clip)
-            small = cv2.cvtColor(shrink(frame.image, scale), cv2.COLOR_BGR2RGB)
+            small = cv2.cvtColor(shrunk, cv2.COLOR_BGR2RGB)
             h, w = small.shape[:2]
             if is_full_scan(seq, self.every):
                 regions = [(0, 0, w, h)]
@@ -132,12 +140,11 @@ class DetectedFrames:
             if found is None:
                 return  # stopping
             rects = scale_rects([e for r, f in zip(regions, found) for e in to_frame(f, r)], scale)
-            self._deposit(seq, (frame, rects), [Box(r.left(), r.top(), r.width(), r.height()) for r in rects])
+            self._deposit(seq, Detected(frame, rects, shrunk), [Box(r.left(), r.top(), r.width(), r.height()) for r in rects])
 
     def _known(self, seq: int) -> list[Box] | None:
         """The faces found in the earlier frames that frame `seq` searches around, once they are
-        all done (one of them may be a full scan still running in the other lane: waiting for it
-        means a face that just appeared is searched at once). None when stopping."""
+        all done (`scan.searched_after`). None when stopping."""
         sources = searched_after(seq, self.every)
         with self._ready:
             while not all(j in self._found for j in sources):
@@ -169,8 +176,8 @@ class DetectedFrames:
         with self._ready:
             if found is not None:
                 self._found[seq] = found
-                for old in [j for j in self._found if j < self._next - self.every]:
-                    del self._found[old]  # every frame not yet handed on searches later ones
+                for old in [j for j in self._found if j < self._next - self.every - SKIP]:
+                    del self._found[old]  # no frame not yet handed on searches these
             # a lane ahead of the consumer waits, so a file read flat out never piles up frames here
             while seq - self._next >= 2 * self.workers and not self.stop.is_set():
                 self._ready.wait(POLL_S)

@@ -210,7 +210,7 @@ class Pipeline:
             if item is END:
                 self._put(self.to_encoder, END)
                 return
-            frame, rects = item
+            frame, rects, shrunk = item  # a parallel_detection.Detected
             image = frame.image  # BGR: landmarks read (r + g + b) / 3, chips are turned to RGB
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
             out = FrameFaces(frame)
@@ -225,7 +225,7 @@ class Pipeline:
                 if self.liveness:
                     obs.live = self.liveness.observe(track.id, frame.t, points)
                     if self.spoof:
-                        cue = self.spoof.update(track.id, frame.t, frame.image, track.box, points)
+                        cue = self.spoof.update(track.id, frame.t, frame.image, track.box, points, shrunk)
                         if cue:
                             obs.live = dataclasses.replace(obs.live, spoof=cue)
                         elif self.spoof.doubtful(track.id):  # a borderline DENY cue: ask for an action now

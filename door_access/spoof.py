@@ -73,13 +73,18 @@ def planar_residual(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return rms(by_sim), rms(by_hom)
 
 
-def _work_gray(bgr: np.ndarray, box: Box) -> tuple[np.ndarray, Box]:
-    """The frame in grey at WORK_SIDE, and the box in its pixels."""
+def _work_gray(bgr: np.ndarray, box: Box, shrunk: np.ndarray | None = None) -> tuple[np.ndarray, Box]:
+    """The frame in grey at WORK_SIDE, and the box in its pixels.
+
+    `shrunk`, the same BGR frame already made smaller (the detector's copy), is shrunk further
+    instead of the frame itself: at 1080p that is 0.1 ms instead of 3.4 ms a measure."""
     h, w = bgr.shape[:2]
     scale = min(1.0, WORK_SIDE / max(h, w))
-    if scale < 1.0:
-        bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    size = (round(w * scale), round(h * scale))
+    source = shrunk if shrunk is not None and max(shrunk.shape[:2]) >= max(size) else bgr
+    if source.shape[1::-1] != size:
+        source = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(source, cv2.COLOR_BGR2GRAY)
     return gray, Box(round(box.x * scale), round(box.y * scale), max(1, round(box.w * scale)),
                      max(1, round(box.h * scale)))
 
@@ -175,10 +180,11 @@ class SpoofChecker:
         self.tracks: dict[int, _TrackSpoof] = {}
         self.values: dict[int, dict[str, float]] = {}  # track -> latest measures, for reports and tuning
 
-    def measure(self, bgr: np.ndarray, box: Box) -> dict[str, float]:
-        """The per-frame measures behind the cues (also reported by eval-liveness, for tuning)."""
+    def measure(self, bgr: np.ndarray, box: Box, shrunk: np.ndarray | None = None) -> dict[str, float]:
+        """The per-frame measures behind the cues (also reported by eval-liveness, for tuning);
+        `shrunk`: the frame already made smaller, if there is such a copy (see `_work_gray`)."""
         c = self.cfg
-        gray, b = _work_gray(bgr, box)
+        gray, b = _work_gray(bgr, box, shrunk)
         lines = _edge_lines(gray, b, c.frame_reach, c.frame_min_length)
         return {"sides": float(len(lines)), "glow": _glow(gray, b), "detail": fine_detail(bgr, box),
                 **{f"edge_{side}": offset for side, offset in lines.items()}}
@@ -189,14 +195,16 @@ class SpoofChecker:
         return {FRAME_EDGES: v["sides"] >= c.frame_sides,
                 SCREEN_LIGHT: v["glow"] >= c.glow_ratio and v["detail"] <= c.detail_max}
 
-    def update(self, track: int, t: float, bgr: np.ndarray, box: Box, points: np.ndarray | None) -> str | None:
-        """Feed one frame of a track; returns the DENY cue once one has fired for it, else None."""
+    def update(self, track: int, t: float, bgr: np.ndarray, box: Box, points: np.ndarray | None,
+               shrunk: np.ndarray | None = None) -> str | None:
+        """Feed one frame of a track (`shrunk`: see `measure`); returns the DENY cue once one has
+        fired for it, else None."""
         c = self.cfg
         s = self.tracks.setdefault(track, _TrackSpoof())
         if s.fired or t - s.measured_t < c.measure_every_s or box.w < c.min_face_px:
             return s.fired
         s.measured_t = t
-        v = self.measure(bgr, box)
+        v = self.measure(bgr, box, shrunk)
         hits = self.judge(v)
         hits[FRAME_EDGES] = self._rigid_frame(s, v)
         if points is not None:
