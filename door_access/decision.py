@@ -124,6 +124,9 @@ class Decider:
                                 f"conflict: one track named {track.identity} and {match.name}")
         if match.name is not None:
             track.unknown_run = 0
+        if float("-inf") < track.quiet_until <= t:
+            track.votes.clear()  # its person's cooldown is over: the sparse votes from it are stale, K fresh ones count
+            track.quiet_until = float("-inf")
         vote(track, t, match, self.window)
         if track.unlocked or track.conflict or track.spoofed:
             return None
@@ -132,6 +135,9 @@ class Decider:
         named = [m for _, m in track.votes if name is not None and m.name == name]
         if len(named) >= self.required:
             distance = sum(m.distance for m in named) / len(named)
+            cooled = self.last_unlock.get(name, float("-inf")) + self.cooldown_s
+            if t < cooled:  # let in moments ago: this track is encoded at the settled rate till then
+                track.quiet_until = cooled
             live = track.live
             if live is not None and not self._live_for(t, track, live):
                 if live.challenge:  # the door asked for an action: the attempt is pending
@@ -146,7 +152,7 @@ class Decider:
                     return Decision(DENIED, track.id, name, distance,
                                     f"locked out for {self.locked_out_until - t:.0f} s after repeated failed attempts")
                 return None
-            if t - self.last_unlock.get(name, float("-inf")) < self.cooldown_s:
+            if t < cooled:
                 return None
             if self.allow is not None:
                 reason = self._refused(name)

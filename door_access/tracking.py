@@ -3,7 +3,8 @@
 Association is greedy by box overlap (IoU), which is enough at a door: few faces, small
 motion between frames. The tracker also paces encoding: each track is sent to the encoder
 at most `encodes_per_second` times, not every frame, and a track that can no longer unlock
-(it unlocked, named two people, or showed a spoof) at most `settled_encodes_per_second`:
+(it unlocked, named two people, or showed a spoof), or not before its person's cooldown ends
+(someone let in moments ago, back on a new track), at most `settled_encodes_per_second`:
 its votes then only keep its label fresh and notice a different enrolled face taking its place.
 
 Each track is one `Track` record, owned here: its box, its votes and identity segment, its
@@ -49,6 +50,7 @@ class Track:
     denied: bool = False  # the one denial of this track has been given
     conflict: bool = False  # named two enrolled people: never unlocks
     spoofed: bool = False  # a liveness DENY cue fired: never unlocks
+    quiet_until: float = float("-inf")  # frame time until which its person's cooldown rules out an unlock
     lockout_noted: bool = False  # told once that the door is locked out
     split_requested: bool = False  # the decider saw the identity change; the tracker splits it
     ended: bool = False
@@ -114,7 +116,8 @@ class Tracker:
 
     def take_encode_slot(self, track: Track, t: float) -> bool:
         """True (and the slot is used) when this track is due for another encoding."""
-        settled = track.unlocked or track.conflict or track.spoofed  # set by the decider: no unlock can follow
+        # set by the decider: no unlock can follow (or none before its person's cooldown ends)
+        settled = track.unlocked or track.conflict or track.spoofed or t < track.quiet_until
         if t - track.last_encoded >= (self.settled_interval if settled else self.encode_interval):
             track.last_encoded = t
             return True

@@ -134,6 +134,30 @@ def test_a_track_that_can_no_longer_unlock_is_encoded_less_often(flag, settled):
     assert sum(tracker.take_encode_slot(tr, 1 + t) for t in second) == (1 if settled else 8)
 
 
+def test_a_new_track_of_someone_just_let_in_is_encoded_less_often_until_the_cooldown_ends():
+    """Someone let in who comes back on a new track (turned away, stepped out of view) cannot
+    unlock again within the cooldown: that track is paced like a settled one until it ends."""
+    dec, tracker = decider(cooldown=10.0), Tracker(0.3, 1.0, 8.0, settled_encodes_per_second=1.0)
+    assert events(feed(dec, 0.0, track(1), [kian()] * 3)) == [("unlock", "kian")]
+    [back] = tracker.update([BOX], 2.0)
+    assert feed(dec, 2.0, back, [kian()] * 3) == []  # three votes name kian, within the cooldown
+    assert back.quiet_until == pytest.approx(10.2)  # the first unlock was at t = 0.2
+    second = [i / 30 for i in range(30)]
+    assert sum(tracker.take_encode_slot(back, 3 + t) for t in second) == 1
+    assert sum(tracker.take_encode_slot(back, 10.5 + t) for t in second) == 8  # cooldown over: full rate
+
+
+def test_votes_from_a_cooldown_do_not_count_after_it():
+    """The sparse votes a track gathered while its person's cooldown ran are stale once it ends:
+    a stranger who took that place at the end of it is not let in on kian's old votes."""
+    dec = decider(cooldown=10.0)
+    assert events(feed(dec, 0.0, track(1), [kian()] * 3)) == [("unlock", "kian")]
+    back = track(2, 2.0)
+    assert feed(dec, 2.0, back, [kian()] * 4, step=1.0) == []  # one a second while kian cools down
+    assert feed(dec, 10.5, back, [stranger()] * 2) == []  # the cooldown is over; not kian any more
+    assert events(feed(dec, 11.0, back, [kian()] * 3)) == [("unlock", "kian")]  # three fresh votes
+
+
 def test_a_box_that_jumps_in_size_starts_a_new_track():
     tracker = Tracker(0.3, 1.0, 8.0)
     ended = []
