@@ -13,11 +13,12 @@ from __future__ import annotations
 from .core import Box
 
 # Each side of a face is searched this far beyond it, as a fraction of its size: the box comes
-# from a frame 1-4 frames earlier. On the Hamilton
-# clip with full scans every 4 frames, 0.5 finds 149 of the 154 faces a full scan of every frame
-# finds (the rest are faces seen first between full scans, and HOG flicker); 0.25 loses 3-5 more
-# and is barely cheaper.
+# from a frame 3-6 frames earlier. On the Hamilton clip with full scans every 4 frames, 0.5 finds
+# 144 of the 154 faces a full scan of every frame finds (the rest: faces in the two frames after
+# the full scan that first saw them, faces seen first between full scans, and HOG flicker).
 REGION_PAD = 0.5
+
+SKIP = 2  # a frame between full scans does not wait for the results of the last this many frames
 
 Region = tuple[int, int, int, int]  # left, top, right, bottom (right and bottom excluded), pixels
 
@@ -28,12 +29,13 @@ def is_full_scan(seq: int, every: int) -> bool:
 
 
 def searched_after(seq: int, every: int) -> list[int]:
-    """The earlier frames whose faces frame `seq` (between full scans) searches around: those of
-    the last `every` frames but the one just before, which another lane may still be working on,
-    unless that one is a full scan (then it is waited for, so a face that just appeared is found
-    again at once). A fixed rule, so the faces found never depend on how the lanes are timed."""
-    earlier = list(range(max(0, seq - every), seq - 1))
-    return earlier + [seq - 1] if seq >= 1 and is_full_scan(seq - 1, every) else earlier
+    """The earlier frames whose faces frame `seq` (between full scans) searches around: the
+    `every` frames before the last SKIP. Those two may still be in the other lane, one of them a
+    full scan that costs three or four region searches: not waiting for them keeps both lanes
+    busy. So a face that appears is found at a full scan and searched around from the third
+    frame after it (its track, and its first encoding, start at the full scan). A fixed rule,
+    so the faces found never depend on how the lanes are timed."""
+    return list(range(max(0, seq - every - SKIP), max(0, seq - SKIP)))
 
 
 def regions_around(boxes: list[Box], scale: float, pad: float, width: int, height: int) -> list[Region]:
