@@ -239,7 +239,7 @@ def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
     """The `face_recognition` library's video loop on `source`, as in its examples: for each frame,
     face_locations (HOG), face_encodings and compare_faces against the enrolled photos, one frame
     after another, as fast as it goes. Equal detection sensitivity: each frame is shrunk to
-    `detection.max_side` like ours and HOG runs with our `detection.upsample`.
+    `detection.max_side` as ours is (the same `shrink`) and HOG runs with our `detection.upsample`.
 
     Its rate is an upper bound on what it would process from a live camera (it never waits for
     a frame), so the ratio to ours is, if anything, in its favour.
@@ -251,6 +251,7 @@ def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
     except ImportError:
         return {"skipped": "face_recognition is not installed: pip install --no-deps face_recognition==1.3.0 "
                            "face_recognition_models (or the 'bench' extra)"}
+    from .detection import shrink
     from .gallery import scan_images
     from .photos import load_rgb
 
@@ -268,9 +269,7 @@ def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
         if not ok:
             break
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        scale = max(1.0, max(rgb.shape[:2]) / cfg.detection.max_side)
-        if scale > 1.0:
-            rgb = cv2.resize(rgb, None, fx=1 / scale, fy=1 / scale, interpolation=cv2.INTER_AREA)
+        rgb = shrink(rgb, max(1.0, max(rgb.shape[:2]) / cfg.detection.max_side))
         locations = face_recognition.face_locations(rgb, cfg.detection.upsample, "hog")
         for encoding in face_recognition.face_encodings(rgb, locations):
             face_recognition.compare_faces(known, encoding, tolerance=0.6)
