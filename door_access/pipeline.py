@@ -217,6 +217,11 @@ class Pipeline:
             for rect, track in zip(rects, self.tracker.update(boxes, frame.t)):
                 obs = FaceObs(track.id, track.box, record=track)
                 out.faces.append(obs)
+                if track.decided:  # e.g. let in and still in view: its liveness no longer matters, so its
+                    # 68 landmarks and DENY cues (2-3 ms a face a frame) are skipped; only its sparse votes go on
+                    if self.tracker.take_encode_slot(track, frame.t) and not self._too_small(image, rect, None):
+                        obs.chip = self.detector.video_chip(image, rect)
+                    continue
                 points = self.liveness.landmarks(image, rect) if self.liveness else None
                 if self._too_small(image, rect, points):
                     continue  # too small to judge: tracked and drawn, but no vote and no liveness

@@ -55,6 +55,12 @@ class Track:
     split_requested: bool = False  # the decider saw the identity change; the tracker splits it
     ended: bool = False
 
+    @property
+    def decided(self) -> bool:
+        """No unlock can follow on this track (set by the decider, never unset): it unlocked, named
+        two people, or showed a spoof. Its liveness no longer matters."""
+        return self.unlocked or self.conflict or self.spoofed
+
 
 class Tracker:
     def __init__(self, min_iou: float, timeout_s: float, encodes_per_second: float, max_scale_step: float = 1.3,
@@ -117,7 +123,7 @@ class Tracker:
     def take_encode_slot(self, track: Track, t: float) -> bool:
         """True (and the slot is used) when this track is due for another encoding."""
         # set by the decider: no unlock can follow (or none before its person's cooldown ends)
-        settled = track.unlocked or track.conflict or track.spoofed or t < track.quiet_until
+        settled = track.decided or t < track.quiet_until
         if t - track.last_encoded >= (self.settled_interval if settled else self.encode_interval):
             track.last_encoded = t
             return True

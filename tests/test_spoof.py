@@ -251,6 +251,45 @@ def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, tmp_path):
     assert live["unlocked"] and not live["deny_cues"], live
 
 
+@pytest.mark.model
+@needs_data
+def test_a_track_let_in_is_tracked_but_no_longer_checked_for_liveness(cfg, encoder, tmp_path):
+    """Once a track has unlocked, nothing it shows can change a decision: its 68 landmarks and DENY
+    cues (2-3 ms a face a frame) stop, while it is still tracked. The live man of g06 (first 2.5 s,
+    let in within the first second) through the real pipeline."""
+    import shutil
+
+    from door_access.app import build_pipeline
+    from door_access.capture import Capture
+    from door_access.core import UNLOCK
+    from door_access.liveness_eval import _quiet, read_truth
+
+    name = "genuine/g06_repeating_selfie_blink.mp4"
+    photo = LIVE / {r["file"]: r for r in read_truth(LIVE)}[name]["person_photo"]
+    (tmp_path / "images").mkdir()
+    shutil.copy(photo, tmp_path / "images" / ("person" + photo.suffix.lower()))
+    run_cfg = _quiet(cfg)
+    run_cfg = dataclasses.replace(run_cfg, access_log=dataclasses.replace(run_cfg.access_log,
+                                                                          path=str(tmp_path / "log.sqlite")))
+    c = cfg.camera
+    capture = Capture(str(_first_seconds(LIVE / name, tmp_path / "g06.mp4", 2.5)), False,
+                      c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
+    events, checked = [], []  # checked: (track, has a liveness verdict) per face, frame by frame
+    pipeline = build_pipeline(run_cfg, tmp_path / "images", capture, events.append, encoder=encoder)
+    pipeline.observers.append(lambda item, _: checked.extend((f.track, f.live is not None) for f in item.faces))
+    pipeline.start()
+    try:
+        pipeline.wait(120)
+    finally:
+        pipeline.stop()
+    [unlock] = [e for e in events if e.event == UNLOCK]
+    mine = [live for track, live in checked if track == unlock.track]
+    assert False in mine, "every frame of the track let in was still checked for liveness"
+    stopped = mine.index(False)  # frames already past the detector when the decider let him in are checked
+    assert all(mine[:stopped]) and stopped >= 5, mine
+    assert not any(mine[stopped:]) and len(mine) - stopped >= 15, mine
+
+
 def test_eval_liveness_needs_a_truth_csv(tmp_path, capsys):
     from door_access.cli import main
 
