@@ -289,11 +289,17 @@ def _cpu_s() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def bench_sizes(cfg: Config, images_dir: Path, source: str, sizes: list[tuple[int, int]], peer: bool) -> dict:
+def bench_sizes(cfg: Config, images_dir: Path, source: str, sizes: list[tuple[int, int]], peer: bool,
+                rounds: int = 1) -> dict:
     """Per size, `source` scaled to it and run three ways: through the whole app at the file's own
     rate (`realtime`: the 95%-of-source target), through the whole app as fast as it goes
     (`throughput`), and the `face_recognition` library's loop, also as fast as it goes (`peer`);
-    `ratio` compares the two flat-out rates. With the machine it ran on."""
+    `ratio` compares the two flat-out rates. With the machine it ran on.
+
+    With `rounds` > 1 the two flat-out runs alternate that many times and the median run of each is
+    reported (all rates under `runs`): a shared machine's speed drifts by a fifth between minutes,
+    and alternating puts the drift on both sides of the ratio.
+    """
     import os
     import platform
     import tempfile
@@ -303,32 +309,46 @@ def bench_sizes(cfg: Config, images_dir: Path, source: str, sizes: list[tuple[in
     d = cfg.detection
     out = {"machine": {"cpus": os.cpu_count(), "load_avg_before": [round(v, 2) for v in os.getloadavg()],
                        "python": platform.python_version(), "opencv": cv2.__version__,
-                       "max_side": d.max_side, "workers": d.workers, "upsample": d.upsample},
+                       "max_side": d.max_side, "workers": d.workers, "upsample": d.upsample, "rounds": rounds},
            "sizes": {}}
     seen: dict = {}
     with tempfile.TemporaryDirectory(prefix="door-bench-clips-") as tmp:
         for size in sizes:
             clip = scaled_clip(source, size, Path(tmp))
-            row = {"realtime": bench_pipeline(cfg, images_dir, clip, True, seen),
-                   "throughput": bench_pipeline(cfg, images_dir, clip, False, seen)}
+            row = {"realtime": bench_pipeline(cfg, images_dir, clip, True, seen)}
+            ours, theirs = [], []
+            for _ in range(rounds):
+                ours.append(bench_pipeline(cfg, images_dir, clip, False, seen))
+                if peer:
+                    theirs.append(bench_peer(cfg, images_dir, clip))
+            row["throughput"] = _median_run(ours, "processed_fps")
             row["target_fps"] = round(0.95 * row["realtime"]["source_fps"], 2)
-            if peer:
-                theirs = row["peer"] = bench_peer(cfg, images_dir, clip)
-                if theirs.get("fps"):
-                    ours = row["throughput"]
-                    row["ratio"] = round(ours["processed_fps"] / theirs["fps"], 2)
-                    # CPU per frame, theirs over ours: the FPS ratio on one core each
-                    row["cpu_ratio"] = round(theirs["cpu_ms_per_frame"] / max(1e-6, ours["cpu_ms_per_frame"]), 2)
+            row["runs"] = {"ours": [r["processed_fps"] for r in ours]}
+            if theirs and theirs[0].get("fps"):
+                fast, slow = row["throughput"], _median_run(theirs, "fps")
+                row["peer"], row["runs"]["peer"] = slow, [r["fps"] for r in theirs]
+                row["ratio"] = round(fast["processed_fps"] / slow["fps"], 2)
+                # CPU per frame, theirs over ours: the FPS ratio on one core each
+                row["cpu_ratio"] = round(slow["cpu_ms_per_frame"] / max(1e-6, fast["cpu_ms_per_frame"]), 2)
+            elif theirs:
+                row["peer"] = theirs[0]  # skipped, with the reason
             out["sizes"][f"{size[0]}x{size[1]}"] = row
     out["machine"]["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
     return out
 
 
+def _median_run(runs: list[dict], key: str) -> dict:
+    """The run whose `key` is the median (the lower of the middle two for an even count)."""
+    return sorted(runs, key=lambda r: r[key])[(len(runs) - 1) // 2]
+
+
 def sizes_table(result: dict) -> str:
     """`bench_sizes`' result as a text table, one line per size."""
     m = result["machine"]
+    rounds = m.get("rounds", 1)
     lines = [f"{m['cpus']} CPUs, load {m['load_avg_before']} -> {m.get('load_avg_after')}, "
-             f"max_side {m['max_side']}, upsample {m['upsample']}",
+             f"max_side {m['max_side']}, upsample {m['upsample']}"
+             + (f"; flat out: the median of {rounds} alternating runs each" if rounds > 1 else ""),
              f"{'size':>9} | {'realtime FPS':>12} {'dropped':>7} {'latency':>7} | {'flat-out FPS':>12} "
              f"{'CPU/frame':>9} | {'peer FPS':>8} {'CPU/frame':>9} | {'ratio':>5} {'CPU ratio':>9}"]
     for size, row in result["sizes"].items():

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="pipeline: also scale the file to these sizes, each run beside the "
                                    "face_recognition library's loop, e.g. 640x360,1280x720,1920x1080")
     p.add_argument("--no-peer", action="store_true", help="pipeline --sizes: skip the face_recognition loop")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="pipeline --sizes: alternate the flat-out runs (ours, the peer) this many times "
+                        "(odd: 3, 5) and report each side's median run")
 
     p = sub.add_parser("run", help="run the door (the default of run_door.py)")
     _common(p)
@@ -311,7 +314,10 @@ def cmd_bench(args, cfg: Config) -> int:
                 sizes = parse_sizes(args.sizes)
             except ValueError as exc:
                 raise UsageError(f"--sizes: {exc}") from None
-            result = bench_sizes(cfg, _images_dir(args, cfg), args.source, sizes, peer=not args.no_peer)
+            if args.rounds < 1:
+                raise UsageError("--rounds must be at least 1")
+            result = bench_sizes(cfg, _images_dir(args, cfg), args.source, sizes, peer=not args.no_peer,
+                                 rounds=args.rounds)
             print(json.dumps(result) if args.json else sizes_table(result))
             return 0
         result = bench_pipeline(cfg, _images_dir(args, cfg), args.source, realtime=not args.throughput)

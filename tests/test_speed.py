@@ -11,7 +11,7 @@ import dlib
 import numpy as np
 import pytest
 
-from door_access.bench import parse_sizes, scaled_clip, sizes_table
+from door_access.bench import _median_run, parse_sizes, scaled_clip, sizes_table
 from door_access.capture import END, Capture, Frame, request_format
 from door_access.config import DetectionConfig
 from door_access.core import Box
@@ -72,6 +72,13 @@ def test_the_sizes_table_shows_both_modes_and_the_ratio_per_size():
     assert len(lines) == 4
     assert "29.9" in lines[2] and "101.0" in lines[2] and "16.3" in lines[2] and "6.2x" in lines[2]
     assert lines[3].split("|")[0].strip() == "1920x1080" and "nan" in lines[3]  # no peer: no ratio
+
+
+def test_alternating_rounds_report_the_median_run_of_each_side():
+    runs = [{"fps": 9.0, "run": 1}, {"fps": 11.5, "run": 2}, {"fps": 10.2, "run": 3}]
+    assert _median_run(runs, "fps")["run"] == 3
+    assert _median_run(runs[:2], "fps")["run"] == 1  # an even count: the lower middle (use an odd count)
+    assert _median_run(runs[:1], "fps")["run"] == 1
 
 
 def test_every_nth_frame_is_scanned_whole_and_1_means_all():
