@@ -128,7 +128,7 @@ class Decider:
             track.votes.clear()  # its person's cooldown is over: the sparse votes from it are stale, K fresh ones count
             track.quiet_until = float("-inf")
         vote(track, t, match, self.window)
-        if track.unlocked or track.conflict or track.spoofed:
+        if track.decided:
             return None
 
         name = track.identity

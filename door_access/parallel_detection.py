@@ -28,7 +28,7 @@ import numpy as np
 from .capture import END, Frame
 from .core import Box
 from .detection import FaceDetector, scale_rects, shrink
-from .scan import REGION_PAD, SKIP, is_full_scan, regions_around, searched_after, to_frame
+from .scan import REGION_PAD, is_full_scan, regions_around, searched_after, to_frame
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ class DetectedFrames:
             if found is None:
                 return  # stopping
             rects = scale_rects([e for r, f in zip(regions, found) for e in to_frame(f, r)], scale)
-            self._deposit(seq, Detected(frame, rects, shrunk), [Box(r.left(), r.top(), r.width(), r.height()) for r in rects])
+            boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
+            self._deposit(seq, Detected(frame, rects, shrunk), boxes)
 
     def _known(self, seq: int) -> list[Box] | None:
         """The faces found in the earlier frames that frame `seq` searches around, once they are
@@ -176,7 +177,8 @@ class DetectedFrames:
         with self._ready:
             if found is not None:
                 self._found[seq] = found
-                for old in [j for j in self._found if j < self._next - self.every - SKIP]:
+                oldest = min(searched_after(self._next, self.every), default=0)  # later frames search later ones
+                for old in [j for j in self._found if j < oldest]:
                     del self._found[old]  # no frame not yet handed on searches these
             # a lane ahead of the consumer waits, so a file read flat out never piles up frames here
             while seq - self._next >= 2 * self.workers and not self.stop.is_set():
