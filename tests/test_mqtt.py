@@ -45,10 +45,14 @@ def test_commands_parse_plain_and_json_and_nothing_else():
 def test_discovery_is_retained_and_parses_and_availability_follows_the_door(broker):
     cfg = mqtt_cfg(broker)
     bridge = MqttBridge(cfg, "front", on_command=lambda c: None)
-    bridge.start()
     topics = Topics(cfg, "front")
+    # `connected` only says paho queued the configs; a subscriber that is there first sees them once
+    # the broker has stored them (it stores a retained message before it forwards it)
+    early = Listener(broker.port, "homeassistant/#")
+    bridge.start()
     try:
-        assert wait_for(lambda: bridge.connected, 10)
+        assert wait_for(lambda: bridge.connected and len(early.messages) >= 4, 10), early.messages
+        early.close()
         # a hub that starts later still finds the door: every config is retained
         hub = Listener(broker.port, "homeassistant/#")
         assert wait_for(lambda: len(hub.messages) >= 4, 10), hub.messages
