@@ -251,7 +251,7 @@ def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
     except ImportError:
         return {"skipped": "face_recognition is not installed: pip install --no-deps face_recognition==1.3.0 "
                            "face_recognition_models (or the 'bench' extra)"}
-    from .detection import shrink
+    from .detection import shrink, shrink_factor
     from .gallery import scan_images
     from .photos import load_rgb
 
@@ -269,7 +269,7 @@ def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
         if not ok:
             break
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        rgb = shrink(rgb, max(1.0, max(rgb.shape[:2]) / cfg.detection.max_side))
+        rgb = shrink(rgb, shrink_factor(rgb.shape, cfg.detection.max_side))
         locations = face_recognition.face_locations(rgb, cfg.detection.upsample, "hog")
         for encoding in face_recognition.face_encodings(rgb, locations):
             face_recognition.compare_faces(known, encoding, tolerance=0.6)

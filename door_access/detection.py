@@ -53,7 +53,7 @@ class FaceDetector:
 
     def video_scale(self, shape) -> float:
         """How much a video frame is shrunk before detection: to `max_side` on its longest side."""
-        return max(1.0, max(shape[:2]) / self.cfg.max_side)
+        return shrink_factor(shape, self.cfg.max_side)
 
     def detect(self, rgb: np.ndarray, downscale: float | None = None, upsample: int | None = None,
                model: str | None = None) -> list[dlib.rectangle]:
@@ -107,8 +107,7 @@ class FaceDetector:
         come from the same padded copy, so the face pixels themselves are never altered.
         """
         h, w = rgb.shape[:2]
-        downscale = max(1.0, max(h, w) / self.cfg.photo_max_side)
-        rects = self.detect(rgb, downscale, self.cfg.photo_upsample)
+        rects = self.detect(rgb, shrink_factor(rgb.shape, self.cfg.photo_max_side), self.cfg.photo_upsample)
         if rects:
             return [self.align(rgb, r) for r in rects]
         grow = CNN_FALLBACK_SIDE / max(h, w)
@@ -122,6 +121,11 @@ class FaceDetector:
             box = _clipped_box(*edges, rgb.shape)
             faces.append(Face(box=box, chip=face.chip, landmarks=(face.landmarks - pad) / grow))
         return faces
+
+
+def shrink_factor(shape, max_side: int) -> float:
+    """How much an image of `shape` is shrunk to bring its longest side to `max_side` (never enlarged)."""
+    return max(1.0, max(shape[:2]) / max_side)
 
 
 def shrink(img: np.ndarray, scale: float) -> np.ndarray:
