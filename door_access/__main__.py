@@ -1,6 +1,6 @@
 import sys
 
-from .cli import main
+from door_access.cli import main
 
 if __name__ == "__main__":  # detector processes are spawned: they import this module and must not run the CLI
     sys.exit(main())

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import cv2
 
-from .capture import Capture
-from .config import Config
-from .core import UNLOCK, Event
-from .quiet import native_stderr_silenced
+from door_access.config import Config
+from door_access.core import UNLOCK, Event
+from door_access.faces.capture import Capture
+from door_access.quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
-    from .facenet import FaceEncoder
-    from .pipeline import Pipeline
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.pipeline import Pipeline
 
 
 def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callable[[Event], None] | None = None,
@@ -28,18 +28,18 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
     """The door, wired and ready to `start()`. `encoder` reuses a loaded model (tests, evaluations);
     `challenge_action` fixes the liveness challenge (evaluations on clips that perform a known action)."""
     with native_stderr_silenced():  # TensorFlow's import and first use print a page of notices
-        from .facenet import FaceEncoder
-        from .pipeline import Parts, Pipeline
+        from door_access.faces.facenet import FaceEncoder
+        from door_access.pipeline import Parts, Pipeline
 
         encoder = encoder or FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
-    from .access_log import AccessLog
-    from .actions import Speaker
-    from .detection import FaceDetector
-    from .gallery import GalleryBuilder, GalleryWatcher
-    from .liveness import LivenessChecker
-    from .policy import PolicyFile
-    from .recognizer import Recognizer
-    from .spoof import SpoofChecker
+    from door_access.door.access_log import AccessLog
+    from door_access.door.actions import Speaker
+    from door_access.door.policy import PolicyFile
+    from door_access.faces.detection import FaceDetector
+    from door_access.liveness.cues import LivenessChecker
+    from door_access.liveness.spoof import SpoofChecker
+    from door_access.recognition.gallery import GalleryBuilder, GalleryWatcher
+    from door_access.recognition.recognizer import Recognizer
 
     weights, live = cfg.path("weights"), cfg.liveness
     # dlib objects are not thread-safe: the gallery watcher gets a detector of its own
@@ -62,7 +62,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
     # (a 1080p frame's resize spread over two) only add switching (measured: 4% fewer frames/s)
     cv2.setNumThreads(1)
     if cfg.mqtt.enabled:  # events out, commands in; the door never waits for the broker
-        from .mqtt import MqttBridge, door_commands
+        from door_access.door.mqtt import MqttBridge, door_commands
 
         pipeline.attach_mqtt(MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
             lambda: pipeline.notify(UNLOCK, detail="source: remote"),

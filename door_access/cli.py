@@ -16,14 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import Config, ConfigError, load_config
-from .quiet import quiet_libraries
+from door_access.config import Config, ConfigError, load_config
+from door_access.quiet import quiet_libraries
 
 if TYPE_CHECKING:
-    from .detection import FaceDetector
-    from .facenet import FaceEncoder
-    from .gallery import Gallery, GalleryBuilder
-    from .recognizer import Recognizer
+    from door_access.faces.detection import FaceDetector
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.recognition.gallery import Gallery, GalleryBuilder
+    from door_access.recognition.recognizer import Recognizer
 
 log = logging.getLogger("door_access")
 
@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # known failure types map to exit 2; anything else is a bug: show it
-        from .access_log import AccessLogError
-        from .assets import SetupError
-        from .capture import SourceError
-        from .photos import PhotoError
+        from door_access.door.access_log import AccessLogError
+        from door_access.faces.capture import SourceError
+        from door_access.faces.photos import PhotoError
+        from door_access.tools.assets import SetupError
 
         if isinstance(exc, (SetupError, SourceError, PhotoError, AccessLogError, FileNotFoundError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
@@ -203,10 +203,10 @@ class Models:
 
 
 def load_models(cfg: Config, images_dir: Path) -> Models:
-    from .detection import FaceDetector
-    from .facenet import FaceEncoder
-    from .gallery import GalleryBuilder
-    from .recognizer import Recognizer
+    from door_access.faces.detection import FaceDetector
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.recognition.gallery import GalleryBuilder
+    from door_access.recognition.recognizer import Recognizer
 
     weights = cfg.path("weights")
     detector = FaceDetector(cfg.detection, weights)
@@ -218,14 +218,14 @@ def load_models(cfg: Config, images_dir: Path) -> Models:
 
 
 def cmd_setup(args, cfg: Config) -> int:
-    from .assets import run_setup
+    from door_access.tools.assets import run_setup
 
     run_setup(cfg.path("weights"), cfg.path("cache"), sdist_dir=args.sdist_dir, force=args.force)
     return 0
 
 
 def cmd_identify(args, cfg: Config) -> int:
-    from .photos import PhotoError, load_rgb
+    from door_access.faces.photos import PhotoError, load_rgb
 
     models = load_models(cfg, _images_dir(args, cfg))
     failed = 0
@@ -256,7 +256,7 @@ def cmd_identify(args, cfg: Config) -> int:
 
 
 def cmd_verify(args, cfg: Config) -> int:
-    from .photos import load_rgb
+    from door_access.faces.photos import load_rgb
 
     models = load_models(cfg, _images_dir(args, cfg))
     if args.name not in models.recognizer.people:
@@ -296,7 +296,7 @@ def cmd_gallery(args, cfg: Config) -> int:
 
 
 def cmd_bench(args, cfg: Config) -> int:
-    from .bench import bench_encoder, bench_gallery, bench_pipeline
+    from door_access.tools.bench import bench_encoder, bench_gallery, bench_pipeline
 
     if args.what == "gallery":
         if args.people < 1 or args.repeats < 1:
@@ -308,7 +308,7 @@ def cmd_bench(args, cfg: Config) -> int:
         if not args.source:
             raise UsageError("bench pipeline needs --source FILE")
         if args.sizes:
-            from .bench import bench_sizes, parse_sizes, sizes_table
+            from door_access.tools.bench import bench_sizes, parse_sizes, sizes_table
 
             try:
                 sizes = parse_sizes(args.sizes)
@@ -340,7 +340,7 @@ def cmd_bench(args, cfg: Config) -> int:
 
 
 def cmd_run(args, cfg: Config) -> int:
-    from .runner import run_door
+    from door_access.runner import run_door
 
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise UsageError("--max-seconds must be positive")
@@ -352,7 +352,7 @@ def cmd_run(args, cfg: Config) -> int:
 
 def cmd_check(args, cfg: Config) -> int:
     """Exit 0 when every part is ok, 1 otherwise (each problem printed with its fix)."""
-    from .check import print_checks, run_checks
+    from door_access.tools.check import print_checks, run_checks
 
     checks = run_checks(cfg, _images_dir(args, cfg))
     print_checks(checks, args.json)
@@ -367,10 +367,10 @@ def cmd_demo(args, cfg: Config) -> int:
     """
     import dataclasses
 
-    from .assets import testdata_dir
-    from .democlip import build_demo, write_photo_attack
-    from .detection import FaceDetector
-    from .runner import run_door
+    from door_access.faces.detection import FaceDetector
+    from door_access.runner import run_door
+    from door_access.tools.assets import testdata_dir
+    from door_access.tools.democlip import build_demo, write_photo_attack
 
     out = args.out.resolve()
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
@@ -401,7 +401,7 @@ def _roc_summary(result: dict) -> str:
 
 
 def cmd_calibrate(args, cfg: Config) -> int:
-    from .evaluation import calibrate
+    from door_access.tools.evaluation import calibrate
 
     if not 0.0 < args.target_far < 1.0:
         raise UsageError("--target-far must be between 0 and 1")
@@ -424,10 +424,10 @@ def cmd_calibrate(args, cfg: Config) -> int:
 
 
 def cmd_eval(args, cfg: Config) -> int:
-    from .detection import FaceDetector
-    from .evaluation import evaluate_pairs, make_lfw_embedder
-    from .facenet import FaceEncoder
-    from .gallery import EmbeddingCache
+    from door_access.faces.detection import FaceDetector
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.recognition.gallery import EmbeddingCache
+    from door_access.tools.evaluation import evaluate_pairs, make_lfw_embedder
 
     if args.open_set is not None:
         return _eval_open_set(args, cfg)
@@ -455,7 +455,7 @@ def cmd_eval(args, cfg: Config) -> int:
 
 
 def cmd_eval_liveness(args, cfg: Config) -> int:
-    from .liveness_eval import eval_folder, format_report
+    from door_access.tools.liveness_eval import eval_folder, format_report
 
     if not cfg.liveness.enabled:
         raise UsageError("eval-liveness needs liveness.enabled: true")
@@ -465,10 +465,10 @@ def cmd_eval_liveness(args, cfg: Config) -> int:
 
 
 def _eval_open_set(args, cfg: Config) -> int:
-    from .detection import FaceDetector
-    from .evaluation import evaluate_open_set, make_lfw_records
-    from .facenet import FaceEncoder
-    from .gallery import EmbeddingCache
+    from door_access.faces.detection import FaceDetector
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.recognition.gallery import EmbeddingCache
+    from door_access.tools.evaluation import evaluate_open_set, make_lfw_records
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -509,7 +509,7 @@ def _eval_open_set(args, cfg: Config) -> int:
 
 
 def cmd_log(args, cfg: Config) -> int:
-    from .access_log import AccessLog, format_event
+    from door_access.door.access_log import AccessLog, format_event
 
     if args.last < 1:
         raise UsageError("--last must be at least 1")
@@ -560,9 +560,18 @@ def cmd_enroll(args, cfg: Config) -> int:
     """Shots from photos, a snapshot or a camera sweep; quality checks; collision check; atomic writes."""
     import os
 
-    from .enrollment import (Enroller, EnrollError, SweepWindow, collision_message, collisions, encode_shots,
-                             safe_name, video_frames, write_photos)
-    from .photos import PhotoError, load_rgb
+    from door_access.faces.photos import PhotoError, load_rgb
+    from door_access.recognition.enrollment import (
+        Enroller,
+        EnrollError,
+        SweepWindow,
+        collision_message,
+        collisions,
+        encode_shots,
+        safe_name,
+        video_frames,
+        write_photos,
+    )
 
     name = safe_name(args.name)
     if args.photos and args.from_snapshot is not None:
@@ -573,7 +582,7 @@ def cmd_enroll(args, cfg: Config) -> int:
     enroller = Enroller(cfg.enroll, models.detector, cfg.path("weights"))
     shots, problems = [], []
     if args.from_snapshot is not None:
-        from .review import attempt_by_id
+        from door_access.tools.review import attempt_by_id
 
         attempt = attempt_by_id(cfg, args.from_snapshot)
         if attempt.snapshot is None:
@@ -621,8 +630,8 @@ def cmd_enroll(args, cfg: Config) -> int:
 
 
 def cmd_review(args, cfg: Config) -> int:
-    from .core import DENIED, UNLOCK
-    from .review import recent_attempts
+    from door_access.core import DENIED, UNLOCK
+    from door_access.tools.review import recent_attempts
 
     if args.last < 1:
         raise UsageError("--last must be at least 1")

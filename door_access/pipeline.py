@@ -19,22 +19,33 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .access_log import AccessLog
-from .actions import Actions, Speaker
-from .capture import END, Capture, Frame
-from .config import Config
-from .core import (CAMERA_BACK, CAMERA_LOST, CHALLENGE, FAULT, GALLERY, INPUT_SIZE, Box, Event, LiveVerdict, Match,
-                   Notice)
-from .decision import Decider
-from .detection import FaceDetector
-from .facenet import FaceEncoder
-from .gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
-from .liveness import LivenessChecker, eye_distance
-from .parallel_detection import DetectedFrames
-from .policy import PolicyFile
-from .recognizer import Recognizer
-from .spoof import SpoofChecker
-from .tracking import Track, Tracker
+from door_access.config import Config
+from door_access.core import (
+    CAMERA_BACK,
+    CAMERA_LOST,
+    CHALLENGE,
+    FAULT,
+    GALLERY,
+    INPUT_SIZE,
+    Box,
+    Event,
+    LiveVerdict,
+    Match,
+    Notice,
+)
+from door_access.door.access_log import AccessLog
+from door_access.door.actions import Actions, Speaker
+from door_access.door.decision import Decider
+from door_access.door.policy import PolicyFile
+from door_access.door.tracking import Track, Tracker
+from door_access.faces.capture import END, Capture, Frame
+from door_access.faces.detection import FaceDetector
+from door_access.faces.facenet import FaceEncoder
+from door_access.faces.parallel_detection import DetectedFrames
+from door_access.liveness.cues import LivenessChecker, eye_distance
+from door_access.liveness.spoof import SpoofChecker
+from door_access.recognition.gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
+from door_access.recognition.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
-from .capture import Capture, parse_source
-from .config import Config
-from .core import Event
-from .door import LOCKED
+from door_access.config import Config
+from door_access.core import Event
+from door_access.door.controller import LOCKED
+from door_access.faces.capture import Capture, parse_source
 
 if TYPE_CHECKING:
-    from .display import StatusModel, Window
-    from .enrollment import KioskEnroller
-    from .pipeline import Pipeline
+    from door_access.kiosk.display import StatusModel, Window
+    from door_access.pipeline import Pipeline
+    from door_access.recognition.enrollment import KioskEnroller
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             log.warning("no display found: running headless (use --headless to silence this)")
         else:
-            from .display import StatusModel
+            from door_access.kiosk.display import StatusModel
 
             status = StatusModel(cfg.display.message_seconds)
     printer = json_printer() if events_json else None
@@ -68,14 +67,14 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
             printer(event)
 
     try:
-        from .app import build_pipeline
+        from door_access.app import build_pipeline
 
         pipeline = build_pipeline(cfg, images_dir, capture, emit)
     except BaseException:
         capture.stop(0.1)
         raise
     if status is not None:
-        from .display import Window
+        from door_access.kiosk.display import Window
 
         width, height = capture.size
         scale = max(1.0, 720 / height) if height else 1.0  # a small frame gets a readable window
@@ -87,7 +86,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if window and cfg.display.enroll_key:  # made before the stages start (see KioskEnroller); never touches the door
-            from .enrollment import KioskEnroller
+            from door_access.recognition.enrollment import KioskEnroller
 
             enroll = KioskEnroller(cfg, pipeline.encoder, pipeline.recognizer, images_dir)
         pipeline.start()
@@ -135,8 +134,8 @@ def _window_tick(pipeline: Pipeline, window: Window, status: StatusModel, cfg: C
                  enroll: KioskEnroller | None) -> Callable[[], bool]:
     """Keys (the enroll prompt's first, then q/Esc quit) at every poll; render on the main thread at most
     `display.fps` times a second, and only when something changed."""
-    from .display import FaceView, Ticker, enroll_status, render
-    from .enroll_prompt import QUIT_KEYS
+    from door_access.kiosk.display import FaceView, Ticker, enroll_status, render
+    from door_access.recognition.enroll_prompt import QUIT_KEYS
 
     ticker = Ticker(cfg.display.fps)
     shown, shown_state = None, None

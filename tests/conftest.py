@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from door_access.assets import is_complete, testdata_dir
 from door_access.config import Config, PathsConfig
+from door_access.tools.assets import is_complete, testdata_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = testdata_dir(REPO / ".cache")
@@ -60,14 +60,14 @@ def cfg(session_dir) -> Config:
 
 @pytest.fixture(scope="session")
 def detector(cfg):
-    from door_access.detection import FaceDetector
+    from door_access.faces.detection import FaceDetector
 
     return FaceDetector(cfg.detection, cfg.path("weights"))
 
 
 @pytest.fixture(scope="session")
 def encoder(cfg):
-    from door_access.facenet import FaceEncoder
+    from door_access.faces.facenet import FaceEncoder
 
     return FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
 
@@ -101,7 +101,7 @@ def copy_people(src: Path, dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def celebrity_gallery(cfg, detector, encoder, session_dir):
     """The 5-celebrity train photos enrolled (93 photos, 5 people)."""
-    from door_access.gallery import GalleryBuilder
+    from door_access.recognition.gallery import GalleryBuilder
 
     images = copy_people(CELEBRITY / "train", session_dir / "celebrity_images")
     return GalleryBuilder(cfg, detector, encoder).build(images)

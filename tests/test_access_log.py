@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from door_access.access_log import AccessLog, AccessLogError, format_event, spool_path
 from door_access.core import DENIED, FAULT, UNLOCK, Event
+from door_access.door.access_log import AccessLog, AccessLogError, format_event, spool_path
 
 from conftest import REPO
 
@@ -21,7 +21,7 @@ def ev(i: int, kind: str = UNLOCK, name: str | None = "alice") -> Event:
 
 
 def warnings(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "door_access.access_log" and r.levelno == logging.WARNING]
+    return [r for r in caplog.records if r.name == "door_access.door.access_log" and r.levelno == logging.WARNING]
 
 
 def test_records_survive_a_restart_and_read_back_oldest_first(tmp_path):
@@ -155,7 +155,7 @@ def test_the_spool_is_replayed_exactly_once_after_a_crash(tmp_path):
     other = sqlite3.connect(path, isolation_level=None)
     AccessLog(path).close()
     other.execute("BEGIN EXCLUSIVE")
-    code = ("import sys, os; sys.path.insert(0, sys.argv[1]); from door_access.access_log import AccessLog; "
+    code = ("import sys, os; sys.path.insert(0, sys.argv[1]); from door_access.door.access_log import AccessLog; "
             "from door_access.core import Event; log = AccessLog(sys.argv[2]); "
             "[log.record(Event('unlock', float(i), 1.7e9 + i, 'alice', 0.5, i, 'n')) for i in range(3)]; "
             "os._exit(9)")  # killed: no close(), no flush

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from door_access.access_log import AccessLog
-from door_access.actions import SIGNATURE_HEADER, Actions, Speaker, fill_argv, safe_slug, welcome_text
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig
 from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
+from door_access.door.access_log import AccessLog
+from door_access.door.actions import SIGNATURE_HEADER, Actions, Speaker, fill_argv, safe_slug, welcome_text
 
 from conftest import REPO, make_config, wait_for
 
@@ -224,7 +224,7 @@ def test_failing_and_missing_hooks_are_faults_never_relocks_and_the_app_goes_on(
     failing = (sys.executable, "-c", "import sys; sys.stderr.write('boom: no door here'); sys.exit(3)")
     missing = (str(tmp_path / "no-such-program"), "{name}")
     r = rig(DoorConfig(unlock_command=failing, relock_command=missing, unlock_seconds=0.0))
-    with caplog.at_level(logging.WARNING, logger="door_access.door"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door.controller"):
         assert r.actions.door.state() == "relock_failing"  # the start-up relock failed: retried with backoff
         r.actions.submit(unlock("hank"))
         assert r.wait_kinds(FAULT, UNLOCK, FAULT, FAULT)
@@ -479,7 +479,7 @@ def test_each_welcome_is_a_real_wav_with_a_safe_name(rig, tmp_path, capfd):
 def test_a_speech_engine_that_cannot_start_is_one_warning_and_the_door_still_works(rig, tmp_path, caplog):
     calls = tmp_path / "unlock.jsonl"
     tts = TtsConfig(enabled=True)
-    with caplog.at_level(logging.WARNING, logger="door_access.actions"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door.actions"):
         r = rig(tts=tts, speaker=Speaker(tts, tmp_path / "wavs", driver_name="no_such_driver"),
                 door=DoorConfig(unlock_command=record_hook(calls, "{name}"), unlock_seconds=600))
         for name in ("nia", "oz", "pat"):
@@ -495,7 +495,7 @@ def test_a_speech_engine_that_cannot_start_is_one_warning_and_the_door_still_wor
 def test_playing_without_an_audio_player_is_one_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PATH", str(tmp_path))  # no `aplay` to be found: pyttsx3 would fail silently
     speaker = Speaker(TtsConfig(enabled=True), None)
-    with caplog.at_level(logging.WARNING, logger="door_access.actions"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door.actions"):
         speaker.start()
         for _ in range(3):
             speaker.say("hello")
@@ -542,7 +542,7 @@ def test_a_snapshot_that_cannot_be_saved_is_a_warning_and_the_denial_is_still_lo
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     r = rig(access=AccessLogConfig(snapshots_dir=str(blocker / "snaps"), snapshots_keep=3))
-    with caplog.at_level(logging.WARNING, logger="door_access.actions"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door.actions"):
         r.actions.submit(notice(DENIED, track=1, snapshot=face(1)))
         r.actions.submit(notice(DENIED, track=2, snapshot=face(2)))
         assert r.wait_kinds(DENIED, DENIED)
@@ -566,7 +566,7 @@ def test_every_event_reaches_the_access_log_and_emit_in_order(rig):
 
 def test_submit_never_blocks_when_the_queue_is_full(rig, caplog):
     r = rig(start=False, queue_size=2)
-    with caplog.at_level(logging.WARNING, logger="door_access.actions"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door.actions"):
         for track in range(5):
             r.actions.submit(notice(DENIED, track=track))
     assert sum("queue full" in rec.getMessage() for rec in caplog.records) == 1

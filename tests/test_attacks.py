@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
+from door_access.faces.photos import load_rgb
+
 from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
-from door_access.photos import load_rgb
 
 HAMILTON = SHARED_DATA / "face_recognition_examples" / "short_hamilton_clip.mp4"
 SWAP_FROM = 150  # frame: the singer is on screen from ~frame 90, so he is an established stranger by then
@@ -102,8 +103,9 @@ def test_the_pasted_photo_is_recognised(tmp_path, swapped_clip):
 
 @pytest.fixture(scope="module")
 def strangers_then_obama(tmp_path_factory, detector):
+    from door_access.tools.democlip import Segment, write_clip
+
     from conftest import CELEBRITY
-    from door_access.democlip import Segment, write_clip
 
     strangers = [FR_IMAGES / "biden.jpg"] + [sorted((CELEBRITY / "train" / p).glob("*.jpg"))[0]
                                              for p in ("elton_john", "jerry_seinfeld")]
@@ -125,7 +127,7 @@ def test_repeated_stranger_attempts_raise_an_alarm_and_lock_out_the_next_person(
     decisions = [(e["event"], e["name"]) for e in events if e["event"] in ("unlock", "denied", "alarm")]
     assert decisions == [("denied", None)] * 3 + [("alarm", None), ("denied", "obama")], decisions
     assert [e for e in events if e["name"] == "obama"][0]["detail"].startswith("locked out")
-    from door_access.access_log import AccessLog
+    from door_access.door.access_log import AccessLog
 
     log = AccessLog(site / "log.sqlite")
     try:

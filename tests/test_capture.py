@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from door_access.capture import Capture, SourceError, open_source, parse_source
+from door_access.faces.capture import Capture, SourceError, open_source, parse_source
 
 from conftest import wait_for
 

@@ -13,12 +13,22 @@ import collections
 import numpy as np
 import pytest
 
-from door_access.challenge import (
-    ACTIONS, BLINK_TWICE, FAILED, LEFT, PASSED, RIGHT, RUNNING, UP, Challenge, choose_action, head_pose,
+from door_access.config import LivenessConfig
+from door_access.liveness.challenge import (
+    ACTIONS,
+    BLINK_TWICE,
+    FAILED,
+    LEFT,
+    PASSED,
+    RIGHT,
+    RUNNING,
+    UP,
+    Challenge,
+    choose_action,
+    head_pose,
     pose_action,
 )
-from door_access.config import LivenessConfig
-from door_access.liveness import LivenessChecker, eye_aspect_ratio, eye_distance, planar_residual
+from door_access.liveness.cues import LivenessChecker, eye_aspect_ratio, eye_distance, planar_residual
 
 FRONT = np.array([
     [111, 363], [115, 399], [120, 433], [128, 467], [137, 500], [152, 530], [175, 554], [203, 572], [237, 578],

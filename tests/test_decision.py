@@ -9,8 +9,8 @@ import pytest
 
 from door_access.config import DoorConfig, LockoutConfig, VotingConfig
 from door_access.core import Box, LiveVerdict, Match
-from door_access.decision import Decider
-from door_access.tracking import Track, Tracker
+from door_access.door.decision import Decider
+from door_access.door.tracking import Track, Tracker
 
 BOX = Box(100, 100, 120, 120)
 

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 
 from door_access.core import INPUT_SIZE
-from door_access.photos import load_rgb
+from door_access.faces.photos import load_rgb
 
 from conftest import FR_IMAGES
 
@@ -69,7 +69,7 @@ def test_partial_faces_and_downscaled_detection(detector):
 def test_shrink_matches_pixel_averaging_at_any_size():
     """The two-step shrink (halvings, then linear) gives the size asked for and, on a real photo,
     the picture a one-step INTER_AREA shrink gives: it is only faster."""
-    from door_access.detection import shrink
+    from door_access.faces.detection import shrink
 
     rgb = load_rgb(FR_IMAGES / "obama.jpg", LIMIT)
     for w, h in [(1920, 1080), (1280, 720), (961, 541), (3001, 1999), (641, 361)]:

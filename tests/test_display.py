@@ -8,11 +8,32 @@ import numpy as np
 import pytest
 
 from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
-from door_access.door import LOCKED, RELOCK_FAILING, UNLOCKED
-from door_access.display import (AMBER, CHALLENGE_STATE, ENROLL, GREEN, GREY, HOLD, IDLE, LOCKOUT, LOOK, NO_CAMERA,
-                                  NOT_RECOGNISED, RED, WELCOME, WHITE, FaceView, StatusModel, Ticker,
-                                  challenge_text, enroll_status, font_path, render, text_mask)
-from door_access.enroll_prompt import EnrollPrompt
+from door_access.door.controller import LOCKED, RELOCK_FAILING, UNLOCKED
+from door_access.kiosk.display import (
+    AMBER,
+    CHALLENGE_STATE,
+    ENROLL,
+    GREEN,
+    GREY,
+    HOLD,
+    IDLE,
+    LOCKOUT,
+    LOOK,
+    NO_CAMERA,
+    NOT_RECOGNISED,
+    RED,
+    WELCOME,
+    WHITE,
+    FaceView,
+    StatusModel,
+    Ticker,
+    challenge_text,
+    enroll_status,
+    font_path,
+    render,
+    text_mask,
+)
+from door_access.recognition.enroll_prompt import EnrollPrompt
 
 from conftest import SHARED_DATA
 

@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
+from door_access.faces.photos import load_rgb
+from door_access.recognition.gallery import GalleryBuilder
+
 from conftest import FR_IMAGES
-from door_access.gallery import GalleryBuilder
-from door_access.photos import load_rgb
 
 pytestmark = pytest.mark.model
 

@@ -17,8 +17,8 @@ import wave
 
 import pytest
 
-from door_access.access_log import AccessLog
-from door_access.democlip import Segment, write_clip
+from door_access.door.access_log import AccessLog
+from door_access.tools.democlip import Segment, write_clip
 
 from conftest import FR_IMAGES, REPO, write_site
 

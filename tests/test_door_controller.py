@@ -14,7 +14,7 @@ from pathlib import Path
 
 from door_access.config import DoorConfig
 from door_access.core import FAULT, RELOCK, Event
-from door_access.door import LOCKED, RELOCK_FAILING, UNLOCKED, DoorController
+from door_access.door.controller import LOCKED, RELOCK_FAILING, UNLOCKED, DoorController
 
 from conftest import REPO, wait_for
 
@@ -133,7 +133,7 @@ KILLED_DOOR = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from door_access.config import DoorConfig
-from door_access.door import DoorController
+from door_access.door.controller import DoorController
 hook = lambda label: (sys.executable, "-c", sys.argv[3], sys.argv[2], "0", label, "{name}")
 door = DoorController(DoorConfig(unlock_command=hook("unlock"), relock_command=hook("relock"),
                                  unlock_seconds=600), lambda event: None)
@@ -167,8 +167,8 @@ def test_after_kill_9_in_the_unlock_window_the_next_start_relocks_first(tmp_path
 
 
 def test_the_controller_access_log_and_decision_import_no_model():
-    code = ("import sys; import door_access.door, door_access.access_log, door_access.decision, "
-            "door_access.tracking, door_access.core; "
+    code = ("import sys; import door_access.door.controller, door_access.door.access_log, door_access.door.decision, "
+            "door_access.door.tracking, door_access.core; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'dlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr

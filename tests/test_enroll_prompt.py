@@ -5,8 +5,20 @@ import sys
 
 import pytest
 
-from door_access.enroll_prompt import (ASK, BAD, CONFIRM, IDLE_S, MAX_NAME, OK, OFF, TYPING, WORKING, EnrollPrompt,
-                                       Request, short_problem)
+from door_access.recognition.enroll_prompt import (
+    ASK,
+    BAD,
+    CONFIRM,
+    IDLE_S,
+    MAX_NAME,
+    OFF,
+    OK,
+    TYPING,
+    WORKING,
+    EnrollPrompt,
+    Request,
+    short_problem,
+)
 
 from conftest import REPO
 
@@ -148,7 +160,7 @@ def test_after_enrolled_esc_dismisses_and_e_starts_again():
 
 
 def test_the_prompt_module_loads_no_model_library_nor_opencv():
-    code = ("import sys, door_access.enroll_prompt\n"
+    code = ("import sys, door_access.recognition.enroll_prompt\n"
             "print(sorted(m for m in ('cv2', 'dlib', 'tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]"

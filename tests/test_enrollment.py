@@ -10,14 +10,24 @@ import cv2
 import numpy as np
 import pytest
 
-from door_access.access_log import AccessLog
-from door_access.actions import snapshot_pattern
 from door_access.cli import main
 from door_access.config import EnrollConfig
 from door_access.core import DENIED, Event
-from door_access.enrollment import (EnrollError, Enroller, KioskEnroller, Quality, collisions, enroll_from_frame,
-                                    head_pose, safe_name, video_frames, write_photos)
-from door_access.photos import load_rgb
+from door_access.door.access_log import AccessLog
+from door_access.door.actions import snapshot_pattern
+from door_access.faces.photos import load_rgb
+from door_access.recognition.enrollment import (
+    Enroller,
+    EnrollError,
+    KioskEnroller,
+    Quality,
+    collisions,
+    enroll_from_frame,
+    head_pose,
+    safe_name,
+    video_frames,
+    write_photos,
+)
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA
 
@@ -131,8 +141,8 @@ def test_sweep_on_a_real_head_turn_clip_takes_each_pose_once(enroller, encoder, 
 
 @pytest.mark.model
 def test_collision_names_the_other_person_and_the_kiosk_key_writes_nothing(enroller, encoder, cfg, tmp_path):
-    from door_access.gallery import GalleryBuilder
-    from door_access.recognizer import Recognizer
+    from door_access.recognition.gallery import GalleryBuilder
+    from door_access.recognition.recognizer import Recognizer
 
     images = tmp_path / "images"
     (images / "obama").mkdir(parents=True)
@@ -215,9 +225,9 @@ def test_review_lists_a_denied_attempt_and_enroll_from_snapshot_adds_it(capsys, 
 def test_unlock_snapshots_are_kept_and_review_lists_them(capsys, site, tmp_path):
     import dataclasses
 
-    from door_access.actions import Actions, Speaker
     from door_access.config import AccessLogConfig, Config, TtsConfig
     from door_access.core import UNLOCK, Notice
+    from door_access.door.actions import Actions, Speaker
 
     from conftest import wait_for
 
@@ -261,9 +271,9 @@ def test_bad_bench_sizes_are_one_line_and_exit_2(capsys):
 def test_the_kiosk_enroll_key_writes_a_photo_the_watcher_picks_up_and_asks_before_a_look_alike(
         enroller, encoder, cfg, tmp_path, caplog):
     """Keys as the window delivers them, the enrollment on the kiosk's worker thread, real photos as frames."""
-    from door_access.enroll_prompt import WORKING
-    from door_access.gallery import GalleryBuilder, GalleryWatcher, apply_update
-    from door_access.recognizer import Recognizer
+    from door_access.recognition.enroll_prompt import WORKING
+    from door_access.recognition.gallery import GalleryBuilder, GalleryWatcher, apply_update
+    from door_access.recognition.recognizer import Recognizer
 
     from conftest import wait_for
 
@@ -303,7 +313,7 @@ def test_the_kiosk_enroll_key_writes_a_photo_the_watcher_picks_up_and_asks_befor
 
         keys("ebarack", obama2)
         assert outcome().startswith("Looks like obama")
-        with caplog.at_level(logging.INFO, logger="door_access.enrollment"):
+        with caplog.at_level(logging.INFO, logger="door_access.recognition.enrollment"):
             keys("", None)  # the confirmation enrolls the frame that was checked, not the newest
             assert outcome() == "Enrolled barack"
         assert len(list((images / "barack").glob("*.jpg"))) == 1

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from door_access.evaluation import (
+from door_access.faces.photos import load_rgb
+from door_access.recognition.gallery import EmbeddingCache, Gallery
+from door_access.tools.evaluation import (
     MISSING_DISTANCE,
     Roc,
     best_threshold,
@@ -22,8 +24,6 @@ from door_access.evaluation import (
     make_lfw_embedder,
     read_pairs,
 )
-from door_access.gallery import EmbeddingCache, Gallery
-from door_access.photos import load_rgb
 
 from conftest import CELEBRITY, REPO, SHARED_DATA
 
@@ -338,7 +338,7 @@ def test_door_scores_take_the_best_photo_of_the_best_other_person():
     """A per-pair FAR counts each impostor pair alone; the door lets a stranger in when ANY photo of ANYONE
     is close. Here b's photo is far from two of a's photos but close to the third: its impostor score
     is that closest one."""
-    from door_access.evaluation import door_scores
+    from door_access.tools.evaluation import door_scores
 
     e = _unit([1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.2, 1], [0.1, 1, 0.05])
     genuine, impostor = door_scores(["a", "a", "a", "c", "b"], e)
@@ -348,7 +348,7 @@ def test_door_scores_take_the_best_photo_of_the_best_other_person():
 
 
 def test_open_set_counts_follow_the_door_rule():
-    from door_access.evaluation import best_two, open_set_counts, zero_stranger_threshold
+    from door_access.tools.evaluation import best_two, open_set_counts, zero_stranger_threshold
 
     gallery = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
     probes = _unit([1, 0.2, 0], [0.1, 1, 0], [0.6, 0.6, 0])  # a, b, and a face halfway between a and b
@@ -367,7 +367,7 @@ def test_open_set_counts_follow_the_door_rule():
 
 @pytest.mark.skipif(not (SHARED_DATA / "lfw" / "images_deepfunneled").is_dir(), reason="../shared/data/lfw is absent")
 def test_draw_slice_is_seeded_and_not_alphabetical():
-    from door_access.evaluation import draw_slice, lfw_people
+    from door_access.tools.evaluation import draw_slice, lfw_people
 
     people = lfw_people(SHARED_DATA / "lfw" / "images_deepfunneled")
     a, b, c = draw_slice(people, 30, 1), draw_slice(people, 30, 1), draw_slice(people, 30, 2)
@@ -382,7 +382,7 @@ def test_draw_slice_is_seeded_and_not_alphabetical():
 @pytest.mark.model
 @pytest.mark.skipif(not (SHARED_DATA / "lfw" / "images_deepfunneled").is_dir(), reason="../shared/data/lfw is absent")
 def test_open_set_on_a_small_lfw_slice(cfg, detector, encoder, tmp_path):
-    from door_access.evaluation import evaluate_open_set, make_lfw_records
+    from door_access.tools.evaluation import evaluate_open_set, make_lfw_records
 
     records = make_lfw_records(cfg, detector, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
     root = SHARED_DATA / "lfw" / "images_deepfunneled"

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from door_access.core import EMBEDDING_SIZE
-from door_access.facenet import build_inception_resnet_v1
-from door_access.photos import load_rgb
+from door_access.faces.facenet import build_inception_resnet_v1
+from door_access.faces.photos import load_rgb
 
 from conftest import FR_IMAGES
 
@@ -44,7 +44,7 @@ def test_wrong_chip_shape_is_refused(encoder):
 
 
 def test_missing_or_corrupt_weights_name_setup(tmp_path):
-    from door_access.facenet import FaceEncoder
+    from door_access.faces.facenet import FaceEncoder
 
     with pytest.raises(FileNotFoundError, match="door-access setup"):
         FaceEncoder(tmp_path / "absent.weights.h5")

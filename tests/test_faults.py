@@ -24,13 +24,13 @@ import cv2
 import pytest
 import tensorflow as tf
 
-from door_access.access_log import AccessLog
 from door_access.app import build_pipeline
-from door_access.capture import Capture
 from door_access.config import AccessLogConfig, Config, DoorConfig, PipelineConfig, TtsConfig
-from door_access.democlip import Segment, write_clip
 from door_access.core import CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, UNLOCK, Event
+from door_access.door.access_log import AccessLog
+from door_access.faces.capture import Capture
 from door_access.pipeline import Pipeline
+from door_access.tools.democlip import Segment, write_clip
 
 from conftest import FR_IMAGES, REPO, make_config, wait_for
 
@@ -343,7 +343,7 @@ def test_unusable_access_log_does_not_stop_the_door(tmp_path, clips, cache, dete
         assert [e.name for e in kinds(events, UNLOCK)] == ["obama"] and kinds(events, DENIED)[0].name is None
         # the door was locked at start-up, and relocked as the app stopped
         assert [json.loads(line) for line in relocks.read_text().splitlines()] == [[""], ["obama"]]
-        warnings = [r.getMessage() for r in caplog.records if r.name == "door_access.access_log"
+        warnings = [r.getMessage() for r in caplog.records if r.name == "door_access.door.access_log"
                     and r.levelno == logging.WARNING]
         assert str(path) in warnings[0], warnings
         if other is not None:  # one "cannot write" warning, one "kept in the spool for the next start"

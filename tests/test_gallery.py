@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from door_access.gallery import GalleryBuilder
-from door_access.photos import load_rgb
+from door_access.faces.photos import load_rgb
+from door_access.recognition.gallery import GalleryBuilder
 
 from conftest import CELEBRITY, FR_IMAGES, make_config
 
@@ -130,8 +130,8 @@ class DropDuringFirstBuild(GalleryBuilder):
 
 def _watched(builder, images):
     """A watcher whose updates go into a real matcher, as in the running door."""
-    from door_access.gallery import GalleryWatcher, apply_update
-    from door_access.recognizer import Recognizer
+    from door_access.recognition.gallery import GalleryWatcher, apply_update
+    from door_access.recognition.recognizer import Recognizer
 
     swapped = []
     watcher = GalleryWatcher(builder, images, 0.1, lambda u: (apply_update(recognizer, u), swapped.append(u)))
@@ -160,7 +160,7 @@ def test_a_reload_that_fails_once_succeeds_at_the_next_poll(tmp_path, detector, 
     watcher, recognizer, swapped = _watched(builder, images)
     shutil.copy(FR_IMAGES / "biden.jpg", images / "biden.jpg")
     builder.fail_next = True
-    with caplog.at_level("WARNING", logger="door_access.gallery"):
+    with caplog.at_level("WARNING", logger="door_access.recognition.gallery"):
         assert not watcher.poll()  # failed: the previous gallery stays
     assert swapped == [] and "disk hiccuped" in caplog.text
     assert watcher.poll()  # retried, although the folder has not changed since
@@ -183,7 +183,7 @@ def test_an_unusable_embedding_cache_is_moved_aside_with_one_warning_and_rebuilt
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
-    with caplog.at_level("WARNING", logger="door_access.gallery"):
+    with caplog.at_level("WARNING", logger="door_access.recognition.gallery"):
         gallery = GalleryBuilder(cfg, detector, encoder).build(images)  # starts, does not raise
     warned = [r for r in caplog.records if "embedding cache" in r.getMessage()]
     assert len(warned) == 1 and "moved aside" in warned[0].getMessage()

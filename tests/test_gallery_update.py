@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from door_access.gallery import GalleryBuilder
-from door_access.photos import load_rgb
-from door_access.recognizer import Recognizer
+from door_access.faces.photos import load_rgb
+from door_access.recognition.gallery import GalleryBuilder
+from door_access.recognition.recognizer import Recognizer
 
 from conftest import FR_IMAGES
 

@@ -129,7 +129,7 @@ def test_window_has_no_toolbar_and_the_requested_size(tmp_path, xvfb):
     """Without full screen the window is the size asked for, and the picture fills all of it."""
     code = """
 import cv2
-from door_access.display import Status, Window, render
+from door_access.kiosk.display import Status, Window, render
 window = Window(fullscreen=False, size=(1280, 720))
 frame = cv2.VideoCapture(%r).read()[1]
 for _ in range(20):
@@ -209,7 +209,7 @@ def test_welcome_is_played_through_the_default_sound_device(tmp_path):
     played = tmp_path / "speaker.raw"
     (tmp_path / ".asoundrc").write_text(
         f'pcm.!default {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
-    code = ("import time\nfrom door_access.actions import Speaker\nfrom door_access.config import TtsConfig\n"
+    code = ("import time\nfrom door_access.door.actions import Speaker\nfrom door_access.config import TtsConfig\n"
             "s = Speaker(TtsConfig(), None)\ns.start()\ns.say('Welcome alex')\ntime.sleep(0.2)\ns.stop(60)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=_env(HOME=str(tmp_path)), cwd=tmp_path)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from door_access.config import LivenessConfig
-from door_access.challenge import SPOKEN
-from door_access.democlip import Segment, write_clip, write_photo_attack
-from door_access.liveness import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
-from door_access.photos import load_rgb
+from door_access.faces.photos import load_rgb
+from door_access.liveness.challenge import SPOKEN
+from door_access.liveness.cues import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
+from door_access.tools.democlip import Segment, write_clip, write_photo_attack
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
 

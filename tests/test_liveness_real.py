@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from door_access.challenge import LEFT, RIGHT
 from door_access.config import LivenessConfig
-from door_access.democlip import write_photo_attack
-from door_access.liveness import LivenessChecker
+from door_access.liveness.challenge import LEFT, RIGHT
+from door_access.liveness.cues import LivenessChecker
+from door_access.tools.democlip import write_photo_attack
 
 from conftest import FR_IMAGES, SHARED_DATA
 

@@ -5,9 +5,9 @@ import io
 import sqlite3
 import time
 
-from door_access.access_log import AccessLog
 from door_access.cli import main, parse_since
 from door_access.core import Event
+from door_access.door.access_log import AccessLog
 
 OLD_SCHEMA = ("CREATE TABLE events(id INTEGER PRIMARY KEY, wall REAL, t REAL, event TEXT, name TEXT,"
               " distance REAL, track INTEGER, detail TEXT)")

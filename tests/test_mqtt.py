@@ -11,15 +11,15 @@ import json
 import shutil
 
 import pytest
+from mqtt_broker import Listener, broker_or_skip
 
-from door_access.access_log import AccessLog
-from door_access.actions import Actions, Speaker
 from door_access.config import AccessLogConfig, DoorConfig, LivenessConfig, MqttConfig, TtsConfig
 from door_access.core import RELOCK, UNLOCK, Event, Notice
-from door_access.mqtt import MqttBridge, Topics, door_commands, parse_command
+from door_access.door.access_log import AccessLog
+from door_access.door.actions import Actions, Speaker
+from door_access.door.mqtt import MqttBridge, Topics, door_commands, parse_command
 
 from conftest import FR_IMAGES, make_config, wait_for
-from mqtt_broker import Listener, broker_or_skip
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,9 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
     """The real app on a real clip: obama, a long empty stretch, obama again. The broker is killed
     after the first unlock reaches it; the door keeps deciding; the second unlock, queued while the
     broker was away, arrives once it is back."""
-    from door_access.democlip import Segment, write_clip
     from door_access.app import build_pipeline
     from door_access.runner import open_capture
+    from door_access.tools.democlip import Segment, write_clip
 
     images = tmp_path / "images" / "obama"
     images.mkdir(parents=True)

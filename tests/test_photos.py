@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from door_access.photos import PhotoError, load_rgb
+from door_access.faces.photos import PhotoError, load_rgb
 
 from conftest import FR_IMAGES
 

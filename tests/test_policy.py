@@ -7,9 +7,9 @@ import pytest
 
 from door_access.config import ConfigError, DoorConfig, VotingConfig
 from door_access.core import Box, Match
-from door_access.decision import Decider
-from door_access.policy import PolicyFile, parse_policy
-from door_access.tracking import Track
+from door_access.door.decision import Decider
+from door_access.door.policy import PolicyFile, parse_policy
+from door_access.door.tracking import Track
 
 PEOPLE = """\
 alice:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from door_access.photos import load_rgb
-from door_access.recognizer import Recognizer
+from door_access.faces.photos import load_rgb
+from door_access.recognition.recognizer import Recognizer
 
 from conftest import CELEBRITY
 
@@ -64,7 +64,7 @@ def test_distances_are_vectorised_per_person_minimum(celebrity_gallery, probes):
 
 
 def test_empty_gallery_knows_nobody(probes):
-    from door_access.gallery import Gallery
+    from door_access.recognition.gallery import Gallery
 
     _, _, embeddings = probes
     matches = Recognizer(Gallery(), 0.9).identify(embeddings[:2])
@@ -75,7 +75,7 @@ def test_a_face_between_two_people_is_nobody_with_a_margin():
     """The door's matching rule: closest person, under the threshold, and `margin` ahead of the second."""
     from types import SimpleNamespace
 
-    from door_access.recognizer import Recognizer
+    from door_access.recognition.recognizer import Recognizer
 
     e = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
     gallery = SimpleNamespace(names=["ana", "bob", "cy"], photos=["a.jpg", "b.jpg", "c.jpg"], embeddings=e)

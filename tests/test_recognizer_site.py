@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from door_access.recognizer import Recognizer
+from door_access.recognition.recognizer import Recognizer
 
 RNG = np.random.default_rng(7)
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from door_access.assets import SDISTS, is_complete
+from door_access.tools.assets import SDISTS, is_complete
 
 from conftest import REPO
 

@@ -11,13 +11,13 @@ import dlib
 import numpy as np
 import pytest
 
-from door_access.bench import _median_run, parse_sizes, scaled_clip, sizes_table
-from door_access.capture import END, Capture, Frame, request_format
 from door_access.config import DetectionConfig
 from door_access.core import Box
-from door_access.detection import FaceDetector
-from door_access.parallel_detection import DetectedFrames
-from door_access.scan import is_full_scan, regions_around, searched_after, to_frame
+from door_access.faces.capture import END, Capture, Frame, request_format
+from door_access.faces.detection import FaceDetector
+from door_access.faces.parallel_detection import DetectedFrames
+from door_access.faces.scan import is_full_scan, regions_around, searched_after, to_frame
+from door_access.tools.bench import _median_run, parse_sizes, scaled_clip, sizes_table
 
 from conftest import REPO, SHARED_DATA
 
@@ -160,7 +160,7 @@ def test_a_bgr_frame_gives_the_same_landmarks_and_chip_as_the_rgb_frame():
     order), never the whole frame: dlib reads (r + g + b) / 3 for landmarks, so only the chip's
     channels are swapped."""
     from door_access.config import LivenessConfig
-    from door_access.liveness import LivenessChecker
+    from door_access.liveness.cues import LivenessChecker
 
     detector = FaceDetector(DetectionConfig(), REPO / "weights")
     liveness = LivenessChecker(LivenessConfig(), REPO / "weights")
@@ -324,7 +324,7 @@ def test_clip_is_scaled_at_its_own_rate(tmp_path):
 @pytest.mark.model
 @needs_clip
 def test_the_peer_loop_runs_on_the_clip_or_says_how_to_install_it(tmp_path, monkeypatch):
-    from door_access.bench import bench_peer
+    from door_access.tools.bench import bench_peer
 
     from conftest import make_config
 

@@ -14,9 +14,16 @@ import pytest
 
 from door_access.config import Config, SpoofConfig
 from door_access.core import Box
-from door_access.detection import shrink
-from door_access.spoof import (RIGID, SCREEN_LIGHT, SpoofChecker, enclosing_edges,
-                               fine_detail, planar_residual, screen_glow)
+from door_access.faces.detection import shrink
+from door_access.liveness.spoof import (
+    RIGID,
+    SCREEN_LIGHT,
+    SpoofChecker,
+    enclosing_edges,
+    fine_detail,
+    planar_residual,
+    screen_glow,
+)
 
 from conftest import SHARED_DATA
 
@@ -233,8 +240,8 @@ def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, tmp_path):
     """Two short real clips through the real pipeline (eval-liveness's own code): the phone photo
     (a02, the whole 2.6 s) gets a DENY and no unlock; a live man blinking (g06, its first 2.5 s,
     he blinks at 0.6 s) unlocks with no DENY cue."""
-    from door_access.facenet import FaceEncoder
-    from door_access.liveness_eval import _quiet, eval_video, read_truth
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.tools.liveness_eval import _quiet, eval_video, read_truth
 
     rows = {r["file"]: r for r in read_truth(LIVE)}
     run_cfg = _quiet(cfg)
@@ -260,9 +267,9 @@ def test_a_track_let_in_is_tracked_but_no_longer_checked_for_liveness(cfg, encod
     import shutil
 
     from door_access.app import build_pipeline
-    from door_access.capture import Capture
     from door_access.core import UNLOCK
-    from door_access.liveness_eval import _quiet, read_truth
+    from door_access.faces.capture import Capture
+    from door_access.tools.liveness_eval import _quiet, read_truth
 
     name = "genuine/g06_repeating_selfie_blink.mp4"
     photo = LIVE / {r["file"]: r for r in read_truth(LIVE)}[name]["person_photo"]
@@ -305,9 +312,9 @@ def test_the_synthetic_photo_attack_still_never_unlocks(cfg, detector, tmp_path)
     """The generated photo attack (a print moved, tilted and re-lit by hand) with the DENY cues on:
     no DENY cue claims it (no screen light, no frame in view, dlib's landmarks of a tilted photo are
     not planar enough for the flat-face cue), and it stays denied for want of a CONFIRM cue."""
-    from door_access.democlip import write_photo_attack
-    from door_access.facenet import FaceEncoder
-    from door_access.liveness_eval import _quiet, eval_video
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.tools.democlip import write_photo_attack
+    from door_access.tools.liveness_eval import _quiet, eval_video
 
     from conftest import FR_IMAGES
 

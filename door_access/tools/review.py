@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .access_log import AccessLogError
-from .actions import snapshot_pattern
-from .config import Config
-from .core import DENIED, Event
+from door_access.config import Config
+from door_access.core import DENIED, Event
+from door_access.door.access_log import AccessLogError
+from door_access.door.actions import snapshot_pattern
 
 _CLOSEST = re.compile(r"closest: ([^)]+)\)")
 

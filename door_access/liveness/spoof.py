@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .config import SpoofConfig
-from .core import Box
+from door_access.config import SpoofConfig
+from door_access.core import Box
 
 log = logging.getLogger(__name__)
 

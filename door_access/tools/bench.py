@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .assets import testdata_dir
-from .config import Config
+from door_access.config import Config
+from door_access.tools.assets import testdata_dir
 
 BATCH_SIZES = (1, 8, 32)
 
@@ -26,9 +26,9 @@ def _median_s(fn, repeats: int) -> float:
 
 def bench_encoder(cfg: Config, photo: Path | None, repeats: int) -> dict:
     """Faces/s of the encoder at several batch sizes, and per-stage ms for one photo."""
-    from .detection import FaceDetector
-    from .facenet import FaceEncoder
-    from .photos import load_rgb
+    from door_access.faces.detection import FaceDetector
+    from door_access.faces.facenet import FaceEncoder
+    from door_access.faces.photos import load_rgb
 
     photo = photo or testdata_dir(cfg.path("cache")) / "face_recognition" / "obama.jpg"
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
@@ -71,9 +71,9 @@ def bench_pipeline(cfg: Config, images_dir: Path, source: str, realtime: bool = 
     import resource
     import tempfile
 
-    from .core import UNLOCK
-    from .app import build_pipeline
-    from .runner import open_capture
+    from door_access.app import build_pipeline
+    from door_access.core import UNLOCK
+    from door_access.runner import open_capture
 
     events, unlock_frames = [], []
     with tempfile.TemporaryDirectory(prefix="door-bench-") as tmp:
@@ -174,8 +174,8 @@ def bench_gallery(people: int, repeats: int = 20, seed: int = 0) -> dict:
     building it, identifying one probe, and enrolling one more photo live (not counting its encoding)."""
     from types import SimpleNamespace
 
-    from .core import EMBEDDING_SIZE
-    from .recognizer import Recognizer
+    from door_access.core import EMBEDDING_SIZE
+    from door_access.recognition.recognizer import Recognizer
 
     rng = np.random.default_rng(seed)
     emb = rng.standard_normal((people, EMBEDDING_SIZE), dtype=np.float32)
@@ -251,9 +251,9 @@ def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
     except ImportError:
         return {"skipped": "face_recognition is not installed: pip install --no-deps face_recognition==1.3.0 "
                            "face_recognition_models (or the 'bench' extra)"}
-    from .detection import shrink, shrink_factor
-    from .gallery import scan_images
-    from .photos import load_rgb
+    from door_access.faces.detection import shrink, shrink_factor
+    from door_access.faces.photos import load_rgb
+    from door_access.recognition.gallery import scan_images
 
     known, names = [], []
     for name, photo in scan_images(images_dir)[0]:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
-from .detection import FaceDetector
-from .core import EMBEDDING_SIZE
-from .facenet import FaceEncoder
-from .files import sha256_file
-from .photos import PhotoError, is_photo, load_rgb
-from .recognizer import Recognizer
+from door_access.config import Config
+from door_access.core import EMBEDDING_SIZE
+from door_access.faces.detection import FaceDetector
+from door_access.faces.facenet import FaceEncoder
+from door_access.faces.photos import PhotoError, is_photo, load_rgb
+from door_access.files import sha256_file
+from door_access.recognition.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 

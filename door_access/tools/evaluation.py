@@ -25,13 +25,13 @@ from pathlib import Path
 import dlib
 import numpy as np
 
-from .config import Config
-from .detection import FaceDetector
-from .core import EMBEDDING_SIZE
-from .facenet import FaceEncoder
-from .files import sha256_file
-from .gallery import EmbeddingCache, Gallery, chip_settings
-from .photos import PhotoError, load_rgb
+from door_access.config import Config
+from door_access.core import EMBEDDING_SIZE
+from door_access.faces.detection import FaceDetector
+from door_access.faces.facenet import FaceEncoder
+from door_access.faces.photos import PhotoError, load_rgb
+from door_access.files import sha256_file
+from door_access.recognition.gallery import EmbeddingCache, Gallery, chip_settings
 
 log = logging.getLogger(__name__)
 

@@ -20,19 +20,18 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from .config import Config, EnrollConfig
-from .enroll_prompt import EnrollError, EnrollPrompt, safe_name
+from door_access.config import Config, EnrollConfig
+from door_access.recognition.enroll_prompt import EnrollError, EnrollPrompt, safe_name
 
 if TYPE_CHECKING:  # dlib is imported where a model is used: the name and pose rules need none
     import dlib
 
-    from .detection import FaceDetector
+    from door_access.faces.detection import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +103,8 @@ class Enroller:
     def __init__(self, cfg: EnrollConfig, detector: FaceDetector, models_dir: Path):
         import dlib
 
-        from .detection import load_dlib_model
-        from .liveness import SHAPE_PREDICTOR_68
+        from door_access.faces.detection import load_dlib_model
+        from door_access.liveness.cues import SHAPE_PREDICTOR_68
 
         self.cfg = cfg
         self.detector = detector
@@ -115,7 +114,7 @@ class Enroller:
 
     def check(self, rgb: np.ndarray, rects: list | None = None) -> tuple[Quality, dlib.rectangle | None]:
         """The one face in `rgb` (video-frame detection unless `rects` is given) and its quality."""
-        from .liveness import eye_aspect_ratio
+        from door_access.liveness.cues import eye_aspect_ratio
 
         rects = self.detector.detect(rgb) if rects is None else rects
         if not rects:
@@ -373,7 +372,7 @@ class KioskEnroller:
 
     def _ready(self) -> Enroller:
         if self._enroller is None:
-            from .detection import FaceDetector
+            from door_access.faces.detection import FaceDetector
 
             weights = self.cfg.path("weights")
             self._enroller = Enroller(self.cfg.enroll, FaceDetector(self.cfg.detection, weights), weights)
@@ -396,7 +395,7 @@ class KioskEnroller:
 
 def video_frames(source: str, camera_cfg) -> Iterable[np.ndarray]:
     """BGR frames from a webcam index (asked for camera.width/height/fps), a file or a URL."""
-    from .capture import SourceError, parse_source, request_format
+    from door_access.faces.capture import SourceError, parse_source, request_format
 
     src = parse_source(source)
     cap = cv2.VideoCapture(src)

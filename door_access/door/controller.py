@@ -28,8 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from .config import DoorConfig
-from .core import FAULT, RELOCK, Event
+from door_access.config import DoorConfig
+from door_access.core import FAULT, RELOCK, Event
 
 log = logging.getLogger(__name__)
 

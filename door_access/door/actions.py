@@ -32,10 +32,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .access_log import AccessLog
-from .config import Config, TtsConfig
-from .core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice
-from .door import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
+from door_access.config import Config, TtsConfig
+from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice
+from door_access.door.access_log import AccessLog
+from door_access.door.controller import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import cv2
 import dlib
 import numpy as np
 
-from .config import DetectionConfig
-from .core import INPUT_SIZE, Box
+from door_access.config import DetectionConfig
+from door_access.core import INPUT_SIZE, Box
 
 SHAPE_PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"

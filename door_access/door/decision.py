@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import DoorConfig, LockoutConfig, VotingConfig
-from .core import ALARM, DENIED, UNLOCK, LiveVerdict, Match
-from .tracking import Track, vote
+from door_access.config import DoorConfig, LockoutConfig, VotingConfig
+from door_access.core import ALARM, DENIED, UNLOCK, LiveVerdict, Match
+from door_access.door.tracking import Track, vote
 
 Allow = Callable[[str, float], "str | None"]  # (name, Unix time) -> why not, or None to let them in
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, compose_yaml
+from door_access.config import ConfigError, compose_yaml
 
 log = logging.getLogger(__name__)
 

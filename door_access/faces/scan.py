@@ -10,7 +10,7 @@ within `full_scan_every` frames. Pure logic: no dlib, no OpenCV.
 
 from __future__ import annotations
 
-from .core import Box
+from door_access.core import Box
 
 # Each side of a face is searched this far beyond it, as a fraction of its size: the box comes
 # from a frame 3-6 frames earlier. On the Hamilton clip with full scans every 4 frames, 0.5 finds

@@ -26,9 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import Config
-from .core import UNLOCK, Box
-from .spoof import SpoofChecker
+from door_access.config import Config
+from door_access.core import UNLOCK, Box
+from door_access.liveness.spoof import SpoofChecker
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def read_truth(folder: Path) -> list[dict]:
 
 def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | None = None) -> dict:
     """Every clip of FOLDER's truth.csv (or those whose file contains `only`); per clip and totals."""
-    from .detection import FaceDetector
-    from .facenet import FaceEncoder
+    from door_access.faces.detection import FaceDetector
+    from door_access.faces.facenet import FaceEncoder
 
     folder = Path(folder)
     rows = [r for r in read_truth(folder) if not only or only in r["file"]]
@@ -81,8 +81,8 @@ def _quiet(cfg: Config) -> Config:
 
 def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtime: bool) -> dict:
     """Play one clip through the real pipeline with its person enrolled; what the door did and why."""
-    from .app import build_pipeline
-    from .capture import Capture
+    from door_access.app import build_pipeline
+    from door_access.faces.capture import Capture
 
     events: list = []
     seen = _Seen()

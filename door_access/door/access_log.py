@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .core import Event
+from door_access.core import Event
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .challenge import ACTIONS, FAILED, PASSED, Challenge, Pose, choose_action, head_pose, neutral_pose
-from .config import LivenessConfig
-from .core import LiveVerdict
+from door_access.config import LivenessConfig
+from door_access.core import LiveVerdict
+from door_access.liveness.challenge import (
+    ACTIONS,
+    FAILED,
+    PASSED,
+    Challenge,
+    Pose,
+    choose_action,
+    head_pose,
+    neutral_pose,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +125,7 @@ class LivenessChecker:
         if models_dir is not None:
             import dlib
 
-            from .detection import load_dlib_model
+            from door_access.faces.detection import load_dlib_model
 
             self._predictor = load_dlib_model(dlib.shape_predictor, Path(models_dir) / SHAPE_PREDICTOR_68)
         self.tracks: dict[int, _TrackLiveness] = {}

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .detection import FaceDetector
-from .photos import load_rgb
+from door_access.faces.detection import FaceDetector
+from door_access.faces.photos import load_rgb
 
 WIDTH, HEIGHT = 640, 360
 

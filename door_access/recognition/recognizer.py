@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .core import EMBEDDING_SIZE, Match
+from door_access.core import EMBEDDING_SIZE, Match
 
 if TYPE_CHECKING:
-    from .gallery import Gallery
+    from door_access.recognition.gallery import Gallery
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from .config import MqttConfig
-from .core import DENIED, RELOCK, UNLOCK, Event
+from door_access.config import MqttConfig
+from door_access.core import DENIED, RELOCK, UNLOCK, Event
 
 log = logging.getLogger(__name__)
 

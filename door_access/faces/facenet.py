@@ -20,8 +20,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
-from .core import EMBEDDING_SIZE, INPUT_SIZE  # noqa: E402
-from .files import sha256_file  # noqa: E402
+from door_access.core import EMBEDDING_SIZE, INPUT_SIZE  # noqa: E402
+from door_access.files import sha256_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 

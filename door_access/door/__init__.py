@@ -1,0 +1,1 @@
+"""The door: tracks, decisions, the door controller, actions, the access log, policy and MQTT."""

@@ -1,0 +1,1 @@
+"""Getting faces out of frames: capture, detection, alignment and FaceNet."""

@@ -1,0 +1,1 @@
+"""Who it is: the gallery of enrolled photos, matching, and enrollment."""

@@ -1,0 +1,1 @@
+"""Commands around the door: setup, check, review, benchmarks, evaluations and the demo clip."""
