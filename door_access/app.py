@@ -31,7 +31,8 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         from door_access.faces.facenet import FaceEncoder
         from door_access.pipeline import Parts, Pipeline
 
-        encoder = encoder or FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
+        weights = cfg.path("weights") / "facenet_keras3.weights.h5"
+        encoder = encoder or FaceEncoder(weights, cfg.pipeline.encoder_threads)
     from door_access.door.access_log import AccessLog
     from door_access.door.actions import Speaker
     from door_access.door.policy import PolicyFile

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--events-json", action="store_true", help="print each decision as a JSON line on stdout")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
-    p.add_argument("--fullscreen", action="store_true", help="fill the screen with the kiosk window (display.fullscreen)")
+    p.add_argument("--fullscreen", action="store_true", help="show the kiosk window full screen (display.fullscreen)")
 
     p = sub.add_parser("demo", help="no webcam needed: enroll a demo person, generate a clip and run the door on it")
     _common(p)
@@ -618,7 +618,8 @@ def cmd_enroll(args, cfg: Config) -> int:
             raise UsageError("nothing written")
     written = write_photos(images_dir, name, shots)
     result = {"name": name, "written": [str(p) for p in written], "poses": [s.pose for s in shots],
-              "skipped": problems, "collisions": [{"person": c.person, "distance": round(c.distance, 4)} for c in found]}
+              "skipped": problems,
+              "collisions": [{"person": c.person, "distance": round(c.distance, 4)} for c in found]}
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

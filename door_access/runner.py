@@ -85,7 +85,8 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
     handler = _stop_handler(pipeline)
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if window and cfg.display.enroll_key:  # made before the stages start (see KioskEnroller); never touches the door
+        # made before the stages start (see KioskEnroller); never touches the door
+        if window and cfg.display.enroll_key:
             from door_access.recognition.enrollment import KioskEnroller
 
             enroll = KioskEnroller(cfg, pipeline.encoder, pipeline.recognizer, images_dir)
@@ -93,7 +94,8 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
         width, height = capture.size
         log.info("ready: %s %s at %dx%d, %d people enrolled%s",
                  "camera" if isinstance(capture.source, int) else "source", source, width, height,
-                 len(pipeline.recognizer.people), ("; e enrolls" if enroll else "") + ("; q or Esc quits" if window else ""))
+                 len(pipeline.recognizer.people),
+                 ("; e enrolls" if enroll else "") + ("; q or Esc quits" if window else ""))
         pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg, enroll) if window else None)
     finally:
         pipeline.stop_event.set()

@@ -74,7 +74,8 @@ def test_a_stream_that_stalls_is_lost_after_lost_after_s_and_comes_back(server):
     status: list[tuple[str, str, float]] = []
     errors: list[BaseException] = []
     capture = Capture(f"http://127.0.0.1:{server.port}/stream", False, lost_after_s=1.0, reconnect_min_s=0.1,
-                      reconnect_max_s=1.0, on_status=lambda kind, detail: status.append((kind, detail, time.monotonic())))
+                      reconnect_max_s=1.0,
+                      on_status=lambda kind, detail: status.append((kind, detail, time.monotonic())))
     assert capture.live and not capture.is_file
     capture.start(errors.append)
     try:

@@ -131,13 +131,13 @@ def test_window_has_no_toolbar_and_the_requested_size(tmp_path, xvfb):
 import cv2
 from door_access.kiosk.display import Status, Window, render
 window = Window(fullscreen=False, size=(1280, 720))
-frame = cv2.VideoCapture(%r).read()[1]
+frame = cv2.VideoCapture({clip!r}).read()[1]
 for _ in range(20):
     window.show(render(frame, Status("idle", "Step up to the camera", (160, 160, 160)), [], False))
     window.poll(20)
 print(*cv2.getWindowImageRect(Window.TITLE))
 window.close()
-""" % str(CLIP)
+""".replace("{clip!r}", repr(str(CLIP)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=_env(DISPLAY=xvfb), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -200,7 +200,8 @@ def test_e_enrolls_the_face_in_view_under_the_typed_name_and_q_still_quits(tmp_p
 
 def test_welcome_is_played_through_the_default_sound_device(tmp_path):
     """pyttsx3's espeak driver plays through `aplay`; ALSA's default device is pointed at a file here."""
-    missing = [tool for tool, package in (("aplay", "alsa-utils"), ("espeak-ng", "espeak-ng")) if not shutil.which(tool)]
+    tools = (("aplay", "alsa-utils"), ("espeak-ng", "espeak-ng"))
+    missing = [tool for tool, package in tools if not shutil.which(tool)]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
         _apt_install(["alsa-utils", "espeak-ng"])  # what `make setup` installs
         missing = [tool for tool in ("aplay", "espeak-ng") if not shutil.which(tool)]

@@ -79,11 +79,11 @@ def test_a_photo_added_to_a_shared_folder_is_enrolled_on_both_doors(tmp_path):
     doors = [Door(tmp_path, "north", shared, clip), Door(tmp_path, "south", shared, clip)]
     try:
         for door in doors:
-            assert wait_for(lambda: door.ready.is_set() or door.proc.poll() is not None, 300), door.stderr[-20:]
+            assert wait_for(lambda d=door: d.ready.is_set() or d.proc.poll() is not None, 300), door.stderr[-20:]
             assert door.ready.is_set(), "".join(door.stderr[-20:])
         shutil.copy(FR_IMAGES / "biden.jpg", shared / "biden.jpg")  # e.g. from the front desk's PC
         for door in doors:
-            assert wait_for(lambda: any(g.startswith("2 people, 2 photos") for g in door.galleries()), 120), \
+            assert wait_for(lambda d=door: any(g.startswith("2 people, 2 photos") for g in d.galleries()), 120), \
                 (door.galleries(), "".join(door.stderr[-20:]))
     finally:
         codes = [door.stop() for door in doors]

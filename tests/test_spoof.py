@@ -95,7 +95,8 @@ def test_a_track_is_not_doubtful_before_a_whole_sustain_window():
     """A borderline DENY asks the challenge at once, so doubt needs as long a look as a DENY does:
     a glint on the first tests of a live face (a vlog's lights, arms and hair) is not doubt."""
     checker = SpoofChecker(dataclasses.replace(CFG, measure_every_s=0.0))
-    checker.measure = lambda bgr, box, shrunk=None: {"sides": 0.0, "glow": 2.0 if bgr is screen else 1.0, "detail": 0.01}  # noqa: E731
+    checker.measure = lambda bgr, box, shrunk=None: {  # noqa: E731
+        "sides": 0.0, "glow": 2.0 if bgr is screen else 1.0, "detail": 0.01}
     live, screen = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
     box = Box(0, 0, CFG.min_face_px, CFG.min_face_px)
     for i, frame in enumerate([screen, live, live]):  # 1 of 3 tests, in the first 0.13 s
@@ -105,7 +106,8 @@ def test_a_track_is_not_doubtful_before_a_whole_sustain_window():
 
 def test_one_screen_frame_among_live_frames_does_not_deny():
     checker = SpoofChecker(dataclasses.replace(CFG, measure_every_s=0.0))
-    checker.measure = lambda bgr, box, shrunk=None: {"sides": 0.0, "glow": 2.0 if bgr is screen else 1.0, "detail": 0.01}  # noqa: E731
+    checker.measure = lambda bgr, box, shrunk=None: {  # noqa: E731
+        "sides": 0.0, "glow": 2.0 if bgr is screen else 1.0, "detail": 0.01}
     live, screen = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
     box = Box(0, 0, CFG.min_face_px, CFG.min_face_px)  # the measures are given: only the box size counts
     for i in range(30):

@@ -274,7 +274,8 @@ class AccessLog:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(f"INSERT OR IGNORE INTO events({', '.join(_FIELDS)}) "
-                                 f"VALUES ({', '.join('?' * len(_FIELDS))})", [tuple(r[k] for k in _FIELDS) for r in rows])
+                                 f"VALUES ({', '.join('?' * len(_FIELDS))})",
+                                 [tuple(r[k] for k in _FIELDS) for r in rows])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -70,7 +70,8 @@ class FaceDetector:
     def detect_small(self, img: np.ndarray) -> list[tuple[int, int, int, int]]:
         """(left, top, right, bottom) of the faces in `img`, a frame already shrunk (or a region of
         one), with the video settings."""
-        return [(r.left(), r.top(), r.right(), r.bottom()) for r in self._detect(img, self.cfg.upsample, self.cfg.model)]
+        found = self._detect(img, self.cfg.upsample, self.cfg.model)
+        return [(r.left(), r.top(), r.right(), r.bottom()) for r in found]
 
     def align(self, rgb: np.ndarray, rect: dlib.rectangle) -> Face:
         """Landmarks inside `rect`, then the aligned chip with `margin` padding around the face."""

@@ -121,7 +121,8 @@ def _edge_lines(gray: np.ndarray, b: Box, reach: float, min_length: float) -> di
                 add("left", (cx - xm) / b.w)
             elif b.x + 1.1 * b.w <= xm <= b.x + b.w + reach * b.w:
                 add("right", (xm - cx) / b.w)
-        elif dy < 0.36 * dx and dx >= min_length * b.w and min(x1, x2) < b.x + 0.3 * b.w < b.x + 0.7 * b.w < max(x1, x2):
+        elif (dy < 0.36 * dx and dx >= min_length * b.w
+              and min(x1, x2) < b.x + 0.3 * b.w < b.x + 0.7 * b.w < max(x1, x2)):
             ym = (y1 + y2) / 2
             if b.y - reach * b.h <= ym <= b.y - 0.1 * b.h:
                 add("top", (cy - ym) / b.w)

@@ -193,8 +193,8 @@ def bench_gallery(people: int, repeats: int = 20, seed: int = 0) -> dict:
     adds = iter(range(repeats))
     add_s = _median_s(lambda: (lambda i: recognizer.add(f"newcomer{i:03d}", Path(f"/site/new/{i}.jpg"),
                                                        extra[i]))(next(adds)), repeats)
-    return {"people": people, "build_s": round(build_s, 4), "identify_ms": round(identify_s * 1e3, 3),
-            "add_one_s": round(add_s, 4), "matrix_mb": round(recognizer.matrix_bytes / 2**20, 1)}
+    return {"people": people, "build_s": float(f"{build_s:.3g}"), "identify_ms": float(f"{identify_s * 1e3:.3g}"),
+            "add_one_s": float(f"{add_s:.3g}"), "matrix_mb": round(recognizer.matrix_bytes / 2**20, 1)}
 DEFAULT_SIZES = ("640x360", "1280x720", "1920x1080")
 
 

@@ -598,7 +598,8 @@ def lfw_people(root: Path) -> dict[str, list[Path]]:
     return people
 
 
-def draw_slice(people: dict[str, list[Path]], n: int, seed: int, gallery_max: int = 0, strangers: int = 0) -> OpenSetSlice:
+def draw_slice(people: dict[str, list[Path]], n: int, seed: int, gallery_max: int = 0,
+               strangers: int = 0) -> OpenSetSlice:
     """Seeded random slice: `max(n, gallery_max)` people with 2+ photos enrolled from a random photo each, the
     first `n` of them probed with another random photo, and `max(n, strangers)` single-photo strangers."""
     rng = np.random.default_rng(seed)
@@ -672,7 +673,8 @@ def evaluate_open_set(records: Callable[[list[Path]], PhotoRecords], root: Path,
         enrolled_e = r_enroll.embeddings(flip)
         probes, strangers = r_probe.embeddings(flip), r_stranger.embeddings(flip)
 
-        def score(size: int, stranger_e: np.ndarray):
+        def score(size: int, stranger_e: np.ndarray, usable=usable, enrolled_e=enrolled_e, probes=probes):
+            """The first `size` enrolled people (those usable) against the probes and `stranger_e`."""
             keep = np.flatnonzero(usable[:size])
             gallery = enrolled_e[keep]
             index_of = {int(g): i for i, g in enumerate(keep)}
