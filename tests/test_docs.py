@@ -272,3 +272,20 @@ def test_the_configuration_page_names_every_key():
     missing = [k for k in config_keys()
                if f"`{k}`" not in page and f"`{k.split('.')[1]}`" not in sections.get(k.split(".")[0], "")]
     assert not missing, f"docs/configuration.md does not name: {missing}"
+
+
+def test_every_test_the_docs_cite_exists():
+    """The guarantees cite their tests (`tests/test_x.py::test_y`, then `::test_z` of the same file)."""
+    cited, missing = 0, []
+    for doc in DOCS:
+        for line in doc.read_text().splitlines():
+            current = None
+            for file, name in re.findall(r"`(tests/\w+\.py)?(?:::(\w+))?`", line):
+                current = file or current
+                if not current:
+                    continue
+                source = REPO / current
+                cited += 1
+                if not source.is_file() or name and not re.search(rf"^def {name}\(", source.read_text(), re.M):
+                    missing.append(f"{doc.name}: {current}::{name}")
+    assert cited > 15 and not missing, missing
