@@ -8,7 +8,7 @@ physical consequence of that:
 - `planar_residual` (cue "flat face"): as a photo turns, all its landmarks follow one
   homography (a plane); a turning head shows parallax between nose, eye corners and outline
   that no homography fits (exact on clean points, but dlib's landmarks of a tilted photo are
-  too unsteady for it to fire on the dev set: see the README's liveness figures);
+  too unsteady for it to fire on the dev set: see docs/liveness.md);
 - `screen_glow` and `fine_detail` (cue "screen light"): a screen is a light source, so the face
   on it is brighter than the room the camera exposes for, and a picture of a picture has lost
   the fine detail of skin (display pixels, a camera focused on a glass surface, two rounds of
