@@ -31,15 +31,16 @@ setup-bench: $(STAMP)
 
 # Re-resolve setup.cfg for this venv's Python and platform, keeping the locked versions that still
 # fit; `make lock UPGRADE=1` takes the newest allowed versions of everything. Then run `make test`.
+# The bench extra bounds the app's lock too (setuptools), and the bench lock repeats the app's pins.
 lock: $(UV) | $(BIN)/python
 	@pyver=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	made_for="make lock  # Python $$pyver, $$(uname -sm)"; \
 	set -ex; \
-	$(UV) pip compile --quiet setup.cfg --extra test --generate-hashes $(if $(UPGRADE),--upgrade) \
-		--python-version $$pyver --custom-compile-command "$$made_for" -o $(LOCK); \
 	$(BIN)/python -c 'import configparser as c; p = c.ConfigParser(); p.read("setup.cfg"); \
-	print(p["options.extras_require"]["bench"])' | \
-	$(UV) pip compile --quiet - --no-deps --generate-hashes $(if $(UPGRADE),--upgrade) \
+	print(p["options.extras_require"]["bench"])' > .cache/bench.in; \
+	$(UV) pip compile --quiet setup.cfg --extra test -c .cache/bench.in --generate-hashes $(if $(UPGRADE),--upgrade) \
+		--python-version $$pyver --custom-compile-command "$$made_for" -o $(LOCK); \
+	$(UV) pip compile --quiet .cache/bench.in -c $(LOCK) --no-deps --generate-hashes $(if $(UPGRADE),--upgrade) \
 		--python-version $$pyver --custom-compile-command "$$made_for" -o $(BENCH_LOCK)
 
 $(UV): | $(BIN)/python  # the lock tool, kept out of the app's venv

@@ -66,3 +66,11 @@ def test_the_lock_says_how_to_refresh_it_and_for_which_python():
     for lock in ("lock.txt", "bench.txt"):
         header = (REPO / "requirements" / lock).read_text().splitlines()[1]
         assert re.fullmatch(r"#\s+make lock  # Python 3\.\d+, \S+ \S+", header), header
+
+
+def test_the_bench_lock_repeats_the_app_lock_where_they_overlap():
+    """`make setup-bench` installs with --no-deps over the app's lock: it must not change a version there."""
+    app, bench = locked("lock.txt"), locked("bench.txt")
+    shared = app.keys() & bench.keys()
+    assert "setuptools" in shared  # the bench's bound on it (pkg_resources) holds in the app's lock too
+    assert {name: bench[name][0] for name in shared} == {name: app[name][0] for name in shared}
