@@ -1,20 +1,50 @@
 # `make run` and `make test` set up everything they need first; a second run is quick and offline.
+# The versions installed are the ones in requirements/ (made by `make lock`), checked by their sha256.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
+BENCH_LOCK := requirements/bench.txt
+UV     := .cache/uv/bin/uv
 ARGS   ?=
 
-.PHONY: setup run test demo espeak mosquitto clean
+.PHONY: setup setup-bench lock run test demo espeak mosquitto clean
 
 setup: $(STAMP) espeak mosquitto
 	$(BIN)/door-access setup
 
-$(STAMP): setup.cfg pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+# the locked app and test extra, hashes checked, then the project itself on top (no deps, no download)
+$(STAMP): $(LOCK) setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK) || { \
+		echo "could not install $(LOCK), made for: $$(sed -n 2p $(LOCK) | sed 's/.*# //')."; \
+		echo "On another Python or platform, run 'make lock' to resolve one for it (then 'make test')."; exit 1; }
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# the peer of `door-access bench pipeline --sizes`; --no-deps, as dlib comes from dlib-bin
+setup-bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(BENCH_LOCK)
+
+# Re-resolve setup.cfg for this venv's Python and platform, keeping the locked versions that still
+# fit; `make lock UPGRADE=1` takes the newest allowed versions of everything. Then run `make test`.
+# The bench extra bounds the app's lock too (setuptools), and the bench lock repeats the app's pins.
+lock: $(UV) | $(BIN)/python
+	@pyver=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	made_for="make lock  # Python $$pyver, $$(uname -sm)"; \
+	set -ex; \
+	$(BIN)/python -c 'import configparser as c; p = c.ConfigParser(); p.read("setup.cfg"); \
+	print(p["options.extras_require"]["bench"])' > .cache/bench.in; \
+	$(UV) pip compile --quiet setup.cfg --extra test -c .cache/bench.in --generate-hashes $(if $(UPGRADE),--upgrade) \
+		--python-version $$pyver --custom-compile-command "$$made_for" -o $(LOCK); \
+	$(UV) pip compile --quiet .cache/bench.in -c $(LOCK) --no-deps --generate-hashes $(if $(UPGRADE),--upgrade) \
+		--python-version $$pyver --custom-compile-command "$$made_for" -o $(BENCH_LOCK)
+
+$(UV): | $(BIN)/python  # the lock tool, kept out of the app's venv
+	$(BIN)/python -m pip install --quiet --target .cache/uv 'uv==0.13.9'
 
 espeak:  # pyttsx3 speaks with espeak-ng and plays the sound through `aplay` (alsa-utils)
 	@if command -v espeak-ng >/dev/null 2>&1 && command -v aplay >/dev/null 2>&1; then :; \

@@ -338,4 +338,4 @@ def test_the_peer_loop_runs_on_the_clip_or_says_how_to_install_it(tmp_path, monk
     assert result["frames"] == int(cv2.VideoCapture(clip).get(cv2.CAP_PROP_FRAME_COUNT))
     assert result["enrolled"] == 1 and result["faces"] > 0 and result["fps"] > 0
     monkeypatch.setitem(sys.modules, "face_recognition", None)  # as if not installed
-    assert "pip install --no-deps face_recognition" in bench_peer(cfg, images, clip)["skipped"]
+    assert "make setup-bench" in bench_peer(cfg, images, clip)["skipped"]

@@ -249,8 +249,8 @@ def bench_peer(cfg: Config, images_dir: Path, source: str) -> dict:
     try:
         import face_recognition
     except ImportError:
-        return {"skipped": "face_recognition is not installed: pip install --no-deps face_recognition==1.3.0 "
-                           "face_recognition_models (or the 'bench' extra)"}
+        return {"skipped": "face_recognition is not installed: make setup-bench "
+                           "(pip install --no-deps --require-hashes -r requirements/bench.txt)"}
     from door_access.faces.detection import shrink, shrink_factor
     from door_access.faces.photos import load_rgb
     from door_access.recognition.gallery import scan_images
