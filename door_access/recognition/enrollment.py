@@ -245,9 +245,10 @@ def collisions(recognizer, name: str, embeddings: np.ndarray) -> list[Collision]
 
 def photo_modes(images_dir: Path) -> tuple[int, int]:
     """(file mode, folder mode) for new enrollment photos: 0600 and 0700, for the user the door runs as;
-    0640 and 0750 when the images folder itself is open to its group (read and enter): a folder shared by
-    several doors' users through a group. Never readable by others."""
-    shared = os.stat(images_dir).st_mode & (stat.S_IRGRP | stat.S_IXGRP) == stat.S_IRGRP | stat.S_IXGRP
+    0640 and 0750 when the images folder is set up as a group's shared folder (setgid and group r-x, e.g.
+    `chmod 2750`): several doors running as different users of that group. Never readable by others."""
+    group_share = stat.S_ISGID | stat.S_IRGRP | stat.S_IXGRP
+    shared = os.stat(images_dir).st_mode & group_share == group_share
     return (PRIVATE_FILE | stat.S_IRGRP, PRIVATE_DIR | stat.S_IRGRP | stat.S_IXGRP) if shared \
         else (PRIVATE_FILE, PRIVATE_DIR)
 
