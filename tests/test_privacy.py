@@ -305,3 +305,57 @@ def test_a_plain_group_readable_images_folder_still_gets_private_photos(tmp_path
     images.mkdir(mode=0o755)  # what `git clone` or `mkdir` leaves: not a deliberate group share
     written = write_photos(images, "alice", [_shot()])
     assert mode(images / "alice") == 0o700 and mode(written[0]) == 0o600
+
+
+@pytest.mark.model
+def test_forget_on_a_running_door_stops_admitting_the_person(tmp_path, detector):
+    """The real door plays a clip at its own rate: obama is let in, `forget obama` runs while the door runs,
+    then obama comes back: not let in (the gallery dropped them at its poll), and the log names nobody."""
+    import threading
+
+    from door_access.tools.democlip import Segment, write_clip
+
+    site = write_site(tmp_path, "tts:\n  enabled: false\nliveness:\n  enabled: false\naccess_log:\n"
+                                "  path: log.sqlite\ndoor:\n  unlock_seconds: 0.3\n  cooldown_seconds: 1.0\n"
+                                "pipeline:\n  gallery_poll_s: 0.5\n")
+    obama2 = FR_IMAGES / "obama2.jpg"
+    clip = write_clip(detector, [Segment(obama2, 2.5), Segment(None, 20.0), Segment(obama2, 3.0),
+                                 Segment(None, 0.5)], tmp_path / "door.mp4", fps=10.0)
+    door = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
+                             "--realtime", "--headless", "--events-json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=CLI_ENV, cwd=site)
+    events: list[dict] = []
+    stderr: list[str] = []
+    readers = [threading.Thread(target=lambda: [events.append(json.loads(x)) for x in door.stdout
+                                                if x.startswith("{")], daemon=True),
+               threading.Thread(target=lambda: stderr.extend(door.stderr), daemon=True)]
+    for r in readers:
+        r.start()
+    try:
+        assert wait_for(lambda: any(e["event"] == UNLOCK for e in events), timeout=120), "".join(stderr)[-3000:]
+        t_unlock, seen = next(e["t"] for e in events if e["event"] == UNLOCK), time.monotonic()
+        forget = subprocess.run([*DOOR, "forget", "obama", "--yes", "--json", "--config", str(site / "config.yaml")],
+                                capture_output=True, text=True, env=CLI_ENV, timeout=120, cwd=site)
+        assert forget.returncode == 0, forget.stderr[-3000:]
+        forgotten_after = time.monotonic() - seen  # the clip plays at its own rate: this is clip time too
+        door.wait(timeout=180)
+    finally:
+        door.kill()
+        door.wait()
+    for r in readers:
+        r.join(5)
+    done = json.loads(forget.stdout)
+    assert done["door_running"] and done["events_renamed"] >= 2 and len(done["snapshots"]) == 1
+    # obama came back ~20 s of clip after the unlock; the door dropped them well before (its log says so)
+    assert forgotten_after < 15, "forget did not finish before obama came back: the machine is too busy"
+    assert door.returncode == 0, "".join(stderr)[-3000:]
+    assert any("2 removed" in line for line in stderr), "".join(stderr)[-3000:]
+    assert [e["name"] for e in events if e["event"] == UNLOCK] == ["obama"]  # only before forget
+    assert any(e["event"] == DENIED and e["t"] > t_unlock + 15 for e in events), events  # back: a stranger now
+    log = AccessLog(site / "log.sqlite")
+    try:
+        logged = log.last(1000)
+    finally:
+        log.close()
+    assert [e.name for e in logged if e.event == UNLOCK] == [done["pseudonym"]]
+    assert all("obama" not in (e.name or "") + e.detail for e in logged), logged

@@ -179,10 +179,12 @@ def _biometric_files(cfg: Config, images_dir: Path) -> list[Path]:
     from door_access.faces.photos import is_photo
 
     files = []
-    if images_dir.is_dir():
-        for entry in images_dir.iterdir():
+    try:
+        for entry in images_dir.iterdir() if images_dir.is_dir() else ():
             files += [p for p in entry.iterdir() if p.is_file()] if entry.is_dir() else [entry]
-        files = [p for p in files if is_photo(p)]
+    except OSError:
+        pass  # an unreadable folder is the gallery check's problem
+    files = [p for p in files if is_photo(p)]
     cache = cfg.path("cache")
     files += [*cache.glob("embeddings.sqlite*"), *cache.glob("eval.sqlite*")]
     log_path = cfg.resolve(cfg.access_log.path)

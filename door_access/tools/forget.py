@@ -37,6 +37,10 @@ from door_access.recognition.gallery import prune_cache, scan_images
 log = logging.getLogger(__name__)
 
 
+class ForgetError(ValueError):
+    """A store that could not be rewritten; the message says what was already removed (exit code 2)."""
+
+
 @dataclass
 class Erasure:
     """What `forget` found of a person (before) and removed (after `erase`)."""
@@ -62,7 +66,7 @@ class Erasure:
                 "folder": str(self.folder) if self.folder else None, "cache_rows": self.cache_rows,
                 "cache_asides": [str(p) for p in self.cache_asides], "snapshots": [str(p) for p in self.snapshots],
                 "policy_entry": self.policy, "events_renamed": self.events, "spooled_renamed": self.spooled,
-                "pseudonym": self.pseudonym}
+                "pseudonym": self.pseudonym, "door_running": self.door_running}
 
 
 def survey(cfg: Config, images_dir: Path, name: str) -> Erasure:
@@ -108,12 +112,20 @@ def erase(cfg: Config, images_dir: Path, e: Erasure, settle_s: float) -> Erasure
                     keep.add(sha256_file(photo))
                 except OSError:
                     pass
-        e.cache_rows = prune_cache(cache, keep)
+        try:
+            e.cache_rows = prune_cache(cache, keep)
+        except sqlite3.Error as exc:
+            raise ForgetError(f"the photos of {e.name} are removed, but the embedding cache {cache} cannot be pruned "
+                              f"({exc}): delete that file (it is only a cache), then run forget again") from exc
     for aside in sorted(cache.parent.glob(cache.name + ".bad-*")):  # unusable caches that may hold templates
         aside.unlink(missing_ok=True)
         e.cache_asides.append(aside)
     e.pseudonym = "forgotten-" + secrets.token_hex(6)
-    _rewrite_log(cfg, e)
+    try:
+        _rewrite_log(cfg, e)
+    except sqlite3.Error as exc:
+        raise ForgetError(f"the photos and templates of {e.name} are removed, but the access log cannot be "
+                          f"rewritten ({exc}): run forget again") from exc
     if e.policy:
         _drop_policy(cfg.path("people"), e.name)
     return e
