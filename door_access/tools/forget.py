@@ -195,12 +195,11 @@ def _rewrite_spool(spool: Path, name: str, pseudonym: str) -> int:
     except FileNotFoundError:
         return 0
     try:
+        held = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            log.warning("forget: a door holds %s: events it has not yet written to the log may still name %s "
-                        "(run forget again once it is stopped)", spool, name)
-            return 0
+            held = True  # a running door's: read only
         with open(spool, "rb") as f:
             lines = f.read().splitlines()
         out, renamed = [], 0
@@ -211,11 +210,19 @@ def _rewrite_spool(spool: Path, name: str, pseudonym: str) -> int:
                 out.append(line)  # a torn line: the log skips it at replay
                 continue
             if isinstance(row, dict) and _names((row.get("name"), row.get("detail")), name):
+                if held:
+                    renamed += 1
+                    continue
                 row["name"] = pseudonym if row.get("name") == name else row.get("name")
                 row["detail"] = _rename_detail(row.get("detail") or "", name, pseudonym)
                 renamed += 1
                 line = json.dumps(row, ensure_ascii=True).encode("ascii")
             out.append(line)
+        if held:
+            if renamed:
+                log.warning("forget: the running door has %d event(s) naming %s not yet in the log (%s); run forget "
+                            "again once it has written them", renamed, name, spool)
+            return 0
         if renamed:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
