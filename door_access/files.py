@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from pathlib import Path
 
 # What the door writes that holds a face or a template is for the user the door runs as only.
@@ -54,10 +53,3 @@ def write_private(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
         os.fchmod(fd, mode)  # an existing file would keep its old mode through O_CREAT
         f.write(data)
 
-
-def open_to(path: Path) -> str:
-    """'others' when users outside the file's group may read it, 'group' when its group may, else ''."""
-    mode = os.stat(path).st_mode
-    if mode & stat.S_IROTH:
-        return "others"
-    return "group" if mode & stat.S_IRGRP else ""
