@@ -296,9 +296,9 @@ class AccessLog:
                     if snap.stat().st_mtime < cutoff:
                         snap.unlink(missing_ok=True)
                         snapshots += 1
-        except (sqlite3.Error, OSError) as exc:
-            log.warning("access log: retention (keep_days %g) failed (%s: %s); tried again in an hour",
-                        self.keep_days, type(exc).__name__, exc)
+        except (sqlite3.Error, OSError) as exc:  # a log that cannot be written was already warned about
+            log.log(logging.DEBUG if self._failing else logging.WARNING, "access log: retention (keep_days %g) "
+                    "failed (%s: %s); tried again in an hour", self.keep_days, type(exc).__name__, exc)
             self._drop_connection()
             return
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
