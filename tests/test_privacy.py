@@ -359,3 +359,15 @@ def test_forget_on_a_running_door_stops_admitting_the_person(tmp_path, detector)
         log.close()
     assert [e.name for e in logged if e.event == UNLOCK] == [done["pseudonym"]]
     assert all("obama" not in (e.name or "") + e.detail for e in logged), logged
+
+
+def test_forget_takes_names_from_the_folder_never_a_path(tmp_path, capsys):
+    from door_access.cli import main
+
+    site = write_site(tmp_path / "site", "")
+    (tmp_path / "outside.jpg").write_bytes(b"not to be touched")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    for name in ("..", "../outside", "obama/a.jpg", "images/obama"):
+        assert main(["forget", name, "--yes", "--config", str(site / "config.yaml")]) == 2
+        assert "nothing of" in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*")) == before
