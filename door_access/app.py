@@ -55,7 +55,9 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         policy=PolicyFile(cfg.path("people")),  # per-person days/hours/doors (people.yaml)
         watcher=watcher,
         recognizer=recognizer,
-        access_log=AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id),
+        access_log=AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id, keep_days=cfg.access_log.keep_days,
+                             snapshots_dir=cfg.resolve(cfg.access_log.snapshots_dir)
+                             if cfg.access_log.snapshots_dir else None),
         speaker=Speaker(cfg.tts, cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None),
     )
     pipeline = Pipeline(cfg, capture, parts, emit)

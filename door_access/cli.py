@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from door_access.config import Config, ConfigError, load_config
+from door_access.files import PRIVATE_UMASK, private_dir
 from door_access.quiet import quiet_libraries
 
 if TYPE_CHECKING:
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
     p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
 
-    p = sub.add_parser("check", help="is this machine ready? camera, speaker, models, gallery, hooks, log")
+    p = sub.add_parser("check", help="is this machine ready? camera, speaker, models, gallery, hooks, log, privacy")
     _common(p)
 
     p = sub.add_parser("enroll", help="enroll NAME from the camera (guided sweep), photo files or a snapshot")
@@ -128,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="camera sweep from this webcam index, video file or URL (default: camera.source)")
     p.add_argument("--headless", action="store_true", help="camera sweep without a window")
     p.add_argument("--yes", action="store_true", help="enroll even if the face matches another enrolled person")
+
+    p = sub.add_parser("forget", help="erase a person: photos, cached templates, snapshots, policy entry; "
+                                      "their access-log events stay under a pseudonym")
+    _common(p)
+    p.add_argument("name", help="the person's name, as enrolled (images/NAME/ or images/NAME.jpg)")
+    p.add_argument("--yes", action="store_true", help="do not ask")
 
     p = sub.add_parser("review", help="recent denied attempts with their snapshots (to enroll with --from-snapshot)")
     _common(p)
@@ -153,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    umask = os.umask(PRIVATE_UMASK)  # all we write may hold a face, a template or a name: 0600 / 0700...
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "setup":  # ...but setup, which writes only public models and photos
+            os.umask(umask)
         quiet_libraries(args.verbose)
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,
@@ -178,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise
+    finally:
+        os.umask(umask)  # main() called in-process (tests) leaves the caller's umask as it was
 
 
 def _config(args) -> Config:
@@ -558,8 +571,6 @@ def parse_since(text: str, now: float | None = None) -> float:
 
 def cmd_enroll(args, cfg: Config) -> int:
     """Shots from photos, a snapshot or a camera sweep; quality checks; collision check; atomic writes."""
-    import os
-
     from door_access.faces.photos import PhotoError, load_rgb
     from door_access.recognition.enrollment import (
         Enroller,
@@ -576,8 +587,7 @@ def cmd_enroll(args, cfg: Config) -> int:
     name = safe_name(args.name)
     if args.photos and args.from_snapshot is not None:
         raise UsageError("use either --from or --from-snapshot, not both")
-    images_dir = _images_dir(args, cfg)
-    images_dir.mkdir(parents=True, exist_ok=True)
+    images_dir = private_dir(_images_dir(args, cfg))
     models = load_models(cfg, images_dir)
     enroller = Enroller(cfg.enroll, models.detector, cfg.path("weights"))
     shots, problems = [], []
@@ -630,6 +640,35 @@ def cmd_enroll(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_forget(args, cfg: Config) -> int:
+    """Say what there is of NAME, ask (unless --yes), erase it, print what was removed."""
+    from door_access.tools.forget import erase, survey
+
+    images_dir = _images_dir(args, cfg)
+    found = survey(cfg, images_dir, args.name)
+    if not found.found:
+        raise UsageError(f"nothing of {args.name!r}: no photos in {images_dir}, no policy entry, no logged event")
+    what = (f"{args.name}: {len(found.photos)} photo(s)" + (f" in {found.folder}" if found.folder else "")
+            + f", their cached templates and snapshots, {found.events} logged event(s) to rename"
+            + (", their people.yaml entry" if found.policy else ""))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"{what}; nothing removed (--yes to erase without asking)")
+        if input(f"erase {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise UsageError("nothing removed")
+    done = erase(cfg, images_dir, found, settle_s=2 * cfg.pipeline.gallery_poll_s + 1.0)
+    if args.json:
+        print(json.dumps(done.as_dict(), ensure_ascii=False))
+        return 0
+    print(f"{args.name}: removed {len(done.photos)} photo(s)" + (f" and {done.folder}" if done.folder else "")
+          + f", {done.cache_rows} cached template(s), {len(done.cache_asides)} moved-aside cache file(s), "
+          f"{len(done.snapshots)} snapshot(s)" + (", the people.yaml entry" if done.policy else ""))
+    print(f"  {done.events} logged and {done.spooled} queued event(s) now name {done.pseudonym} (kept for the audit)")
+    for path in done.photos + done.snapshots:
+        print(f"  removed {path}")
+    return 0
+
+
 def cmd_review(args, cfg: Config) -> int:
     from door_access.core import DENIED, UNLOCK
     from door_access.tools.review import recent_attempts
@@ -664,6 +703,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "enroll": cmd_enroll,
     "review": cmd_review,
+    "forget": cmd_forget,
     "eval-liveness": cmd_eval_liveness,
 }
 

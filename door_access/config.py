@@ -125,6 +125,7 @@ class AccessLogConfig:
     path: str = "access_log.sqlite"
     snapshots_dir: str | None = "snapshots"
     snapshots_keep: int = meta(200, lo=0)
+    keep_days: float = meta(90.0, lo=0.0, hi=36500.0)  # events and snapshots older than this are deleted; 0 = never
 
 
 @dataclass(frozen=True)

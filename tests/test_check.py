@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ CLIP = SHARED_DATA / "face_recognition_examples" / "short_hamilton_clip.mp4"
 def _site(root, camera=str(CLIP), weights=REPO / "weights", hooks="", extra=""):
     (root / "images" / "obama").mkdir(parents=True, exist_ok=True)
     shutil.copy(FR_IMAGES / "obama.jpg", root / "images" / "obama" / "a.jpg")
+    os.chmod(root / "images" / "obama" / "a.jpg", 0o600)  # as `enroll` writes it; see test_privacy_*
     (root / "config.yaml").write_text(
         f"paths:\n  weights: {weights}\n  cache: cache\ncamera:\n  source: {json.dumps(camera)}\n"
         f"tts:\n  enabled: false\naccess_log:\n  path: logs/log.sqlite\ndoor:\n{hooks or '  unlock_seconds: 5.0'}\n"
@@ -35,7 +37,7 @@ def test_a_ready_machine_is_all_ok(capsys, tmp_path):
     result = json.loads(out)
     assert code == 0 and result["ok"] is True, out
     checks = {c["name"]: c for c in result["checks"]}
-    assert list(checks) == ["camera", "speaker", "models", "gallery", "hooks", "log"]
+    assert list(checks) == ["camera", "speaker", "models", "gallery", "hooks", "log", "privacy"]
     assert checks["camera"]["detail"].endswith("640x360")  # a frame was read
     assert "1 people, 1 photos" in checks["gallery"]["detail"]
     assert all(c["ok"] and c["fix"] == "" for c in checks.values())
@@ -65,7 +67,7 @@ def test_each_problem_comes_with_its_fix(capsys, tmp_path):
     assert code == 1
     lines = text.splitlines()
     assert [x.split()[0] for x in lines if not x.startswith(" ")] == ["PROBLEM", "ok", "PROBLEM", "PROBLEM",
-                                                                       "PROBLEM", "PROBLEM"]
+                                                                       "PROBLEM", "PROBLEM", "ok"]
     assert sum("fix:" in x for x in lines) == 5
 
 
@@ -89,3 +91,30 @@ def test_check_loads_no_model(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert proc.stdout.splitlines()[-1] == "loaded: []", proc.stderr
+
+
+def test_privacy_reports_files_others_can_read_and_notes_a_group_shared_folder(capsys, tmp_path):
+    """Real files with real modes: a photo others can read, a snapshot, the log's WAL; group-readable passes."""
+    config = _site(tmp_path)
+    photo = tmp_path / "images" / "obama" / "a.jpg"
+    wal, snapshot = tmp_path / "logs" / "log.sqlite-wal", tmp_path / "snapshots" / "denied-1.jpg"
+    for path in (wal, snapshot, tmp_path / "cache" / "embeddings.sqlite"):
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+        os.chmod(path, 0o600)
+
+    def privacy():
+        code, out = _check(capsys, config, "--json")
+        return next(c for c in json.loads(out)["checks"] if c["name"] == "privacy")
+
+    assert privacy()["ok"]
+    os.chmod(photo, 0o640)  # a group-shared images folder: allowed, and said
+    p = privacy()
+    assert p["ok"] and "by their group for 1 file(s)" in p["detail"] and str(photo) in p["detail"]
+    os.chmod(photo, 0o644)
+    os.chmod(wal, 0o604)
+    os.chmod(snapshot, 0o644)
+    p = privacy()
+    assert not p["ok"] and "3 file(s)" in p["detail"], p
+    assert all(str(f) in p["detail"] for f in (photo, wal, snapshot))
+    assert "chmod o-rwx" in p["fix"]

@@ -35,6 +35,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     ("detection: 5\n", r"'detection' must be a mapping"),
     ("recognition:\n  threshold: [0.5\n", r"YAML syntax error"),
     ("bogus: 1\n", r"line 1: unknown key 'bogus'"),
+    ("access_log:\n  keep_days: -1\n", r"line 2: 'access_log.keep_days' = -1.0 is out of range"),
     ("door:\n  hook_timeout_s: 5\n  webhook_url: file:///etc/passwd\n",
      r"line 3: 'door.webhook_url' must be a URL starting with http:// or https://"),
     ("door:\n  webhook_url: ftp://door.example/hook\n", r"line 2: 'door.webhook_url' must be a URL"),

@@ -11,6 +11,11 @@ everything in it is in SQLite, and replayed at the next start if the app stopped
 
 One process owns the spool at a time (an exclusive `flock`); another `AccessLog` on the same
 file (`door-access log` while the door runs) writes straight to SQLite, from memory.
+
+The log names people and its snapshots show their faces: the database (and so its -wal and -shm,
+which SQLite creates with the database's mode) and the spool are created 0600, their folder 0700.
+With `keep_days`, the writer thread deletes older events and snapshots at start and once a day
+(SQLite's secure_delete overwrites what is deleted), so retention never delays a caller.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import uuid
 from pathlib import Path
 
 from door_access.core import Event
+from door_access.files import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ CREATE TABLE IF NOT EXISTS events(
 """
 _FIELDS = ("uid", "wall", "t", "event", "name", "distance", "track", "detail", "door")
 _ADDED_COLUMNS = {"uid": "TEXT", "door": "TEXT"}  # columns that logs from older versions lack
+PRUNE_EVERY_S = 86400.0  # retention runs at start and then daily
+PRUNE_RETRY_S = 3600.0  # ...or an hour after a failed try
 
 
 class AccessLogError(Exception):
@@ -57,8 +65,12 @@ def spool_path(path: Path) -> Path:
 class AccessLog:
     """The SQLite access log with a durable spool and its own writer thread; `record()` from any thread."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 0.5, retry_s: float = 0.5, door_id: str | None = None):
+    def __init__(self, path: Path, busy_timeout_s: float = 0.5, retry_s: float = 0.5, door_id: str | None = None,
+                 keep_days: float = 0.0, snapshots_dir: Path | None = None):
         self.path = Path(path)
+        self.keep_days = keep_days  # events and snapshots older than this are deleted; 0 keeps them forever
+        self.snapshots_dir = Path(snapshots_dir) if snapshots_dir else None
+        self._next_prune = 0.0 if keep_days > 0 else float("inf")  # monotonic time of the next retention run
         self.door_id = door_id  # written in each row's `door` column (several doors may share one log)
         self.spool = spool_path(self.path)
         self.busy_timeout_s = busy_timeout_s
@@ -166,7 +178,7 @@ class AccessLog:
     def _take_spool(self) -> None:
         """Own the spool if no other process does, and queue what a previous run left in it."""
         try:
-            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.spool.parent)
             fd = os.open(self.spool, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
             self._spool_failed(exc)
@@ -210,7 +222,7 @@ class AccessLog:
         if self._spool_fd is not None:
             os.close(self._spool_fd)
             self._spool_fd = None
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.spool.parent)
         fd = os.open(self.spool, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._spool_fd, self._spool_ino = fd, os.fstat(fd).st_ino
@@ -249,11 +261,16 @@ class AccessLog:
             self._insert([])  # create the file and its schema now, so readers find them
             while True:
                 with self._cond:
-                    while not self._pending and not self._closed:
-                        self._cond.wait()
-                    if not self._pending or time.monotonic() >= self._close_by:
+                    while not self._pending and not self._closed and time.monotonic() < self._next_prune:
+                        self._cond.wait(None if self._next_prune == float("inf")
+                                        else max(0.0, self._next_prune - time.monotonic()))
+                    if self._closed and not self._pending or time.monotonic() >= self._close_by:
                         return
                     batch = list(self._pending)
+                if time.monotonic() >= self._next_prune:
+                    self._prune()
+                if not batch:
+                    continue
                 ok = self._insert(batch)
                 with self._cond:
                     if ok:
@@ -266,6 +283,28 @@ class AccessLog:
                         self._cond.wait(min(self.retry_s, max(0.0, self._close_by - time.monotonic())))
         finally:
             self._drop_connection()
+
+    def _prune(self) -> None:
+        """Retention: delete the events and snapshots older than `keep_days` (on the writer thread)."""
+        self._next_prune = time.monotonic() + PRUNE_RETRY_S
+        cutoff = time.time() - self.keep_days * 86400.0
+        try:
+            events = self._connection().execute("DELETE FROM events WHERE wall < ?", (cutoff,)).rowcount
+            snapshots = 0
+            if self.snapshots_dir is not None and self.snapshots_dir.is_dir():
+                for snap in self.snapshots_dir.glob("*.jpg"):
+                    if snap.stat().st_mtime < cutoff:
+                        snap.unlink(missing_ok=True)
+                        snapshots += 1
+        except (sqlite3.Error, OSError) as exc:  # a log that cannot be written was already warned about
+            log.log(logging.DEBUG if self._failing else logging.WARNING, "access log: retention (keep_days %g) "
+                    "failed (%s: %s); tried again in an hour", self.keep_days, type(exc).__name__, exc)
+            self._drop_connection()
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        if events or snapshots:
+            log.info("access log: deleted %d event(s) and %d snapshot(s) older than %g days", events, snapshots,
+                     self.keep_days)
 
     def _insert(self, rows: list[dict]) -> bool:
         """All `rows` in one transaction (a replayed row is ignored: exactly once); False on failure."""
@@ -301,11 +340,12 @@ class AccessLog:
         if self._conn is not None and _ino(self.path) == self._conn_ino:
             return self._conn
         self._drop_connection()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm get the same mode
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers (`door-access log`) never block the writer
+            conn.execute("PRAGMA secure_delete=ON")  # deleted events are overwritten, not left in free pages
             conn.execute(_SCHEMA)
             _add_missing_columns(conn)
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_uid ON events(uid)")

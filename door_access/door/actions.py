@@ -36,6 +36,7 @@ from door_access.config import Config, TtsConfig
 from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice
 from door_access.door.access_log import AccessLog
 from door_access.door.controller import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
+from door_access.files import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +320,11 @@ class Actions:
         folder = self.cfg.resolve(folder_setting)
         path = folder / snapshot_pattern(event).replace("*", f"{next(self._snapshots):06d}")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(path), image):
-                raise OSError("cv2.imwrite returned False")
+            private_dir(folder)
+            ok, data = cv2.imencode(".jpg", image)
+            if not ok:
+                raise OSError("cv2.imencode returned False")
+            write_private(path, data.tobytes())  # a face: 0600 from its first byte
             for old in sorted(folder.glob(f"{event.event}-*.jpg"))[:-keep]:  # names sort oldest first
                 old.unlink(missing_ok=True)
         except (OSError, cv2.error) as exc:

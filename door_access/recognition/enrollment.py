@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 
 from door_access.config import Config, EnrollConfig
+from door_access.files import PRIVATE_DIR, PRIVATE_FILE, private_dir
 from door_access.recognition.enroll_prompt import EnrollError, EnrollPrompt, safe_name
 
 if TYPE_CHECKING:  # dlib is imported where a model is used: the name and pose rules need none
@@ -241,10 +243,26 @@ def collisions(recognizer, name: str, embeddings: np.ndarray) -> list[Collision]
     return sorted(found, key=lambda c: c.distance)
 
 
+def photo_modes(images_dir: Path) -> tuple[int, int]:
+    """(file mode, folder mode) for new enrollment photos: 0600 and 0700, for the user the door runs as;
+    0640 and 0750 when the images folder is set up as a group's shared folder (setgid and group r-x, e.g.
+    `chmod 2750`): several doors running as different users of that group. Never readable by others."""
+    group_share = stat.S_ISGID | stat.S_IRGRP | stat.S_IXGRP
+    shared = os.stat(images_dir).st_mode & group_share == group_share
+    return (PRIVATE_FILE | stat.S_IRGRP, PRIVATE_DIR | stat.S_IRGRP | stat.S_IXGRP) if shared \
+        else (PRIVATE_FILE, PRIVATE_DIR)
+
+
 def write_photos(images_dir: Path, name: str, shots: list[Shot]) -> list[Path]:
-    """Each shot as a JPEG in images/NAME/, written atomically (temp file, fsync, rename)."""
+    """Each shot as a JPEG in images/NAME/, written atomically (temp file, fsync, rename), private (photo_modes)."""
     folder = Path(images_dir) / safe_name(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(Path(images_dir))
+    file_mode, folder_mode = photo_modes(images_dir)
+    try:
+        folder.mkdir(mode=PRIVATE_DIR)
+        os.chmod(folder, folder_mode)  # still empty: opening it to the group exposes nothing yet
+    except FileExistsError:
+        pass  # an existing person folder keeps its mode (`door-access check` reports one others can read)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     written = []
     for i, shot in enumerate(shots):
@@ -254,7 +272,7 @@ def write_photos(images_dir: Path, name: str, shots: list[Shot]) -> list[Path]:
         path = folder / f"enroll-{stamp}-{i:02d}-{shot.pose}.jpg"
         fd, tmp = tempfile.mkstemp(prefix=".enroll-", suffix=".part", dir=folder)  # hidden: the gallery skips it
         try:
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a photo is as readable as any other
+            os.fchmod(fd, file_mode)  # mkstemp makes it 0600; group-read only in a group-shared folder
             with os.fdopen(fd, "wb") as f:
                 f.write(data.tobytes())
                 f.flush()

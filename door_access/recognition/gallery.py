@@ -3,6 +3,9 @@
 Embeddings are cached in SQLite keyed by the photo's content hash and the encoder's
 identity, so a restart re-encodes only new or changed photos. A photo that cannot be used
 is listed with its reason (and that verdict is cached too); it never stops the others.
+The cache holds face templates: it is created 0600 in a 0700 folder, and the rows of photos
+no longer in the folder are deleted (overwritten) at each build and at each poll that sees a
+photo go, so removing a person's photos removes their templates too.
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from door_access.config import Config
 from door_access.core import EMBEDDING_SIZE
-from door_access.faces.detection import FaceDetector
-from door_access.faces.facenet import FaceEncoder
 from door_access.faces.photos import PhotoError, is_photo, load_rgb
-from door_access.files import sha256_file
+from door_access.files import PRIVATE_FILE, private_dir, private_file, sha256_file
 from door_access.recognition.recognizer import Recognizer
+
+if TYPE_CHECKING:  # the models are handed in: scanning the folder and the cache (`forget`) loads neither
+    from door_access.faces.detection import FaceDetector
+    from door_access.faces.facenet import FaceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +118,7 @@ class EmbeddingCache:
     COLUMNS = ["sha256", "encoder", "embedding", "reason"]
 
     def __init__(self, path: Path, encoder_key: str, width: int = EMBEDDING_SIZE):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self.width = width  # float32 values per stored row: a row of another length is damaged
         self.path = path
         self.key = encoder_key
@@ -128,9 +134,11 @@ class EmbeddingCache:
                 side = path.with_name(path.name + suffix)
                 if side.exists():
                     os.replace(side, aside.with_name(aside.name + suffix))
+                    os.chmod(aside.with_name(aside.name + suffix), PRIVATE_FILE)  # templates, maybe from an old 0644
             self._create()
 
     def _create(self) -> None:
+        private_file(self.path)  # 0600 before SQLite opens it: its -journal gets the same mode
         with closing(self._connect()) as db, db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS embeddings (sha256 TEXT, encoder TEXT, embedding BLOB, reason TEXT,"
@@ -181,6 +189,24 @@ class EmbeddingCache:
         except sqlite3.Error as exc:
             self._failed("write", exc)
 
+    def prune(self, keep: set[str]) -> int:
+        """Delete every row (of any encoder) whose photo hash is not in `keep`; how many were deleted."""
+        try:
+            return prune_cache(self.path, keep)
+        except sqlite3.Error as exc:
+            self._failed("prune", exc)
+            return 0
+
+
+def prune_cache(path: Path, keep: set[str]) -> int:
+    """The embedding cache at `path` without the rows whose photo hash is not in `keep`: overwritten on disk
+    (secure_delete), not just unlinked from the table. Raises sqlite3.Error."""
+    with closing(sqlite3.connect(path, timeout=10)) as db, db:
+        db.execute("PRAGMA secure_delete=ON")
+        gone = [(sha,) for (sha,) in db.execute("SELECT DISTINCT sha256 FROM embeddings") if sha not in keep]
+        db.executemany("DELETE FROM embeddings WHERE sha256 = ?", gone)
+        return db.total_changes
+
 
 @dataclass
 class GalleryChange:
@@ -220,6 +246,7 @@ class GalleryBuilder:
         self.encoder = encoder
         self.cache = EmbeddingCache(cfg.path("cache") / "embeddings.sqlite", chip_settings(cfg, encoder))
         self._seen: dict[Path, tuple[str, int, int]] = {}  # photo -> (name, size, mtime_ns) at the last look
+        self._digests: dict[Path, str] = {}  # photo -> content hash, of the photos in the folder at the last look
         self._unusable: set[Path] = set()  # photos among those that were refused (no face, unreadable...)
         self._lock = threading.Lock()  # the watcher's update() and a remote reload's build() take turns
 
@@ -238,6 +265,8 @@ class GalleryBuilder:
                 continue  # gone between the listing and the stat: the next poll sees it
             now[photo] = (name, st.st_size, st.st_mtime_ns)
         change = GalleryChange(removed=[p for p, v in self._seen.items() if now.get(p) != v])
+        for photo in change.removed:
+            self._digests.pop(photo, None)
         fresh = [(v[0], p) for p, v in now.items() if self._seen.get(p) != v]
         self._unusable = {p for p in self._unusable if p in now and self._seen.get(p) == now[p]}
         if fresh:
@@ -247,6 +276,8 @@ class GalleryBuilder:
             self._unusable |= {s.path for s in gallery.skipped}
         self._seen = now
         change.skipped_total = len(not_photos) + len(self._unusable) + len(found) - len(now)
+        if change.removed:
+            self._prune()
         return change
 
     def build(self, images_dir: Path) -> Gallery:
@@ -255,7 +286,7 @@ class GalleryBuilder:
 
     def _build(self, images_dir: Path) -> Gallery:
         found, skipped = scan_images(images_dir)
-        self._seen = {}
+        self._seen, self._digests = {}, {}
         for name, photo in found:
             try:
                 st = photo.stat()
@@ -267,14 +298,22 @@ class GalleryBuilder:
         self._unusable = {p for p in self._seen if p not in enrolled}
         log.info("gallery: %d people, %d photos (%d encoded now), %d skipped",
                  len(gallery.people()), len(gallery.names), gallery.encoded, len(gallery.skipped))
+        self._prune()
         return gallery
+
+    def _prune(self) -> None:
+        """Drop the cached templates of photos that left the folder (a photo that failed to hash keeps none)."""
+        dropped = self.cache.prune(set(self._digests.values()))
+        if dropped:
+            log.info("embedding cache: %d entr%s of photos no longer in the folder deleted", dropped,
+                     "y" if dropped == 1 else "ies")
 
     def _assemble(self, found: list[tuple[str, Path]], skipped: list[SkippedPhoto]) -> Gallery:
         """Hash, look up in the cache, encode what it lacks: a Gallery of exactly `found`."""
         digests = {}
         for _, photo in found:
             try:
-                digests[photo] = sha256_file(photo)
+                digests[photo] = self._digests[photo] = sha256_file(photo)
             except OSError as exc:
                 skipped.append(SkippedPhoto(photo, f"cannot read file ({exc.strerror or exc})"))
         known = self.cache.get(list(digests.values()))

@@ -1,7 +1,8 @@
 """`door-access check`: is this machine ready to run the door? Each part ok or a problem with its fix.
 
 Quick and model-free (no TensorFlow, no dlib): it looks at files, programs and devices only,
-so an installer can run it first. `door-access gallery` checks the photos' faces in depth.
+so an installer can run it first. It also reports any photo, template, snapshot or log file that
+other users of the machine can read. `door-access gallery` checks the photos' faces in depth.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import ctypes.util
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -172,8 +174,54 @@ def check_log(cfg: Config) -> Check:
     return Check("log", True, f"{path} is writable")
 
 
+def _biometric_files(cfg: Config, images_dir: Path) -> list[Path]:
+    """Every file the door keeps that holds a face, a template or who came when: photos, caches, log, snapshots."""
+    from door_access.faces.photos import is_photo
+
+    files = []
+    try:
+        for entry in images_dir.iterdir() if images_dir.is_dir() else ():
+            files += [p for p in entry.iterdir() if p.is_file()] if entry.is_dir() else [entry]
+    except OSError:
+        pass  # an unreadable folder is the gallery check's problem
+    files = [p for p in files if is_photo(p)]
+    cache = cfg.path("cache")
+    files += [*cache.glob("embeddings.sqlite*"), *cache.glob("eval.sqlite*")]
+    log_path = cfg.resolve(cfg.access_log.path)
+    files += [log_path.with_name(log_path.name + s) for s in ("", "-wal", "-shm", "-journal", ".spool.jsonl")]
+    if cfg.access_log.snapshots_dir:
+        files += cfg.resolve(cfg.access_log.snapshots_dir).glob("*.jpg")
+    return [p for p in files if p.is_file()]
+
+
+def check_privacy(cfg: Config, images_dir: Path) -> Check:
+    """Photos, templates, snapshots and the log must not be readable by other users of the machine. Readable by
+    the group is reported but allowed: doors sharing an images folder through a group need it."""
+    others, group = [], []
+    for path in _biometric_files(cfg, images_dir):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IROTH:
+            others.append(path)
+        elif mode & stat.S_IRGRP:
+            group.append(path)
+    if others:
+        shown = ", ".join(str(p) for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        return Check("privacy", False, f"{len(others)} file(s) holding faces, templates or the access log are "
+                     f"readable by other users: {shown}",
+                     "chmod o-rwx those files (or chmod -R o-rwx their folders); the door creates them 0600")
+    detail = "photos, templates, snapshots and the access log are readable only by their owner"
+    if group:
+        detail += (f", and by their group for {len(group)} file(s) (e.g. {group[0]}): right for an images folder "
+                   f"shared by several doors' users; otherwise chmod g-rwx them")
+    return Check("privacy", True, detail)
+
+
 def run_checks(cfg: Config, images_dir: Path) -> list[Check]:
-    checks = [check_camera, check_speaker, check_models, lambda c: check_gallery(images_dir), check_hooks, check_log]
+    checks = [check_camera, check_speaker, check_models, lambda c: check_gallery(images_dir), check_hooks, check_log,
+              lambda c: check_privacy(c, images_dir)]
     return [check(cfg) for check in checks]
 
 
