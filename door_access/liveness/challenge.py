@@ -1,9 +1,12 @@
 """The spoken liveness challenge: head pose from 68 landmarks, and the ask-and-verify state machine.
 
 A recording cannot follow an instruction chosen at random after it started. The door asks for
-one action drawn with `secrets` (turn the head left or right, look up, blink twice) and checks
-the response against the track's own neutral pose within a deadline. The right action held
-briefly passes; any other clear action, or nothing by the deadline, fails.
+a sequence of `liveness.challenge_steps` actions, each drawn with `secrets` from four (turn the
+head left or right, look up, blink twice), one at a time, and checks each response against the
+track's own neutral pose within that step's own deadline. The right action held briefly passes
+the step; any other clear action, or nothing by the deadline, fails the whole challenge. With 2
+steps there are 16 equally likely sequences: a recording that happens to show some actions in
+some order passes at most the few that match it (`eval-liveness --challenges all` measures it).
 
 Directions are the person's own: "left" is their left, which is the image's right on a camera
 that does not mirror its picture (a door camera). Pose is measured as ratios of landmark
@@ -71,9 +74,20 @@ def pose_action(pose: Pose, neutral: Pose, turn: float, look_up: float) -> str |
     return best if scores[best] >= 1.0 else None
 
 
+def at_rest(pose: Pose, neutral: Pose, turn: float, look_up: float) -> bool:
+    """Head back near its resting pose: under half a turn sideways and half a look-up (down is rest)."""
+    dyaw, dup = pose.yaw - neutral.yaw, neutral.pitch - pose.pitch
+    return abs(dyaw) < 0.5 * turn and dup < 0.5 * look_up
+
+
 def choose_action() -> str:
     """An unpredictable action: a recording made before the ask cannot know it."""
     return secrets.choice(ACTIONS)
+
+
+def choose_actions(steps: int) -> tuple[str, ...]:
+    """`steps` independent draws (repeats allowed): 4**steps sequences, each as likely."""
+    return tuple(choose_action() for _ in range(steps))
 
 
 class Challenge:
@@ -83,10 +97,12 @@ class Challenge:
     RUNNING to PASSED (the asked action seen for `hold_s`) or FAILED (another action that could
     have been asked, held for `hold_s`, or nothing by the deadline). Blinks never fail a head-turn
     challenge and looking down fails nothing: people blink and nod while they listen.
+    `rest_first`: head actions count only once the head has been back at rest (`at_rest`: a later step
+    of a sequence, where the head may still be turned for the step before, which answers nothing here).
     """
 
     def __init__(self, action: str, t: float, deadline_s: float, neutral: Pose, blinks: int,
-                 turn: float, look_up: float, hold_s: float):
+                 turn: float, look_up: float, hold_s: float, rest_first: bool = False):
         if action not in ACTIONS:
             raise ValueError(f"unknown challenge action {action!r}")
         self.action, self.asked_t, self.deadline = action, t, t + deadline_s
@@ -96,6 +112,7 @@ class Challenge:
         self.seen = NOTHING
         self.done_t: float | None = None
         self._held: tuple[str, float] | None = None  # (head action, since when)
+        self._rested = not rest_first
 
     @property
     def text(self) -> str:
@@ -110,6 +127,10 @@ class Challenge:
         if self.action == BLINK_TWICE and blinked >= 2:
             return self._finish(t, PASSED)
         head = pose_action(pose, self.neutral, self.turn, self.look_up) if pose is not None else None
+        if pose is not None and at_rest(pose, self.neutral, self.turn, self.look_up):
+            self._rested = True
+        if not self._rested:
+            head = None
         if head is None or head == DOWN:  # never asked: people nod while they listen, so it is no answer
             self._held = None
         else:
@@ -130,3 +151,105 @@ class Challenge:
     def outcome(self) -> str:
         """For verdicts and logs: "asked X, saw Y"."""
         return f"asked {self.action}, saw {self.seen}"
+
+
+class ChallengeSequence:
+    """Several asked actions in order, one `Challenge` step at a time: each step is asked (spoken and
+    shown) when the one before passes, has its own deadline from then, and must see its head back at
+    rest before a head action counts (so "left, left" means turning left twice). Any failed step fails
+    the sequence. `text` is the current step's instruction; it changes when a new step is asked."""
+
+    def __init__(self, actions: tuple[str, ...], t: float, deadline_s: float, neutral: Pose, blinks: int,
+                 turn: float, look_up: float, hold_s: float):
+        if not actions:
+            raise ValueError("a challenge needs at least one action")
+        self.actions = tuple(actions)
+        self._step_args = (deadline_s, neutral)
+        self._thresholds = (turn, look_up, hold_s)
+        self.asked_t = t
+        self.steps = [Challenge(self.actions[0], t, deadline_s, neutral, blinks, turn, look_up, hold_s)]
+        self.state = RUNNING
+        self.done_t: float | None = None
+
+    @property
+    def step(self) -> Challenge:
+        return self.steps[-1]
+
+    @property
+    def text(self) -> str:
+        """The current step's instruction; "again, ..." when it repeats the step before (a new ask)."""
+        again = len(self.steps) > 1 and self.steps[-2].action == self.step.action
+        return f"again, {self.step.text}" if again else self.step.text
+
+    def update(self, t: float, pose: Pose | None, blinks: int) -> str:
+        if self.state != RUNNING:
+            return self.state
+        state = self.step.update(t, pose, blinks)
+        if state == PASSED and len(self.steps) < len(self.actions):
+            deadline_s, neutral = self._step_args
+            self.steps.append(Challenge(self.actions[len(self.steps)], t, deadline_s, neutral, blinks,
+                                        *self._thresholds, rest_first=True))
+            return RUNNING
+        if state != RUNNING:
+            self.state, self.done_t = state, t
+        return self.state
+
+    def outcome(self) -> str:
+        """For verdicts and logs: each step asked so far, "asked X, saw Y; asked Z, saw W"."""
+        return "; ".join(step.outcome() for step in self.steps)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One frame of a track after the ask, for judging challenges afterwards (`eval-liveness`)."""
+
+    t: float
+    pose: Pose | None
+    blinks: int  # blinks counted on the track so far
+    eyes_closed: bool  # inside an eye closure that may become a blink
+
+
+@dataclass
+class Trace:
+    """What a track showed from the moment the door would ask: enough to replay any challenge on it."""
+
+    ask_t: float
+    neutral: Pose
+    blinks: int
+    samples: list[Sample]
+
+
+def judge_trace(trace: Trace, sequences, deadline_s: float, turn: float, look_up: float,
+                hold_s: float) -> dict[tuple[str, ...], ChallengeSequence]:
+    """Each sequence of actions as if it had been asked at `trace.ask_t`: one pass over the samples
+    serves them all (the steps after the first begin wherever each sequence's own step passed)."""
+    runs = {tuple(seq): ChallengeSequence(tuple(seq), trace.ask_t, deadline_s, trace.neutral, trace.blinks,
+                                          turn, look_up, hold_s) for seq in sequences}
+    for sample in trace.samples:
+        for run in runs.values():
+            run.update(sample.t, sample.pose, sample.blinks)
+    return runs
+
+
+def response_times(trace: Trace, passed: dict[str, float], turn: float, look_up: float,
+                   rest: float = 0.25) -> dict[str, float]:
+    """For each one-step challenge passed at time t (`passed`: action -> t), how long the verifier took
+    from the start of the movement that answered it: the last sample before t at which the head was
+    within `rest` of the step's threshold from neutral (head actions), or the first closed-eye sample
+    of the first blink counted after the ask (blink twice). What a person answering costs, in seconds."""
+    out: dict[str, float] = {}
+    for action, done in passed.items():
+        before = [s for s in trace.samples if s.t <= done]
+        if action == BLINK_TWICE:
+            onset = next((s.t for s in before if s.eyes_closed and s.blinks == trace.blinks), None)
+        else:
+            scores = [(s.t, _score(action, s.pose, trace.neutral, turn, look_up)) for s in before if s.pose]
+            onset = next((t for t, score in reversed(scores) if score < rest), None)
+        if onset is not None:
+            out[action] = round(done - onset, 2)
+    return out
+
+
+def _score(action: str, pose: Pose, neutral: Pose, turn: float, look_up: float) -> float:
+    dyaw, dup = pose.yaw - neutral.yaw, neutral.pitch - pose.pitch
+    return {LEFT: dyaw / turn, RIGHT: -dyaw / turn, UP: dup / look_up}[action]
