@@ -332,3 +332,10 @@ def test_response_time_runs_from_the_start_of_the_movement_to_the_pass():
     [(seq, run)] = judge_trace(trace, [(LEFT,)], 6.0, 0.3, 0.08, 0.2).items()
     times = response_times(trace, {LEFT: run.done_t}, 0.3, 0.08)
     assert run.state == PASSED and 0.3 <= times[LEFT] <= 0.6  # 10 degrees at 1.0 s; passed 0.2 s after 30 degrees
+
+
+def test_a_turn_hovering_at_its_threshold_stays_held_but_a_real_return_restarts_the_hold():
+    hover = REST + [head(yaw_deg=a) for a in (35, 27, 34, 26, 33, 28, 33)]  # 26-27 degrees: under 0.3, over 0.7 of it
+    assert _sequence((LEFT,), hover)[0].state == PASSED
+    back = REST + [head(yaw_deg=a) for a in (35, 5, 34, 5, 33, 5, 33)]  # back to rest between: never held 0.2 s
+    assert _sequence((LEFT,), back)[0].state == RUNNING

@@ -115,7 +115,7 @@ def test_photo_attack_is_denied_for_no_liveness(tmp_path, attack_clip):
 
 def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, attack_clip):
     """With no cue the door asks for an action, once; a photo moved by hand cannot perform it in time."""
-    extra = "  challenge_after_s: 1.0\n  challenge_deadline_s: 3.0\n"
+    extra = "  challenge: on_doubt\n  challenge_after_s: 1.0\n  challenge_deadline_s: 3.0\n"
     events = _events(_site(tmp_path, liveness=True, extra=extra), attack_clip)
     assert not [e for e in events if e["event"] == "unlock"]
     asked = [e for e in events if e["event"] == "challenge"]
@@ -123,6 +123,18 @@ def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, attack_clip):
     denied = [e for e in events if e["event"] == "denied"]
     assert denied and denied[0]["name"] == "obama" and denied[0]["track"] == asked[0]["track"]
     assert denied[0]["detail"].startswith("spoof (challenge failed"), denied[0]
+
+
+def test_the_shipped_default_asks_every_face_for_two_actions_and_a_photo_fails_the_first(tmp_path, attack_clip):
+    """`challenge: always`, 2 steps: a photo cannot turn or blink, so the first step fails and the second is
+    never asked. The deadline is cut to 3 s so the 6 s clip reaches it; all else is the shipped default."""
+    events = _events(_site(tmp_path, liveness=True, extra="  challenge_deadline_s: 3.0\n"), attack_clip)
+    assert not [e for e in events if e["event"] == "unlock"]
+    asked = [e for e in events if e["event"] == "challenge"]
+    assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values()
+    denied = [e for e in events if e["event"] == "denied"]
+    assert denied and denied[0]["detail"].startswith("spoof (challenge failed (asked "), denied[0]
+    assert denied[0]["detail"].count("asked") == 1  # the second step is never asked
 
 
 def test_same_clip_without_liveness_unlocks(tmp_path, attack_clip):
@@ -137,7 +149,8 @@ def test_real_people_on_video_still_get_in(tmp_path):
     for name in ("lin-manuel-miranda.png", "alex-lacamoire.png"):
         shutil.copy(HAMILTON / name, tmp_path / "images" / name)
     (tmp_path / "config.yaml").write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n"
-                                          "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n")
+                                          "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
+                                          "liveness:\n  challenge: on_doubt\n")  # passive: a clip answers nothing
     events = _events(tmp_path, HAMILTON / "short_hamilton_clip.mp4")
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]

@@ -31,6 +31,8 @@ SPOKEN = {LEFT: "turn your head left", RIGHT: "turn your head right", UP: "look 
 NOTHING = "nothing"
 
 RUNNING, PASSED, FAILED = "running", "passed", "failed"
+KEEP = 0.7  # a head action once seen stays held while it keeps this fraction of its threshold (hysteresis:
+# g03's own right turn hovers at 0.25-0.33 against 0.3, and landmark noise is ~0.02-0.05)
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,6 @@ def pose_action(pose: Pose, neutral: Pose, turn: float, look_up: float) -> str |
     return best if scores[best] >= 1.0 else None
 
 
-def at_rest(pose: Pose, neutral: Pose, turn: float, look_up: float) -> bool:
-    """Head back near its resting pose: under half a turn sideways and half a look-up (down is rest)."""
-    dyaw, dup = pose.yaw - neutral.yaw, neutral.pitch - pose.pitch
-    return abs(dyaw) < 0.5 * turn and dup < 0.5 * look_up
-
-
 def choose_action() -> str:
     """An unpredictable action: a recording made before the ask cannot know it."""
     return secrets.choice(ACTIONS)
@@ -97,12 +93,14 @@ class Challenge:
     RUNNING to PASSED (the asked action seen for `hold_s`) or FAILED (another action that could
     have been asked, held for `hold_s`, or nothing by the deadline). Blinks never fail a head-turn
     challenge and looking down fails nothing: people blink and nod while they listen.
-    `rest_first`: head actions count only once the head has been back at rest (`at_rest`: a later step
-    of a sequence, where the head may still be turned for the step before, which answers nothing here).
+    `after`: the head action of the step before (a later step of a sequence): the head may still
+    show it, which answers nothing here, so head actions count only once it has been released (the
+    head back under half of it: turning left then right releases it on the way; left twice means
+    turning back first).
     """
 
     def __init__(self, action: str, t: float, deadline_s: float, neutral: Pose, blinks: int,
-                 turn: float, look_up: float, hold_s: float, rest_first: bool = False):
+                 turn: float, look_up: float, hold_s: float, after: str | None = None):
         if action not in ACTIONS:
             raise ValueError(f"unknown challenge action {action!r}")
         self.action, self.asked_t, self.deadline = action, t, t + deadline_s
@@ -112,7 +110,7 @@ class Challenge:
         self.seen = NOTHING
         self.done_t: float | None = None
         self._held: tuple[str, float] | None = None  # (head action, since when)
-        self._rested = not rest_first
+        self._after = after if after in (LEFT, RIGHT, UP) else None
 
     @property
     def text(self) -> str:
@@ -127,9 +125,13 @@ class Challenge:
         if self.action == BLINK_TWICE and blinked >= 2:
             return self._finish(t, PASSED)
         head = pose_action(pose, self.neutral, self.turn, self.look_up) if pose is not None else None
-        if pose is not None and at_rest(pose, self.neutral, self.turn, self.look_up):
-            self._rested = True
-        if not self._rested:
+        if head is None and self._held is not None and pose is not None and \
+                _score(self._held[0], pose, self.neutral, self.turn, self.look_up) >= KEEP:
+            head = self._held[0]  # still held: a turn hovering at its threshold does not restart the hold
+        if self._after is not None and pose is not None and \
+                _score(self._after, pose, self.neutral, self.turn, self.look_up) < 0.5:
+            self._after = None  # the step before's action released
+        if self._after is not None:
             head = None
         if head is None or head == DOWN:  # never asked: people nod while they listen, so it is no answer
             self._held = None
@@ -155,9 +157,9 @@ class Challenge:
 
 class ChallengeSequence:
     """Several asked actions in order, one `Challenge` step at a time: each step is asked (spoken and
-    shown) when the one before passes, has its own deadline from then, and must see its head back at
-    rest before a head action counts (so "left, left" means turning left twice). Any failed step fails
-    the sequence. `text` is the current step's instruction; it changes when a new step is asked."""
+    shown) when the one before passes, has its own deadline from then, and counts head actions only
+    once the step before's is released (so "left, left" means turning left twice). Any failed step
+    fails the sequence. `text` is the current step's instruction; it changes when a new step is asked."""
 
     def __init__(self, actions: tuple[str, ...], t: float, deadline_s: float, neutral: Pose, blinks: int,
                  turn: float, look_up: float, hold_s: float):
@@ -188,7 +190,7 @@ class ChallengeSequence:
         if state == PASSED and len(self.steps) < len(self.actions):
             deadline_s, neutral = self._step_args
             self.steps.append(Challenge(self.actions[len(self.steps)], t, deadline_s, neutral, blinks,
-                                        *self._thresholds, rest_first=True))
+                                        *self._thresholds, after=self.step.action))
             return RUNNING
         if state != RUNNING:
             self.state, self.done_t = state, t
@@ -201,7 +203,7 @@ class ChallengeSequence:
 
 @dataclass(frozen=True)
 class Sample:
-    """One frame of a track after the ask, for judging challenges afterwards (`eval-liveness`)."""
+    """One frame of a track, for judging challenges afterwards (`eval-liveness --challenges all`)."""
 
     t: float
     pose: Pose | None
@@ -211,12 +213,22 @@ class Sample:
 
 @dataclass
 class Trace:
-    """What a track showed from the moment the door would ask: enough to replay any challenge on it."""
+    """What a track showed from a moment a challenge is asked: enough to replay any challenge on it."""
 
     ask_t: float
     neutral: Pose
     blinks: int
     samples: list[Sample]
+
+
+def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
+    """The track's frames (`samples`, from first sight) seen as if a challenge were asked at the first
+    frame at or after `t`: the neutral pose from the `neutral_s` before it, as the door takes it."""
+    after = [s for s in samples if s.t >= t]
+    before = [s.pose for s in samples if after and after[0].t - neutral_s <= s.t < after[0].t and s.pose]
+    if not after or not before:
+        return None
+    return Trace(after[0].t, neutral_pose(before), after[0].blinks, after)
 
 
 def judge_trace(trace: Trace, sequences, deadline_s: float, turn: float, look_up: float,
@@ -225,9 +237,11 @@ def judge_trace(trace: Trace, sequences, deadline_s: float, turn: float, look_up
     serves them all (the steps after the first begin wherever each sequence's own step passed)."""
     runs = {tuple(seq): ChallengeSequence(tuple(seq), trace.ask_t, deadline_s, trace.neutral, trace.blinks,
                                           turn, look_up, hold_s) for seq in sequences}
+    running = list(runs.values())
     for sample in trace.samples:
-        for run in runs.values():
-            run.update(sample.t, sample.pose, sample.blinks)
+        running = [run for run in running if run.update(sample.t, sample.pose, sample.blinks) == RUNNING]
+        if not running:
+            break
     return runs
 
 

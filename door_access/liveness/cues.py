@@ -36,7 +36,6 @@ from door_access.liveness.challenge import (
     ChallengeSequence,
     Pose,
     Sample,
-    Trace,
     choose_actions,
     head_pose,
     neutral_pose,
@@ -116,8 +115,8 @@ class LivenessChecker:
 
     `challenge_action` fixes the asked action (one, a one-step challenge) or sequence (tests,
     `eval-liveness` on clips that perform a known action); it is a constructor argument, never a
-    config key an attacker could set. `trace=True` keeps, per track, what it showed from the
-    moment `always` would ask (`traces`), so any challenge can be judged on it afterwards.
+    config key an attacker could set. `trace=True` keeps each track's frames (`traces`), so any
+    challenge asked at any moment can be judged on them afterwards.
     `models_dir=None` builds a checker that only takes landmark arrays (`observe`).
     """
 
@@ -128,7 +127,7 @@ class LivenessChecker:
             raise ValueError(f"unknown challenge action {challenge_action!r} (one of: {', '.join(ACTIONS)})")
         self.cfg = cfg
         self.challenge_actions = tuple(fixed) if fixed is not None else None
-        self.traces: dict[int, Trace] | None = {} if trace else None
+        self.traces: dict[int, list[Sample]] | None = {} if trace else None
         self._predictor = None
         if models_dir is not None:
             import dlib
@@ -232,16 +231,9 @@ class LivenessChecker:
         log.info("challenge asked of track %d: %d step(s), first %r", track, len(actions), s.challenge.text)
 
     def _trace(self, track: int, s: _TrackLiveness, t: float, pose: Pose) -> None:
-        """Record the track from where `always` asks (same moment, same neutral pose), for
-        `eval-liveness --challenges all`; kept after the track ends. Stops once no challenge could
-        still be running (every step at its deadline)."""
-        trace = self.traces.get(track)
-        if trace is None:
-            if not s.shapes or t - s.first_seen < NEUTRAL_S:
-                return
-            trace = self.traces[track] = Trace(t, neutral_pose([p for _, _, p in s.shapes]), s.blinks, [])
-        if t - trace.ask_t <= self.cfg.challenge_deadline_s * self.cfg.challenge_steps:
-            trace.samples.append(Sample(t, pose, s.blinks, s.closed_since is not None))
+        """Record the track frame by frame (`eval-liveness --challenges all`), kept after it ends:
+        any challenge, asked at any moment (`challenge.asked_at`), can be judged on it afterwards."""
+        self.traces.setdefault(track, []).append(Sample(t, pose, s.blinks, s.closed_since is not None))
 
     def _verdict(self, s: _TrackLiveness, t: float, pose: Pose) -> LiveVerdict:
         c = s.challenge
