@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,11 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+from door_access.app import build_pipeline
 from door_access.config import LivenessConfig
+from door_access.faces.capture import Capture
 from door_access.faces.photos import load_rgb
-from door_access.liveness.challenge import SPOKEN
+from door_access.liveness.challenge import LEFT, RIGHT, SPOKEN
 from door_access.liveness.cues import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
 from door_access.tools.democlip import Segment, write_clip, write_photo_attack
+from door_access.tools.liveness_eval import _quiet
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
 
@@ -172,3 +176,31 @@ def test_a_face_under_min_eye_px_neither_votes_nor_unlocks(tmp_path, small_face_
                                 f"liveness:\n  enabled: false\ndetection:\n  upsample: 1\n  min_eye_px: {min_eye_px}\n")
     events = _events(site, small_face_clip)
     assert [e["name"] for e in events if e["event"] == "unlock"] == unlocks
+
+
+G03 = SHARED_DATA / "liveness" / "genuine" / "g03_tranvanluyt_selfie_headturn.mp4"
+
+
+@pytest.mark.skipif(not G03.is_file(), reason="../shared/data/liveness is not present")
+def test_each_step_of_the_challenge_is_announced_when_it_is_asked(tmp_path, cfg, encoder):
+    """g03 through the real pipeline, the sequence fixed to "left, right": his left turn passes step 1,
+    and step 2 gets its own `challenge` event (spoken and shown) on the same track."""
+    (tmp_path / "images").mkdir()
+    shutil.copy(SHARED_DATA / "liveness" / "photos" / "g03_tranvanluyt_selfie_headturn.png",
+                tmp_path / "images" / "person.png")
+    run_cfg = _quiet(cfg)
+    run_cfg = dataclasses.replace(run_cfg, access_log=dataclasses.replace(run_cfg.access_log,
+                                                                          path=str(tmp_path / "log.sqlite")))
+    c = cfg.camera
+    capture = Capture(str(G03), False, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
+    events = []
+    pipeline = build_pipeline(run_cfg, tmp_path / "images", capture, events.append, encoder=encoder,
+                              challenge_action=(LEFT, RIGHT))
+    pipeline.start()
+    try:
+        pipeline.wait(300)
+    finally:
+        pipeline.stop()
+    asked = [(e.track, e.detail) for e in events if e.event == "challenge"]
+    first = asked[0][0]
+    assert [d for tr, d in asked if tr == first] == [SPOKEN[LEFT], SPOKEN[RIGHT]], asked
