@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 
 
 def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callable[[Event], None] | None = None,
-                   *, encoder: FaceEncoder | None = None, challenge_action: str | None = None) -> Pipeline:
+                   *, encoder: FaceEncoder | None = None, challenge_action: str | tuple[str, ...] | None = None,
+                   trace_challenges: bool = False) -> Pipeline:
     """The door, wired and ready to `start()`. `encoder` reuses a loaded model (tests, evaluations);
-    `challenge_action` fixes the liveness challenge (evaluations on clips that perform a known action)."""
+    `challenge_action` fixes the liveness challenge (evaluations on clips that perform a known action);
+    `trace_challenges` keeps each track's response to any challenge (`eval-liveness --challenges all`)."""
     with native_stderr_silenced():  # TensorFlow's import and first use print a page of notices
         from door_access.faces.facenet import FaceEncoder
         from door_access.pipeline import Parts, Pipeline
@@ -50,7 +52,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
     parts = Parts(
         encoder=encoder,
         detector=FaceDetector(cfg.detection, weights),
-        liveness=LivenessChecker(live, weights, challenge_action) if live.enabled else None,
+        liveness=LivenessChecker(live, weights, challenge_action, trace_challenges) if live.enabled else None,
         spoof=SpoofChecker(cfg.spoof) if live.enabled and cfg.spoof.enabled else None,
         policy=PolicyFile(cfg.path("people")),  # per-person days/hours/doors (people.yaml)
         watcher=watcher,

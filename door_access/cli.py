@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="folder with truth.csv, its clips and person photos")
     p.add_argument("--realtime", action="store_true", help="play each clip at its own rate (default: video time)")
     p.add_argument("--only", help="only the clips whose file contains this text")
+    p.add_argument("--challenges", choices=("all",),
+                   help="all: also judge each video against every challenge the config can ask "
+                        "(per clip: actions recognised, pass rate)")
 
     p = sub.add_parser("log", help="print the access log")
     _common(p)
@@ -472,7 +475,8 @@ def cmd_eval_liveness(args, cfg: Config) -> int:
 
     if not cfg.liveness.enabled:
         raise UsageError("eval-liveness needs liveness.enabled: true")
-    result = eval_folder(cfg, args.folder, realtime=args.realtime, only=args.only)
+    result = eval_folder(cfg, args.folder, realtime=args.realtime, only=args.only,
+                         challenges=args.challenges == "all")
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 

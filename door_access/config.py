@@ -110,6 +110,7 @@ class LockoutConfig:
     failures: int = meta(5, lo=0, hi=1000)
     window_s: float = meta(120.0, lo=1.0)
     cooloff_s: float = meta(60.0, lo=0.0)
+    max_cooloff_s: float = meta(600.0, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ class LivenessConfig:
     timeout_s: float = meta(4.0, lo=0.1)
     parallax_threshold: float = meta(0.06, lo=0.01, hi=1.0)
     parallax_min_turn: float = meta(0.2, lo=0.01, hi=1.0)
-    challenge: str = meta("on_doubt", choices=("off", "on_doubt", "always"))
+    challenge: str = meta("always", choices=("off", "on_doubt", "always"))
+    challenge_steps: int = meta(2, lo=1, hi=4)
     challenge_after_s: float = meta(3.5, lo=0.0)
     challenge_deadline_s: float = meta(6.0, lo=0.5, hi=60.0)
     challenge_turn: float = meta(0.3, lo=0.05, hi=1.0)
@@ -261,6 +263,8 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}{_line_of(node, 'voting', 'required')}: 'voting.required' ({cfg.voting.required}) "
                           f"must be a strict majority of "
                           f"'voting.window' ({cfg.voting.window}): more than {cfg.voting.window // 2}")
+    if cfg.lockout.max_cooloff_s < cfg.lockout.cooloff_s:
+        raise ConfigError(f"{path}: 'lockout.max_cooloff_s' is below 'lockout.cooloff_s'")
     if cfg.liveness.reopen_ratio <= cfg.liveness.blink_ratio:
         raise ConfigError(f"{path}: 'liveness.reopen_ratio' must be above 'liveness.blink_ratio'")
     return cfg

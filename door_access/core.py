@@ -57,6 +57,7 @@ class LiveVerdict:
     first_wait_s: float | None = None  # seconds from first sight to the first evidence, for reports
     spoof: str | None = None  # a DENY cue that fired on this track (fails the attempt outright)
     challenge: str | None = None  # the action the door is asking for right now (the attempt stays pending)
+    challenge_step: int = 0  # which step of the challenge that is (each new step is spoken, even a repeat)
 
 # ---- events: the one record that actions, the access log and `--events-json` share ----------
 

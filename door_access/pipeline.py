@@ -123,7 +123,7 @@ class Pipeline:
         self.tracker = Tracker(p.track_iou, p.track_timeout_s, p.encodes_per_second, p.track_max_scale_step,
                                p.settled_encodes_per_second)
         self.tracker.on_end.append(self._track_ended)
-        self._asked: set[int] = set()  # tracks whose challenge has been announced
+        self._asked: dict[int, int] = {}  # track -> the challenge step last announced (spoken and shown)
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
@@ -206,7 +206,7 @@ class Pipeline:
             self.liveness.forget(alive)
         if self.spoof:
             self.spoof.forget(alive)
-        self._asked.discard(track.id)
+        self._asked.pop(track.id, None)
 
     def reload_gallery(self) -> None:
         """A full rebuild from the folder (the MQTT `reload_gallery` command), on the watcher's thread."""
@@ -232,6 +232,8 @@ class Pipeline:
                     # 68 landmarks and DENY cues (2-3 ms a face a frame) are skipped; only its sparse votes go on
                     if self.tracker.take_encode_slot(track, frame.t) and not self._too_small(image, rect, None):
                         obs.chip = self.detector.video_chip(image, rect)
+                    if self.liveness and self.liveness.traces is not None:  # eval-liveness --challenges all:
+                        self._trace_only(track, frame.t, image, rect)  # the clip's answers after the door decided
                     continue
                 points = self.liveness.landmarks(image, rect) if self.liveness else None
                 if self._too_small(image, rect, points):
@@ -246,10 +248,16 @@ class Pipeline:
                             obs.live = dataclasses.replace(obs.live, spoof=cue)
                         elif self.spoof.doubtful(track.id):  # a borderline DENY cue: ask for an action now
                             self.liveness.request_challenge(track.id)
-                    if obs.live.challenge and track.id not in self._asked:
-                        self._asked.add(track.id)
+                    if obs.live.challenge and self._asked.get(track.id) != obs.live.challenge_step:
+                        self._asked[track.id] = obs.live.challenge_step
                         self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)
             self._put(self.to_encoder, out)
+
+    def _trace_only(self, track: Track, t: float, image: np.ndarray, rect) -> None:
+        """Feed a decided track's landmarks to the liveness trace only: its verdict reaches no one."""
+        points = self.liveness.landmarks(image, rect)
+        if not self._too_small(image, rect, points):
+            self.liveness.observe(track.id, t, points)
 
     def _too_small(self, image: np.ndarray, rect, points: np.ndarray | None) -> bool:
         """Eyes closer than `detection.min_eye_px`: landmarks too coarse to vote or judge liveness on."""

@@ -81,7 +81,9 @@ def swapped_clip(tmp_path_factory, detector):
 
 def _events(tmp_path, clip, liveness: bool):
     site = write_site(tmp_path, f"tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
-                                f"liveness:\n  enabled: {str(liveness).lower()}\nlockout:\n  failures: 0\n")
+                                f"liveness:\n  enabled: {str(liveness).lower()}\n"
+                                f"  challenge: on_doubt\n"  # the singer's passive cues are what must not carry over
+                                f"lockout:\n  failures: 0\n")
     proc = subprocess.run([sys.executable, "-m", "door_access", "run", "--config", str(site / "config.yaml"),
                            "--source", str(clip), "--headless", "--events-json"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from door_access.config import LivenessConfig
+from door_access.liveness import challenge as challenge_module
 from door_access.liveness.challenge import (
     ACTIONS,
     BLINK_TWICE,
@@ -24,9 +25,15 @@ from door_access.liveness.challenge import (
     RUNNING,
     UP,
     Challenge,
+    ChallengeSequence,
+    Sample,
+    Trace,
     choose_action,
+    choose_actions,
     head_pose,
+    judge_trace,
     pose_action,
+    response_times,
 )
 from door_access.liveness.cues import LivenessChecker, eye_aspect_ratio, eye_distance, planar_residual
 
@@ -235,3 +242,100 @@ def test_a_nod_is_no_answer_but_looking_up_when_asked_to_turn_is_a_wrong_one():
 def test_a_fixed_challenge_action_must_be_a_real_one():
     with pytest.raises(ValueError, match="unknown challenge action"):
         LivenessChecker(LivenessConfig(), None, challenge_action="wave")
+
+
+# ---- a sequence of asked actions ---------------------------------------------------------------------
+
+
+def _sequence(actions, frames, fps=10.0, deadline=6.0):
+    """Feed `frames` ((shape, blinks) or shape) at `fps`; returns the sequence and the instruction at each frame."""
+    seq = ChallengeSequence(tuple(actions), 0.0, deadline, head_pose(head()), 0, turn=0.3, look_up=0.08, hold_s=0.2)
+    texts = []
+    for i, frame in enumerate(frames):
+        shape, blinks = frame if isinstance(frame, tuple) else (frame, 0)
+        seq.update((i + 1) / fps, head_pose(shape), blinks)
+        texts.append(seq.text if seq.state == RUNNING else None)
+    return seq, texts
+
+
+LEFT_TURN = [head(yaw_deg=40)] * 5
+UP_LOOK = [head(pitch_deg=25)] * 5
+REST = [head()] * 5
+
+
+def test_a_sequence_is_asked_one_step_at_a_time_and_passes_in_order():
+    seq, texts = _sequence((LEFT, UP), REST + LEFT_TURN + REST + UP_LOOK)
+    assert seq.state == PASSED and seq.outcome() == "asked left, saw left; asked up, saw up"
+    assert texts[0] == "turn your head left" and texts[12] == "look up"  # step 2 asked once step 1 passed
+
+
+def test_the_right_actions_in_the_wrong_order_fail():
+    seq, _ = _sequence((LEFT, UP), REST + UP_LOOK + REST + LEFT_TURN)
+    assert seq.state == FAILED and seq.outcome() == "asked left, saw up"
+    assert len(seq.steps) == 1  # the second step was never asked
+
+
+def test_a_wrong_second_action_fails_the_whole_sequence():
+    seq, _ = _sequence((LEFT, RIGHT), REST + LEFT_TURN + REST + UP_LOOK)
+    assert seq.state == FAILED and seq.outcome() == "asked left, saw left; asked right, saw up"
+
+
+def test_each_step_has_its_own_deadline_from_its_own_ask():
+    # step 1 answered at ~5 s of a 6 s deadline; step 2 at ~9 s: 4 s after its ask, past the first deadline
+    slow = [head()] * 45 + LEFT_TURN + [head()] * 35 + UP_LOOK
+    seq, _ = _sequence((LEFT, UP), slow)
+    assert seq.state == PASSED and seq.done_t > 6.0
+    seq, _ = _sequence((LEFT, UP), [head()] * 45 + LEFT_TURN + [head()] * 70)
+    assert seq.state == FAILED and seq.steps[1].seen == "nothing"
+    assert seq.done_t == pytest.approx(seq.steps[1].asked_t + 6.0, abs=0.11)
+
+
+def test_a_repeated_action_needs_the_head_back_at_rest_first():
+    held = REST + [head(yaw_deg=40)] * 30  # turned once and held: one answer, not two
+    seq, texts = _sequence((LEFT, LEFT), held)
+    assert seq.state == RUNNING and len(seq.steps) == 2 and texts[-1] == "again, turn your head left"
+    seq, _ = _sequence((LEFT, LEFT), REST + LEFT_TURN + REST + LEFT_TURN)
+    assert seq.state == PASSED
+
+
+def test_blinks_before_a_blink_step_was_asked_do_not_count_for_it():
+    frames = [(s, 0) for s in REST] + [(s, 2) for s in LEFT_TURN] + [(s, 2) for s in REST]
+    seq, _ = _sequence((LEFT, BLINK_TWICE), frames)
+    assert seq.state == RUNNING and len(seq.steps) == 2
+    seq, _ = _sequence((LEFT, BLINK_TWICE), frames + [(head(), 3), (head(), 4)])
+    assert seq.state == PASSED
+
+
+def test_sequences_are_drawn_with_secrets_and_cover_all_sixteen(monkeypatch):
+    draws = collections.Counter(choose_actions(2) for _ in range(1000))
+    assert set(draws) == {(a, b) for a in ACTIONS for b in ACTIONS}  # P(one missing) < 16 * (15/16)**1000
+    calls = []
+    monkeypatch.setattr(challenge_module.secrets, "choice", lambda seq: calls.append(tuple(seq)) or seq[-1])
+    assert choose_actions(3) == (BLINK_TWICE,) * 3 and calls == [ACTIONS] * 3
+
+
+def test_one_pass_over_a_trace_judges_every_sequence_as_asking_each_would():
+    shapes = REST + LEFT_TURN + REST + UP_LOOK + REST
+    samples = [Sample((i + 1) / 10, head_pose(s), 0, False) for i, s in enumerate(shapes)]
+    trace = Trace(0.0, head_pose(head()), 0, samples)
+    every = [(a, b) for a in ACTIONS for b in ACTIONS]
+    runs = judge_trace(trace, every, 6.0, 0.3, 0.08, 0.2)
+    assert [seq for seq, run in runs.items() if run.state == PASSED] == [(LEFT, UP)]
+    for seq in every:  # the same verdict as asking that one sequence
+        assert runs[seq].state == _sequence(seq, shapes)[0].state
+
+
+def test_response_time_runs_from_the_start_of_the_movement_to_the_pass():
+    shapes = [head()] * 10 + [head(yaw_deg=a) for a in (10, 20, 30, 40)] + [head(yaw_deg=40)] * 5
+    samples = [Sample(i / 10, head_pose(s), 0, False) for i, s in enumerate(shapes)]
+    trace = Trace(0.0, head_pose(head()), 0, samples)
+    [(seq, run)] = judge_trace(trace, [(LEFT,)], 6.0, 0.3, 0.08, 0.2).items()
+    times = response_times(trace, {LEFT: run.done_t}, 0.3, 0.08)
+    assert run.state == PASSED and 0.3 <= times[LEFT] <= 0.6  # 10 degrees at 1.0 s; passed 0.2 s after 30 degrees
+
+
+def test_a_turn_hovering_at_its_threshold_stays_held_but_a_real_return_restarts_the_hold():
+    hover = REST + [head(yaw_deg=a) for a in (35, 27, 34, 26, 33, 28, 33)]  # 26-27 degrees: under 0.3, over 0.7 of it
+    assert _sequence((LEFT,), hover)[0].state == PASSED
+    back = REST + [head(yaw_deg=a) for a in (35, 5, 34, 5, 33, 5, 33)]  # back to rest between: never held 0.2 s
+    assert _sequence((LEFT,), back)[0].state == RUNNING

@@ -40,6 +40,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
      r"line 3: 'door.webhook_url' must be a URL starting with http:// or https://"),
     ("door:\n  webhook_url: ftp://door.example/hook\n", r"line 2: 'door.webhook_url' must be a URL"),
     ("door:\n  webhook_url: door.example/hook\n", r"line 2: 'door.webhook_url' must be a URL"),
+    ("liveness:\n  challenge_steps: 5\n", r"line 2: 'liveness.challenge_steps' = 5 is out of range"),
+    ("liveness:\n  challenge_steps: 0\n", r"'liveness.challenge_steps' = 0 is out of range"),
+    ("lockout:\n  cooloff_s: 60\n  max_cooloff_s: 30\n", r"'lockout.max_cooloff_s' is below 'lockout.cooloff_s'"),
 ])
 def test_mistakes_are_named(tmp_path, text, expected):
     path = tmp_path / "c.yaml"

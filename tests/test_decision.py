@@ -224,6 +224,57 @@ def test_repeated_failures_raise_one_alarm_and_refuse_unlocks_for_the_cooloff():
     assert events(out) == [("unlock", "kian")]
 
 
+def _strangers(dec, t0, n=3, tid=100):
+    """`n` strangers one after the other from t0 (each denied within 0.5 s); their decisions."""
+    out = []
+    for i in range(n):
+        out += feed(dec, t0 + i * 2.0, track(tid + i, t0 + i * 2.0), [stranger()] * 5)
+    return out
+
+
+def _alarms(decisions):
+    return [d for d in decisions if d.event == "alarm"]
+
+
+def test_lockouts_double_while_failures_go_on_up_to_the_cap_with_an_alarm_each_time():
+    dec = decider(lockout=LockoutConfig(failures=3, window_s=60.0, cooloff_s=30.0, max_cooloff_s=100.0))
+    t, lengths, details = 0.0, [], []
+    for k in range(5):  # each round: three strangers as soon as the last cool-off ends
+        [alarm] = _alarms(_strangers(dec, t, tid=100 + 10 * k))
+        lengths.append(round(dec.locked_out_until - (t + 4.4), 6))
+        details.append(alarm.detail)
+        t = dec.locked_out_until + 1.0
+    assert lengths == [30.0, 60.0, 100.0, 100.0, 100.0]  # doubled, then capped
+    assert details[0] == "3 failed attempts within 60 s: unlocks refused for 30 s"
+    assert details[2] == "3 failed attempts within 60 s: unlocks refused for 100 s (lockout 3 in a row)"
+
+
+def test_a_success_starts_the_lockout_over():
+    dec = decider(lockout=LockoutConfig(failures=3, window_s=60.0, cooloff_s=30.0, max_cooloff_s=1000.0))
+    _strangers(dec, 0.0)
+    _strangers(dec, 40.0)
+    assert dec.locked_out_until == pytest.approx(44.4 + 60.0)  # the second lockout: doubled
+    assert events(feed(dec, 110.0, track(1, 110.0), [kian()] * 3)) == [("unlock", "kian")]
+    _strangers(dec, 120.0)
+    assert dec.locked_out_until == pytest.approx(124.4 + 30.0)  # after kian got in: the base cool-off again
+
+
+def test_a_quiet_window_after_a_lockout_starts_it_over():
+    dec = decider(lockout=LockoutConfig(failures=3, window_s=60.0, cooloff_s=30.0, max_cooloff_s=1000.0))
+    _strangers(dec, 0.0)  # locked out till 34.4
+    _strangers(dec, 34.4 + 61.0)  # the attempts stopped for a whole window after it: not a continuation
+    assert dec.locked_out_until == pytest.approx(95.4 + 4.4 + 30.0)
+
+
+def test_failures_during_a_lockout_continue_the_streak():
+    dec = decider(lockout=LockoutConfig(failures=3, window_s=60.0, cooloff_s=30.0, max_cooloff_s=1000.0))
+    _strangers(dec, 0.0)  # locked out till 34.4
+    out = _strangers(dec, 10.0)  # more strangers while locked out: denied, no second alarm yet
+    assert not _alarms(out)
+    [alarm] = _alarms(feed(dec, 40.0, track(200, 40.0), [stranger()] * 5))  # the first failure after it
+    assert dec.locked_out_until == pytest.approx(40.4 + 60.0) and "60 s (lockout 2 in a row)" in alarm.detail
+
+
 def test_lockout_zero_is_off():
     dec = decider(lockout=LockoutConfig(failures=0))
     out = []

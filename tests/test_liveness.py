@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,11 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+from door_access.app import build_pipeline
 from door_access.config import LivenessConfig
+from door_access.faces.capture import Capture
 from door_access.faces.photos import load_rgb
-from door_access.liveness.challenge import SPOKEN
+from door_access.liveness.challenge import LEFT, RIGHT, SPOKEN
 from door_access.liveness.cues import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
 from door_access.tools.democlip import Segment, write_clip, write_photo_attack
+from door_access.tools.liveness_eval import _quiet
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
 
@@ -115,7 +119,7 @@ def test_photo_attack_is_denied_for_no_liveness(tmp_path, attack_clip):
 
 def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, attack_clip):
     """With no cue the door asks for an action, once; a photo moved by hand cannot perform it in time."""
-    extra = "  challenge_after_s: 1.0\n  challenge_deadline_s: 3.0\n"
+    extra = "  challenge: on_doubt\n  challenge_after_s: 1.0\n  challenge_deadline_s: 3.0\n"
     events = _events(_site(tmp_path, liveness=True, extra=extra), attack_clip)
     assert not [e for e in events if e["event"] == "unlock"]
     asked = [e for e in events if e["event"] == "challenge"]
@@ -123,6 +127,18 @@ def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, attack_clip):
     denied = [e for e in events if e["event"] == "denied"]
     assert denied and denied[0]["name"] == "obama" and denied[0]["track"] == asked[0]["track"]
     assert denied[0]["detail"].startswith("spoof (challenge failed"), denied[0]
+
+
+def test_the_shipped_default_asks_every_face_for_two_actions_and_a_photo_fails_the_first(tmp_path, attack_clip):
+    """`challenge: always`, 2 steps: a photo cannot turn or blink, so the first step fails and the second is
+    never asked. The deadline is cut to 3 s so the 6 s clip reaches it; all else is the shipped default."""
+    events = _events(_site(tmp_path, liveness=True, extra="  challenge_deadline_s: 3.0\n"), attack_clip)
+    assert not [e for e in events if e["event"] == "unlock"]
+    asked = [e for e in events if e["event"] == "challenge"]
+    assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values()
+    denied = [e for e in events if e["event"] == "denied"]
+    assert denied and denied[0]["detail"].startswith("spoof (challenge failed (asked "), denied[0]
+    assert denied[0]["detail"].count("asked") == 1  # the second step is never asked
 
 
 def test_same_clip_without_liveness_unlocks(tmp_path, attack_clip):
@@ -137,7 +153,8 @@ def test_real_people_on_video_still_get_in(tmp_path):
     for name in ("lin-manuel-miranda.png", "alex-lacamoire.png"):
         shutil.copy(HAMILTON / name, tmp_path / "images" / name)
     (tmp_path / "config.yaml").write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n"
-                                          "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n")
+                                          "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
+                                          "liveness:\n  challenge: on_doubt\n")  # passive: a clip answers nothing
     events = _events(tmp_path, HAMILTON / "short_hamilton_clip.mp4")
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]
@@ -159,3 +176,31 @@ def test_a_face_under_min_eye_px_neither_votes_nor_unlocks(tmp_path, small_face_
                                 f"liveness:\n  enabled: false\ndetection:\n  upsample: 1\n  min_eye_px: {min_eye_px}\n")
     events = _events(site, small_face_clip)
     assert [e["name"] for e in events if e["event"] == "unlock"] == unlocks
+
+
+G03 = SHARED_DATA / "liveness" / "genuine" / "g03_tranvanluyt_selfie_headturn.mp4"
+
+
+@pytest.mark.skipif(not G03.is_file(), reason="../shared/data/liveness is not present")
+def test_each_step_of_the_challenge_is_announced_when_it_is_asked(tmp_path, cfg, encoder):
+    """g03 through the real pipeline, the sequence fixed to "left, right": his left turn passes step 1,
+    and step 2 gets its own `challenge` event (spoken and shown) on the same track."""
+    (tmp_path / "images").mkdir()
+    shutil.copy(SHARED_DATA / "liveness" / "photos" / "g03_tranvanluyt_selfie_headturn.png",
+                tmp_path / "images" / "person.png")
+    run_cfg = _quiet(cfg)
+    run_cfg = dataclasses.replace(run_cfg, access_log=dataclasses.replace(run_cfg.access_log,
+                                                                          path=str(tmp_path / "log.sqlite")))
+    c = cfg.camera
+    capture = Capture(str(G03), False, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
+    events = []
+    pipeline = build_pipeline(run_cfg, tmp_path / "images", capture, events.append, encoder=encoder,
+                              challenge_action=(LEFT, RIGHT))
+    pipeline.start()
+    try:
+        pipeline.wait(300)
+    finally:
+        pipeline.stop()
+    asked = [(e.track, e.detail) for e in events if e.event == "challenge"]
+    first = asked[0][0]
+    assert [d for tr, d in asked if tr == first] == [SPOKEN[LEFT], SPOKEN[RIGHT]], asked

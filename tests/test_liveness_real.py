@@ -19,6 +19,7 @@ from door_access.config import LivenessConfig
 from door_access.liveness.challenge import LEFT, RIGHT
 from door_access.liveness.cues import LivenessChecker
 from door_access.tools.democlip import write_photo_attack
+from door_access.tools.liveness_eval import challenge_report
 
 from conftest import FR_IMAGES, SHARED_DATA
 
@@ -130,6 +131,51 @@ def test_a_real_head_turn_answers_the_challenge_for_its_own_side_only(shapes_of)
     asked_right = _play(shapes, LivenessConfig(challenge="always"), action=RIGHT)[1]
     assert asked_right[-1].evidence_t is None
     assert asked_right[-1].spoof == "challenge failed (asked right, saw left)"
+
+
+SHIPPED = LivenessConfig()  # challenge: always, 2 steps
+
+
+def _report(shapes):
+    """eval-liveness --challenges all's report for one track of landmarks."""
+    checker = LivenessChecker(SHIPPED, None, trace=True)
+    for t, points in shapes:
+        checker.observe(1, t, points)
+    return challenge_report(SHIPPED, list(checker.traces.values()))
+
+
+def test_the_shipped_default_asks_two_steps_and_g03_passes_the_ones_he_performs(shapes_of):
+    """g03 turns left (~2.2 s), back, then right (~7.6 s): asked "left, right" he passes both steps in
+    order; asked "left, left" the right turn is a wrong answer; no passive cue lets him in meanwhile."""
+    assert SHIPPED.challenge == "always" and SHIPPED.challenge_steps == 2
+    shapes = shapes_of(LIVE / "genuine/g03_tranvanluyt_selfie_headturn.mp4", max_s=9.0)
+    track, verdicts = _play(shapes, SHIPPED, action=(LEFT, RIGHT))
+    assert verdicts[20].challenge == "turn your head left"
+    second = [v for v in verdicts if v.challenge == "turn your head right"]
+    assert second and all(v.evidence_t is None for v in verdicts[:verdicts.index(second[0])])
+    assert verdicts[-1].cue == "challenge passed (asked left, saw left; asked right, saw right)"
+    assert verdicts[-1].evidence_t is not None and 7.5 < verdicts[-1].first_wait_s < 8.5  # from first sight
+    twice = _play(shapes, SHIPPED, action=(LEFT, LEFT))[1]
+    assert twice[-1].spoof == "challenge failed (asked left, saw left; asked left, saw right)"
+    report = _report(shapes)
+    assert report["sequences_passed"] == ["left, right"] and report["pass_rate"] == 1 / 16
+    assert report["challenge_results"] == {"left": True, "right": False, "up": False, "blink twice": False}
+
+
+def test_a_blinking_man_is_seen_to_blink_twice(shapes_of):
+    report = _report(shapes_of(LIVE / "genuine/g06_repeating_selfie_blink.mp4", max_s=8.0))
+    assert report["challenge_results"]["blink twice"] and "blink twice" in report["response_s"]
+
+
+@pytest.mark.parametrize("clip", ["attack/a04_tranvanluyt_laptop_video_replay.mp4",
+                                  "attack/a02_lestari_phone_photo.mp4"])
+def test_a_replay_passes_the_shipped_challenge_by_luck_at_most_1_in_16_from_any_start(shapes_of, clip):
+    """a04 replays g03's own head turns on a laptop, a02 shows a photo on a phone: asked as the door asks,
+    and asked at every 0.5 s along the clip (an attacker may start it at any moment), at most one of the
+    16 sequences passes at any start."""
+    report = _report(shapes_of(LIVE / clip))
+    assert report["starts"] >= 3
+    assert report["pass_rate"] <= 1 / 16 and report["pass_rate_worst_start"] <= 1 / 16, report
 
 
 def test_a_live_person_confirms_within_3_s_in_the_median_without_a_challenge(shapes_of):

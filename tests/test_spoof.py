@@ -246,7 +246,8 @@ def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, tmp_path):
     from door_access.tools.liveness_eval import _quiet, eval_video, read_truth
 
     rows = {r["file"]: r for r in read_truth(LIVE)}
-    run_cfg = _quiet(cfg)
+    run_cfg = _quiet(cfg)  # the passive path (a blink lets him in): not the shipped `always`
+    run_cfg = dataclasses.replace(run_cfg, liveness=dataclasses.replace(run_cfg.liveness, challenge="on_doubt"))
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
 
     def play(name, clip):
@@ -279,7 +280,8 @@ def test_a_track_let_in_is_tracked_but_no_longer_checked_for_liveness(cfg, encod
     shutil.copy(photo, tmp_path / "images" / ("person" + photo.suffix.lower()))
     run_cfg = _quiet(cfg)
     run_cfg = dataclasses.replace(run_cfg, access_log=dataclasses.replace(run_cfg.access_log,
-                                                                          path=str(tmp_path / "log.sqlite")))
+                                                                          path=str(tmp_path / "log.sqlite")),
+                                  liveness=dataclasses.replace(run_cfg.liveness, challenge="on_doubt"))  # passive
     c = cfg.camera
     capture = Capture(str(_first_seconds(LIVE / name, tmp_path / "g06.mp4", 2.5)), False,
                       c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)

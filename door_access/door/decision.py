@@ -14,7 +14,9 @@ borrow its blink. The rules, each closing a way in:
   challenge runs the attempt is pending, otherwise no evidence within `liveness.timeout_s`
   is one `denied: no liveness`;
 - after `lockout.failures` denials within `lockout.window_s`, an `alarm` and no unlock for
-  `lockout.cooloff_s` (`locked_out_until`);
+  `lockout.cooloff_s` (`locked_out_until`); while failures go on (no gap of `window_s` without
+  one), each further lockout doubles the one before, up to `lockout.max_cooloff_s`, each with
+  its alarm: a scripted attacker gets ever fewer tries an hour. An unlock starts over;
 - each track unlocks at most once, each person at most once per cooldown, and an optional
   per-person policy `allow(name, wall_time)` can refuse an unlock with a reason.
 """
@@ -60,6 +62,8 @@ class Decider:
         self.last_unlock: dict[str, float] = {}
         self.locked_out_until = float("-inf")  # frame time until which every unlock is refused
         self._failures: deque[float] = deque()  # frame times of recent failed attempts
+        self._streak = 0  # lockouts in a row while failures go on: the next cool-off is cooloff_s * 2**streak
+        self._last_failure = float("-inf")
 
     def locked_out(self, t: float) -> bool:
         return t < self.locked_out_until
@@ -99,15 +103,22 @@ class Decider:
         n, window = self.lockout.failures, self.lockout.window_s
         if n <= 0:
             return
+        if t - max(self._last_failure, self.locked_out_until) > window:
+            self._streak = 0  # a whole window without a failure (outside a lockout): the attempts stopped
+        self._last_failure = t
         self._failures.append(t)
         while self._failures and t - self._failures[0] > window:
             self._failures.popleft()
         if len(self._failures) >= n and not self.locked_out(t):
-            self.locked_out_until = t + self.lockout.cooloff_s
+            base = self.lockout.cooloff_s
+            cooloff = min(base * 2.0 ** min(self._streak, 64), max(self.lockout.max_cooloff_s, base))
+            self._streak += 1
+            self.locked_out_until = t + cooloff
             self._failures.clear()
+            again = f" (lockout {self._streak} in a row)" if self._streak > 1 else ""
             decisions.append(Decision(ALARM, denial.track, None, None,
                                       f"{n} failed attempts within {window:g} s: unlocks refused for "
-                                      f"{self.lockout.cooloff_s:g} s"))
+                                      f"{cooloff:g} s{again}"))
 
     def _decide(self, t: float, track: Track, match: Match) -> Decision | None:
         if match.name is None:
@@ -163,6 +174,7 @@ class Decider:
                     return Decision(DENIED, track.id, name, distance, f"policy: {reason}")
             track.unlocked = True
             self.last_unlock[name] = t
+            self._streak = 0  # someone let in: the lockout escalation starts over
             detail = f"live after {live.first_wait_s:.2f} s ({live.cue})" \
                 if live is not None and live.first_wait_s is not None else ""
             return Decision(UNLOCK, track.id, name, distance, detail)

@@ -1,9 +1,12 @@
 """The spoken liveness challenge: head pose from 68 landmarks, and the ask-and-verify state machine.
 
 A recording cannot follow an instruction chosen at random after it started. The door asks for
-one action drawn with `secrets` (turn the head left or right, look up, blink twice) and checks
-the response against the track's own neutral pose within a deadline. The right action held
-briefly passes; any other clear action, or nothing by the deadline, fails.
+a sequence of `liveness.challenge_steps` actions, each drawn with `secrets` from four (turn the
+head left or right, look up, blink twice), one at a time, and checks each response against the
+track's own neutral pose within that step's own deadline. The right action held briefly passes
+the step; any other clear action, or nothing by the deadline, fails the whole challenge. With 2
+steps there are 16 equally likely sequences: a recording that happens to show some actions in
+some order passes at most the few that match it (`eval-liveness --challenges all` measures it).
 
 Directions are the person's own: "left" is their left, which is the image's right on a camera
 that does not mirror its picture (a door camera). Pose is measured as ratios of landmark
@@ -28,6 +31,8 @@ SPOKEN = {LEFT: "turn your head left", RIGHT: "turn your head right", UP: "look 
 NOTHING = "nothing"
 
 RUNNING, PASSED, FAILED = "running", "passed", "failed"
+KEEP = 0.7  # a head action once seen stays held while it keeps this fraction of its threshold (hysteresis:
+# g03's own right turn hovers at 0.25-0.33 against 0.3, and landmark noise is ~0.02-0.05)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,11 @@ def choose_action() -> str:
     return secrets.choice(ACTIONS)
 
 
+def choose_actions(steps: int) -> tuple[str, ...]:
+    """`steps` independent draws (repeats allowed): 4**steps sequences, each as likely."""
+    return tuple(choose_action() for _ in range(steps))
+
+
 class Challenge:
     """One asked action for one track, verified frame by frame.
 
@@ -83,10 +93,14 @@ class Challenge:
     RUNNING to PASSED (the asked action seen for `hold_s`) or FAILED (another action that could
     have been asked, held for `hold_s`, or nothing by the deadline). Blinks never fail a head-turn
     challenge and looking down fails nothing: people blink and nod while they listen.
+    `after`: the head action of the step before (a later step of a sequence): the head may still
+    show it, which answers nothing here, so head actions count only once it has been released (the
+    head back under half of it: turning left then right releases it on the way; left twice means
+    turning back first).
     """
 
     def __init__(self, action: str, t: float, deadline_s: float, neutral: Pose, blinks: int,
-                 turn: float, look_up: float, hold_s: float):
+                 turn: float, look_up: float, hold_s: float, after: str | None = None):
         if action not in ACTIONS:
             raise ValueError(f"unknown challenge action {action!r}")
         self.action, self.asked_t, self.deadline = action, t, t + deadline_s
@@ -96,6 +110,7 @@ class Challenge:
         self.seen = NOTHING
         self.done_t: float | None = None
         self._held: tuple[str, float] | None = None  # (head action, since when)
+        self._after = after if after in (LEFT, RIGHT, UP) else None
 
     @property
     def text(self) -> str:
@@ -110,6 +125,14 @@ class Challenge:
         if self.action == BLINK_TWICE and blinked >= 2:
             return self._finish(t, PASSED)
         head = pose_action(pose, self.neutral, self.turn, self.look_up) if pose is not None else None
+        if head is None and self._held is not None and pose is not None and \
+                _score(self._held[0], pose, self.neutral, self.turn, self.look_up) >= KEEP:
+            head = self._held[0]  # still held: a turn hovering at its threshold does not restart the hold
+        if self._after is not None and pose is not None and \
+                _score(self._after, pose, self.neutral, self.turn, self.look_up) < 0.5:
+            self._after = None  # the step before's action released
+        if self._after is not None:
+            head = None
         if head is None or head == DOWN:  # never asked: people nod while they listen, so it is no answer
             self._held = None
         else:
@@ -130,3 +153,117 @@ class Challenge:
     def outcome(self) -> str:
         """For verdicts and logs: "asked X, saw Y"."""
         return f"asked {self.action}, saw {self.seen}"
+
+
+class ChallengeSequence:
+    """Several asked actions in order, one `Challenge` step at a time: each step is asked (spoken and
+    shown) when the one before passes, has its own deadline from then, and counts head actions only
+    once the step before's is released (so "left, left" means turning left twice). Any failed step
+    fails the sequence. `text` is the current step's instruction; it changes when a new step is asked."""
+
+    def __init__(self, actions: tuple[str, ...], t: float, deadline_s: float, neutral: Pose, blinks: int,
+                 turn: float, look_up: float, hold_s: float):
+        if not actions:
+            raise ValueError("a challenge needs at least one action")
+        self.actions = tuple(actions)
+        self._step_args = (deadline_s, neutral)
+        self._thresholds = (turn, look_up, hold_s)
+        self.asked_t = t
+        self.steps = [Challenge(self.actions[0], t, deadline_s, neutral, blinks, turn, look_up, hold_s)]
+        self.state = RUNNING
+        self.done_t: float | None = None
+
+    @property
+    def step(self) -> Challenge:
+        return self.steps[-1]
+
+    @property
+    def text(self) -> str:
+        """The current step's instruction; "again, ..." when it repeats the step before (a new ask)."""
+        again = len(self.steps) > 1 and self.steps[-2].action == self.step.action
+        return f"again, {self.step.text}" if again else self.step.text
+
+    def update(self, t: float, pose: Pose | None, blinks: int) -> str:
+        if self.state != RUNNING:
+            return self.state
+        state = self.step.update(t, pose, blinks)
+        if state == PASSED and len(self.steps) < len(self.actions):
+            deadline_s, neutral = self._step_args
+            self.steps.append(Challenge(self.actions[len(self.steps)], t, deadline_s, neutral, blinks,
+                                        *self._thresholds, after=self.step.action))
+            return RUNNING
+        if state != RUNNING:
+            self.state, self.done_t = state, t
+        return self.state
+
+    def outcome(self) -> str:
+        """For verdicts and logs: each step asked so far, "asked X, saw Y; asked Z, saw W"."""
+        return "; ".join(step.outcome() for step in self.steps)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One frame of a track, for judging challenges afterwards (`eval-liveness --challenges all`)."""
+
+    t: float
+    pose: Pose | None
+    blinks: int  # blinks counted on the track so far
+    eyes_closed: bool  # inside an eye closure that may become a blink
+
+
+@dataclass
+class Trace:
+    """What a track showed from a moment a challenge is asked: enough to replay any challenge on it."""
+
+    ask_t: float
+    neutral: Pose
+    blinks: int
+    samples: list[Sample]
+
+
+def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
+    """The track's frames (`samples`, from first sight) seen as if a challenge were asked at the first
+    frame at or after `t`: the neutral pose from the `neutral_s` before it, as the door takes it."""
+    after = [s for s in samples if s.t >= t]
+    before = [s.pose for s in samples if after and after[0].t - neutral_s <= s.t < after[0].t and s.pose]
+    if not after or not before:
+        return None
+    return Trace(after[0].t, neutral_pose(before), after[0].blinks, after)
+
+
+def judge_trace(trace: Trace, sequences, deadline_s: float, turn: float, look_up: float,
+                hold_s: float) -> dict[tuple[str, ...], ChallengeSequence]:
+    """Each sequence of actions as if it had been asked at `trace.ask_t`: one pass over the samples
+    serves them all (the steps after the first begin wherever each sequence's own step passed)."""
+    runs = {tuple(seq): ChallengeSequence(tuple(seq), trace.ask_t, deadline_s, trace.neutral, trace.blinks,
+                                          turn, look_up, hold_s) for seq in sequences}
+    running = list(runs.values())
+    for sample in trace.samples:
+        running = [run for run in running if run.update(sample.t, sample.pose, sample.blinks) == RUNNING]
+        if not running:
+            break
+    return runs
+
+
+def response_times(trace: Trace, passed: dict[str, float], turn: float, look_up: float,
+                   rest: float = 0.25) -> dict[str, float]:
+    """For each one-step challenge passed at time t (`passed`: action -> t), how long the verifier took
+    from the start of the movement that answered it: the last sample before t at which the head was
+    within `rest` of the step's threshold from neutral (head actions), or the first closed-eye sample
+    of the first blink counted after the ask (blink twice). What a person answering costs, in seconds."""
+    out: dict[str, float] = {}
+    for action, done in passed.items():
+        before = [s for s in trace.samples if s.t <= done]
+        if action == BLINK_TWICE:
+            onset = next((s.t for s in before if s.eyes_closed and s.blinks == trace.blinks), None)
+        else:
+            scores = [(s.t, _score(action, s.pose, trace.neutral, turn, look_up)) for s in before if s.pose]
+            onset = next((t for t, score in reversed(scores) if score < rest), None)
+        if onset is not None:
+            out[action] = round(done - onset, 2)
+    return out
+
+
+def _score(action: str, pose: Pose, neutral: Pose, turn: float, look_up: float) -> float:
+    dyaw, dup = pose.yaw - neutral.yaw, neutral.pitch - pose.pitch
+    return {LEFT: dyaw / turn, RIGHT: -dyaw / turn, UP: dup / look_up}[action]

@@ -12,8 +12,9 @@ Three cues from dlib's 68 landmarks, any of which confirms:
   in a way no plane can (a homography fit leaves a residual); a photo turned as a whole is a
   plane, and the homography absorbs it exactly.
 When none fired after `challenge_after_s` (or always, by config), the track is asked for a
-random action (challenge.py); once asked, only the answer counts, and a wrong or missing one
-is reported as a spoof. Absence of evidence only keeps the attempt pending: the decider denies.
+random sequence of `challenge_steps` actions (challenge.py); once asked, only the answers count,
+and a wrong or missing one is reported as a spoof. Absence of evidence only keeps the attempt
+pending: the decider denies.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from door_access.liveness.challenge import (
     ACTIONS,
     FAILED,
     PASSED,
-    Challenge,
+    ChallengeSequence,
     Pose,
-    choose_action,
+    Sample,
+    choose_actions,
     head_pose,
     neutral_pose,
 )
@@ -105,22 +107,27 @@ class _TrackLiveness:
     last_evidence_t: float | None = None
     cue: str = ""  # the first cue seen
     doubt: bool = False  # a DENY cue was borderline: ask now
-    challenge: Challenge | None = None
+    challenge: ChallengeSequence | None = None
 
 
 class LivenessChecker:
     """Per-track liveness state. Lives in the detector thread (it needs the frame's pixels).
 
-    `challenge_action` fixes the asked action (tests, `eval-liveness` on clips that perform a
-    known action); it is a constructor argument, never a config key an attacker could set.
+    `challenge_action` fixes the asked action (one, a one-step challenge) or sequence (tests,
+    `eval-liveness` on clips that perform a known action); it is a constructor argument, never a
+    config key an attacker could set. `trace=True` keeps each track's frames (`traces`), so any
+    challenge asked at any moment can be judged on them afterwards.
     `models_dir=None` builds a checker that only takes landmark arrays (`observe`).
     """
 
-    def __init__(self, cfg: LivenessConfig, models_dir: Path | None, challenge_action: str | None = None):
-        if challenge_action is not None and challenge_action not in ACTIONS:
+    def __init__(self, cfg: LivenessConfig, models_dir: Path | None,
+                 challenge_action: str | tuple[str, ...] | None = None, trace: bool = False):
+        fixed = (challenge_action,) if isinstance(challenge_action, str) else challenge_action
+        if fixed is not None and (not fixed or any(a not in ACTIONS for a in fixed)):
             raise ValueError(f"unknown challenge action {challenge_action!r} (one of: {', '.join(ACTIONS)})")
         self.cfg = cfg
-        self.challenge_action = challenge_action
+        self.challenge_actions = tuple(fixed) if fixed is not None else None
+        self.traces: dict[int, list[Sample]] | None = {} if trace else None
         self._predictor = None
         if models_dir is not None:
             import dlib
@@ -166,6 +173,8 @@ class LivenessChecker:
             self._evidence(s, t, "3D parallax")
 
         self._maybe_ask(track, s, t)
+        if self.traces is not None:
+            self._trace(track, s, t, pose)
         s.shapes.append((t, points, pose))
         while s.shapes and t - s.shapes[0][0] > HISTORY_S:
             s.shapes.popleft()
@@ -216,10 +225,15 @@ class LivenessChecker:
         if not due:
             return
         neutral = neutral_pose([pose for _, _, pose in s.shapes])
-        action = self.challenge_action or choose_action()
-        s.challenge = Challenge(action, t, cfg.challenge_deadline_s, neutral, s.blinks,
-                                cfg.challenge_turn, cfg.challenge_look_up, cfg.challenge_hold_s)
-        log.info("challenge asked of track %d: %r", track, s.challenge.text)
+        actions = self.challenge_actions or choose_actions(cfg.challenge_steps)
+        s.challenge = ChallengeSequence(actions, t, cfg.challenge_deadline_s, neutral, s.blinks,
+                                        cfg.challenge_turn, cfg.challenge_look_up, cfg.challenge_hold_s)
+        log.info("challenge asked of track %d: %d step(s), first %r", track, len(actions), s.challenge.text)
+
+    def _trace(self, track: int, s: _TrackLiveness, t: float, pose: Pose) -> None:
+        """Record the track frame by frame (`eval-liveness --challenges all`), kept after it ends:
+        any challenge, asked at any moment (`challenge.asked_at`), can be judged on it afterwards."""
+        self.traces.setdefault(track, []).append(Sample(t, pose, s.blinks, s.closed_since is not None))
 
     def _verdict(self, s: _TrackLiveness, t: float, pose: Pose) -> LiveVerdict:
         c = s.challenge
@@ -231,7 +245,7 @@ class LivenessChecker:
             failed = f"challenge failed ({c.outcome()})"
             return LiveVerdict(None, failed, None, spoof=failed)
         if c is not None and c.state != PASSED:
-            return LiveVerdict(None, f"challenge: {c.text}", None, challenge=c.text)
+            return LiveVerdict(None, f"challenge: {c.text}", None, challenge=c.text, challenge_step=len(c.steps))
         if s.last_evidence_t is not None:
             return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen)
         return LiveVerdict(None, f"no blink, facial motion or parallax in {t - s.first_seen:.1f} s")

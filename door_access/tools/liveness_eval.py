@@ -10,12 +10,19 @@ motion or a blink: for those only the per-frame DENY cues are measured.
 The door's decider (decision.py) is the one that turns `LiveVerdict.spoof` into a denial; the
 outcome reported here is what the door does with it: an unlock counts only if no DENY cue
 fired on the clip before it.
+
+`challenges=True` (`--challenges all`) also judges each video against every challenge the config
+can ask, from the same pass: each track's landmarks from the moment `always` asks are kept and
+every sequence of `liveness.challenge_steps` actions is replayed on them (`challenge_report`).
+A clip cannot answer a spoken instruction: for a genuine clip this says whether the verifier
+sees the actions the person happens to perform; for an attack, its chance of passing by luck.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import logging
 import re
 import shutil
@@ -26,13 +33,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from door_access.config import Config
+from door_access.config import Config, LivenessConfig
 from door_access.core import UNLOCK, Box
+from door_access.liveness.challenge import ACTIONS, PASSED, Sample, asked_at, judge_trace, response_times
+from door_access.liveness.cues import HISTORY_S, NEUTRAL_S
 from door_access.liveness.spoof import SpoofChecker
 
 log = logging.getLogger(__name__)
 
 KINDS = ("genuine", "attack_screen", "attack_print")
+ASK_EVERY_S = 0.5  # --challenges all: a challenge is also asked at every such step along each track
 MEASURES = ("glow", "detail", "sides")
 
 
@@ -48,8 +58,10 @@ def read_truth(folder: Path) -> list[dict]:
     return rows
 
 
-def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | None = None) -> dict:
-    """Every clip of FOLDER's truth.csv (or those whose file contains `only`); per clip and totals."""
+def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | None = None,
+                challenges: bool = False) -> dict:
+    """Every clip of FOLDER's truth.csv (or those whose file contains `only`); per clip and totals.
+    `challenges`: each video is also judged against every challenge the config can ask."""
     from door_access.faces.detection import FaceDetector
     from door_access.faces.facenet import FaceEncoder
 
@@ -65,8 +77,11 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
         if path.is_dir():
             clips.append(eval_frames(cfg, detector, path, row))
         else:
-            clips.append(eval_video(cfg, encoder, path, folder / row["person_photo"], row, realtime))
-    return {"clips": clips, "totals": totals(clips)}
+            clips.append(eval_video(cfg, encoder, path, folder / row["person_photo"], row, realtime, challenges))
+    result = {"clips": clips, "totals": totals(clips)}
+    if challenges:
+        result["challenge_totals"] = challenge_totals(clips, cfg.liveness)
+    return result
 
 
 def _quiet(cfg: Config) -> Config:
@@ -79,7 +94,8 @@ def _quiet(cfg: Config) -> Config:
     )
 
 
-def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtime: bool) -> dict:
+def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtime: bool,
+               challenges: bool = False) -> dict:
     """Play one clip through the real pipeline with its person enrolled; what the door did and why."""
     from door_access.app import build_pipeline
     from door_access.faces.capture import Capture
@@ -94,7 +110,8 @@ def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtim
                                                                           path=str(Path(tmp) / "log.sqlite")))
         c = cfg.camera
         capture = Capture(str(path), realtime, c.lost_after_s, c.reconnect_min_s, c.reconnect_max_s)
-        pipeline = build_pipeline(run_cfg, images, capture, events.append, encoder=encoder)
+        pipeline = build_pipeline(run_cfg, images, capture, events.append, encoder=encoder,
+                                  trace_challenges=challenges)
         pipeline.observers.append(seen.observer(pipeline))
         pipeline.start()
         try:
@@ -103,7 +120,10 @@ def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtim
             pipeline.stop()
         if pipeline.failure:
             raise RuntimeError(f"{path}: stage {pipeline.failure[0]} failed: {pipeline.failure[1]}")
-    return seen.report(row, capture.frames_in, events)
+    report = seen.report(row, capture.frames_in, events)
+    if challenges:
+        report.update(challenge_report(cfg.liveness, list(pipeline.liveness.traces.values())))
+    return report
 
 
 class _Seen:
@@ -221,6 +241,80 @@ def totals(clips: list[dict]) -> dict:
     return out
 
 
+# ---- --challenges all: every challenge the config can ask, judged on one pass over each clip ------------
+
+
+def challenge_report(live: LivenessConfig, tracks: list[list[Sample]]) -> dict:
+    """Per clip, from each track's frames (`LivenessChecker.traces`), asked as the door asks (`NEUTRAL_S`
+    after first sight): `challenge_results` (each action as a one-step challenge -> passed), `pass_rate`
+    (the fraction of the 4**challenge_steps sequences passed), the sequences passed, and `response_s`
+    (per action passed, seconds from the start of the movement to the verifier's pass: what answering
+    costs). A replay can be started at any moment, so the same is asked every `ASK_EVERY_S` along the
+    track: `pass_rate_worst_start` is the best an attacker who picks the moment can get, by luck, from
+    this recording. A challenge passed on any of the clip's tracks counts."""
+    sequences = list(itertools.product(ACTIONS, repeat=live.challenge_steps))
+    singles = [(a,) for a in ACTIONS]
+
+    def judge(trace, asked):
+        runs = judge_trace(trace, asked, live.challenge_deadline_s, live.challenge_turn, live.challenge_look_up,
+                           live.challenge_hold_s)
+        return {seq: run.done_t for seq, run in runs.items() if run.state == PASSED}
+
+    single_passed: dict[str, float] = {}
+    door_passed: set[tuple[str, ...]] = set()
+    response: dict[str, float] = {}
+    starts: list[float] = []
+    for samples in tracks:
+        if not samples:
+            continue
+        first, last = samples[0].t, samples[-1].t
+        door = asked_at(samples, first + NEUTRAL_S, HISTORY_S)
+        if door is not None:
+            passed = judge(door, singles + sequences)
+            door_passed |= {seq for seq in passed if len(seq) == live.challenge_steps}
+            done = {seq[0]: t for seq, t in passed.items() if len(seq) == 1}
+            for action, wait in response_times(door, done, live.challenge_turn, live.challenge_look_up).items():
+                response.setdefault(action, wait)
+            for action, t in done.items():
+                single_passed.setdefault(action, t)
+        t = first + NEUTRAL_S
+        while t <= last - ASK_EVERY_S:
+            trace = asked_at(samples, t, HISTORY_S)
+            if trace is not None:
+                starts.append(len(judge(trace, sequences)) / len(sequences))
+            t += ASK_EVERY_S
+    rate = len(door_passed) / len(sequences)
+    return {
+        "challenge_results": {a: a in single_passed for a in ACTIONS},
+        "pass_rate": round(rate, 4),
+        "sequences_passed": [", ".join(seq) for seq in sequences if seq in door_passed],
+        "pass_rate_worst_start": round(max(starts, default=rate), 4),
+        "pass_rate_mean_start": round(statistics.mean(starts), 4) if starts else round(rate, 4),
+        "starts": len(starts),
+        "response_s": response,
+    }
+
+
+def challenge_totals(clips: list[dict], live: LivenessConfig) -> dict:
+    """Per kind: clips with a challenge judged, the worst (highest) and mean pass rate, and for genuine
+    clips how many were let in passively or show an action the verifier recognises."""
+    out: dict = {"steps": live.challenge_steps, "sequences": len(ACTIONS) ** live.challenge_steps}
+    for kind in KINDS:
+        judged = [c for c in clips if c["kind"] == kind and "pass_rate" in c]
+        if not judged:
+            continue
+        rates = [c["pass_rate"] for c in judged]
+        entry = {"videos": len(judged), "max_pass_rate": max(rates), "mean_pass_rate": round(statistics.mean(rates), 4),
+                 "max_pass_rate_worst_start": max(c["pass_rate_worst_start"] for c in judged)}
+        if kind == "genuine":
+            entry["let_in"] = sum(c["unlocked"] or any(c["challenge_results"].values()) for c in judged)
+            times = [t for c in judged for t in c["response_s"].values()]
+            if times:
+                entry["response_median_s"] = round(statistics.median(times), 2)
+        out[kind] = entry
+    return out
+
+
 def format_report(result: dict) -> str:
     lines = []
     for c in result["clips"]:
@@ -234,6 +328,12 @@ def format_report(result: dict) -> str:
         after = f" after {c['unlock_after_s']} s" if c["unlocked"] else ""
         lines.append(f"{c['file']:<48} {c['kind']:<13} {c['outcome']}{after}  CONFIRM: {confirm}  "
                      f"DENY: {deny}  [{m}]")
+        if "pass_rate" in c:
+            seen = ", ".join(f"{a} ({c['response_s'][a]} s)" if a in c["response_s"] else a
+                             for a, ok in c["challenge_results"].items() if ok) or "none"
+            lines.append(f"{'':<48} challenges: actions recognised: {seen}; pass rate {c['pass_rate']:.3f} "
+                         f"({'; '.join(c['sequences_passed']) or 'none'}), at the worst of {c['starts']} starts "
+                         f"{c['pass_rate_worst_start']:.3f}")
     lines.append("")
     for kind, t in result["totals"].items():
         if not t["videos"] and not t.get("frame_folders"):
@@ -245,6 +345,18 @@ def format_report(result: dict) -> str:
             line += "; frame folders, fraction of frames denied: " + ", ".join(
                 f"{Path(k).name} {_pct(v)}" for k, v in t["frame_deny_fraction"].items())
         lines.append(line)
+    ct = result.get("challenge_totals")
+    if ct:
+        lines.append(f"challenges: {ct['steps']} step(s), {ct['sequences']} sequences")
+        for kind in KINDS:
+            if kind in ct:
+                t = ct[kind]
+                extra = f"; let in (passively or an action recognised) {t['let_in']}/{t['videos']}" \
+                    if "let_in" in t else ""
+                if "response_median_s" in t:
+                    extra += f"; median response {t['response_median_s']} s"
+                lines.append(f"{kind:<13} pass rate max {t['max_pass_rate']:.3f} mean {t['mean_pass_rate']:.3f}, "
+                             f"at the worst start {t['max_pass_rate_worst_start']:.3f}{extra}")
     return "\n".join(lines)
 
 
