@@ -105,6 +105,7 @@ class Pipeline:
         self.spoof = parts.spoof
         self.access_log = parts.access_log
         self.speaker = parts.speaker
+        self.policy = parts.policy
         self.recognizer = parts.recognizer
         self.watcher = parts.watcher
         self.watcher.on_change = self._swap_gallery
@@ -147,7 +148,8 @@ class Pipeline:
 
     def notify(self, kind: str, name=None, distance=None, track=None, detail="", snapshot=None) -> None:
         t, wall = self.clock()
-        self.actions.submit(Notice(Event(kind, t, wall, name, distance, track, detail), snapshot))
+        shown = self.policy.display_name(name) if name else None
+        self.actions.submit(Notice(Event(kind, t, wall, name, distance, track, detail, shown), snapshot))
 
     def _fail(self, stage: str, exc: BaseException) -> None:
         if self.failure is None:
@@ -370,8 +372,10 @@ class Pipeline:
 
     @property
     def labels(self) -> dict[int, tuple[str | None, float]]:
-        """Track -> latest (name, distance), for the window (read from the tracks' records)."""
-        return {i: tr.label for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
+        """Track -> latest (display name, distance), for the window (read from the tracks' records)."""
+        shown = self.policy.display_name
+        return {i: (shown(tr.label[0]) if tr.label[0] else None, tr.label[1])
+                for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
 
 
 def fan_out(*sinks: Callable[[Event], None] | None) -> Callable[[Event], None] | None:

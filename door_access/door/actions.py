@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from door_access.config import Config, TtsConfig
-from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice
+from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice, readable_name
 from door_access.door.access_log import AccessLog
 from door_access.door.controller import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
 
@@ -47,8 +47,8 @@ _STOP = object()  # queue sentinel: the worker drains nothing after it
 
 
 def welcome_text(template: str, name: str) -> str:
-    """The spoken welcome: `{name}` filled by plain replacement (a name may contain braces), `_` read as a space."""
-    return template.replace("{name}", name.replace("_", " "))
+    """The spoken welcome: `{name}` filled with the display name by plain replacement (a name may contain braces)."""
+    return template.replace("{name}", name)
 
 
 def safe_slug(text: str, max_len: int = 40) -> str:
@@ -299,7 +299,7 @@ class Actions:
     def _unlock(self, event: Event) -> None:
         name = event.name or ""
         if name:  # a remote unlock has nobody to welcome
-            self.speaker.say(welcome_text(self.cfg.tts.template, name))
+            self.speaker.say(welcome_text(self.cfg.tts.template, event.display_name or readable_name(name)))
         if self._webhook is not None:
             self._webhook.post(event)
         # a face unlock always names someone; an unlock without a name came from a remote command
