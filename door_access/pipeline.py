@@ -37,7 +37,7 @@ from door_access.door.access_log import AccessLog
 from door_access.door.actions import Actions, Speaker
 from door_access.door.decision import Decider
 from door_access.door.policy import PolicyFile
-from door_access.door.tracking import Track, Tracker
+from door_access.door.tracking import Track, Tracker, fuse
 from door_access.faces.capture import END, Capture, Frame
 from door_access.faces.detection import FaceDetector
 from door_access.faces.facenet import FaceEncoder
@@ -308,13 +308,16 @@ class Pipeline:
                 self.finished.set()
                 return
             encoded = [f for f in item.faces if f.embedding is not None]
-            recognizer = self.recognizer
-            if encoded:
-                for face, match in zip(encoded, recognizer.identify(np.stack([f.embedding for f in encoded]))):
+            fused = {}
+            if encoded:  # each face, and each of their tracks' fused embeddings, in one product
+                together = [fuse(f.record, f.embedding) for f in encoded]
+                matches = self.recognizer.identify(np.stack([f.embedding for f in encoded] + together))
+                for face, match, whole in zip(encoded, matches, matches[len(encoded):]):
                     face.match = match
+                    fused[face.track] = whole
             decisions = self.decider.observe(item.frame.t, [f.record for f in item.faces],
                                              {f.track: f.match for f in encoded},
-                                             {f.track: f.live for f in item.faces if f.live is not None})
+                                             {f.track: f.live for f in item.faces if f.live is not None}, fused)
             for d in decisions:
                 face = next((f for f in item.faces if f.track == d.track), None)
                 snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") and face else None
