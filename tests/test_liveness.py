@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from door_access.config import LivenessConfig
+from door_access.door.access_log import AccessLog
 from door_access.faces.photos import load_rgb
 from door_access.liveness.challenge import SPOKEN
 from door_access.liveness.cues import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
@@ -138,10 +139,18 @@ def test_real_people_on_video_still_get_in(tmp_path):
         shutil.copy(HAMILTON / name, tmp_path / "images" / name)
     (tmp_path / "config.yaml").write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n"
                                           "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n")
+    (tmp_path / "people.yaml").write_text('lin-manuel-miranda:\n  display_name: "Lin-Manuel Miranda"\n')
     events = _events(tmp_path, HAMILTON / "short_hamilton_clip.mp4")
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]
     assert unlocks[0]["detail"].startswith("live after")
+    # the event carries the name people read; the access log keeps the enrolled name
+    assert unlocks[0]["display_name"] == "Lin-Manuel Miranda"
+    logged = AccessLog(tmp_path / "log.sqlite")
+    try:
+        assert [e.name for e, _ in logged.query(last=50) if e.event == "unlock"] == ["lin-manuel-miranda"]
+    finally:
+        logged.close()
 
 
 @pytest.fixture(scope="module")
