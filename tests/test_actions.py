@@ -1,5 +1,6 @@
 """The actions worker with real hooks (subprocesses), a real web server, real espeak-ng speech and real files."""
 
+import dataclasses
 import http.server
 import json
 import logging
@@ -354,6 +355,11 @@ def test_webhook_receives_the_unlock_as_json(rig, web):
     assert json.loads(body) == {"event": "unlock", "name": "jo {x}", "distance": 0.5, "track": 9, "t": e.t,
                                 "wall": e.wall, "detail": ""}
     assert SIGNATURE_HEADER not in headers  # no secret configured
+    shown = Notice(dataclasses.replace(sent.event, name="lin-manuel-miranda", display_name="Lin-Manuel Miranda"))
+    r.actions.submit(shown)  # the cooldown is the decider's: the worker posts every unlock it is given
+    assert wait_for(lambda: len(web.requests) == 2)
+    posted = json.loads(web.requests[1][1])
+    assert (posted["name"], posted["display_name"]) == ("lin-manuel-miranda", "Lin-Manuel Miranda")
     r.actions.stop(5.0)
     assert r.faults() == []
 

@@ -395,9 +395,11 @@ class _WebhookSender:
                 self._failed(event, f"{type(exc).__name__}: {exc}")
 
     def _send(self, event: Event) -> None:
-        body = json.dumps({"event": event.event, "name": event.name, "distance": event.distance,
-                           "track": event.track, "t": event.t, "wall": event.wall, "detail": event.detail},
-                          ensure_ascii=False).encode("utf-8", "backslashreplace")
+        record = {"event": event.event, "name": event.name, "distance": event.distance,
+                  "track": event.track, "t": event.t, "wall": event.wall, "detail": event.detail}
+        if event.display_name is not None:
+            record["display_name"] = event.display_name
+        body = json.dumps(record, ensure_ascii=False).encode("utf-8", "backslashreplace")
         headers = {"Content-Type": "application/json"}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(body, self.secret)
