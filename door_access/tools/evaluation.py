@@ -113,23 +113,41 @@ class Roc:
         return float(rate), float(thresholds[i - 1] + alpha * (thresholds[i] - thresholds[i - 1]))
 
 
+def _centroids(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each photo's person index, each person's summed embeddings, their photo counts), people sorted."""
+    people = sorted(set(names))
+    index = {p: i for i, p in enumerate(people)}
+    owner = np.array([index[n] for n in names], np.intp)
+    sums = np.zeros((len(people), embeddings.shape[1]), np.float64)
+    np.add.at(sums, owner, embeddings)
+    return owner, sums, np.bincount(owner, minlength=len(people))
+
+
+def _distance_to(e: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """L2 distances from unit rows `e` to the normalised rows of `sums`."""
+    unit = sums / np.maximum(np.linalg.norm(sums, axis=-1, keepdims=True), 1e-12)
+    return np.sqrt(np.clip(2.0 - 2.0 * e @ unit.T, 0.0, None))
+
+
 def door_scores(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) scores with the door's 1:K rule, leaving one identity out, one of each per photo.
 
-    The door compares a face with every photo of every enrolled person and takes the best, so
-    a photo's genuine score is its distance to the closest other photo of the same person
-    (people with 2+ photos), and its impostor score, as a stranger to everyone else, the
-    distance to the closest photo of any other person. A per-pair rate would understate how
-    often a stranger gets in: the stranger's chance grows with the gallery.
+    The door compares a face with every enrolled person's mean embedding (`Recognizer`) and takes
+    the best, so a photo's genuine score is its distance to the mean of the same person's other
+    photos (people with 2+ photos), and its impostor score, as a stranger to everyone else, the
+    distance to the closest other person. A per-pair rate would understate how often a stranger
+    gets in: the stranger's chance grows with the gallery.
     """
     e = np.asarray(embeddings, np.float64)
-    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
-    np.fill_diagonal(d, np.inf)
-    labels = np.asarray(names, dtype=object)
-    same = labels[:, None] == labels[None, :]
-    genuine = np.where(same, d, np.inf).min(axis=1)
-    impostor = np.where(~same, d, np.inf).min(axis=1)
-    return genuine[np.isfinite(genuine)], impostor[np.isfinite(impostor)]
+    owner, sums, counts = _centroids(names, e)
+    d = _distance_to(e, sums)
+    d[np.arange(len(e)), owner] = np.inf
+    impostor = d.min(axis=1) if d.shape[1] > 1 else np.full(len(e), np.inf)
+    rest = sums[owner] - e  # the same person without this photo
+    genuine = np.sqrt(np.clip(2.0 - 2.0 * np.sum(e * rest, axis=1)
+                              / np.maximum(np.linalg.norm(rest, axis=1), 1e-12), 0.0, None))
+    genuine = genuine[counts[owner] >= 2]
+    return genuine, impostor[np.isfinite(impostor)]
 
 
 def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold: float,
@@ -137,22 +155,18 @@ def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold:
     """Per-stranger FAR at `threshold` when the gallery holds `size` people: each photo, as a stranger, against
     `draws` random galleries of `size` other people (sizes the gallery cannot reach are left out)."""
     e = np.asarray(embeddings, np.float64)
-    labels = np.asarray(names, dtype=object)
-    people = sorted(set(names))
-    index = {p: i for i, p in enumerate(people)}
-    owner = np.array([index[n] for n in labels])
-    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
-    # distance from each photo to each person's closest photo
-    per_person = np.stack([d[:, owner == j].min(axis=1) for j in range(len(people))], axis=1)
+    owner, sums, _ = _centroids(names, e)
+    people = sums.shape[0]
+    per_person = _distance_to(e, sums)  # each photo to each person's mean embedding, as the door matches
     rng = np.random.default_rng(seed)
     out = {}
     for size in sizes:
-        if size >= len(people):
+        if size >= people:
             continue
         accepted = []
         for _ in range(draws):
             for i in range(len(e)):
-                others = np.delete(np.arange(len(people)), owner[i])
+                others = np.delete(np.arange(people), owner[i])
                 pick = rng.choice(others, size, replace=False)
                 accepted.append(per_person[i, pick].min() <= threshold)
         out[str(size)] = float(np.mean(accepted))
@@ -162,9 +176,9 @@ def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold:
 def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_threshold: float | None = None) -> dict:
     """Suggest `recognition.threshold` from the enrolled photos, so the choice rests on data, not a guess.
 
-    Scores follow the door's rule (`door_scores`): per photo, the closest other photo of the
-    same person (genuine) and the closest photo of anyone else (impostor: that photo as a
-    stranger facing the rest of the gallery). The suggestion is the largest threshold (rounded
+    Scores follow the door's rule (`door_scores`): per photo, the mean of the same person's
+    other photos (genuine) and the closest other person (impostor: that photo as a stranger
+    facing the rest of the gallery). The suggestion is the largest threshold (rounded
     down to 0.001, ready for config.yaml) whose per-stranger FAR is <= `target_far`. Writes a
     PNG with the two distance histograms and the ROC. Raises ValueError when the gallery
     cannot support it.
