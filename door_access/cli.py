@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", type=int, choices=(0, 1), default=0,
                    help="--open-set: 1 averages each embedding with its mirror image's (measured: no gain)")
     p.add_argument("--dominant", type=float, help="--open-set: instead of detection.dominant_ratio (0: refuse)")
+    p.add_argument("--enroll", type=int, default=1, metavar="K",
+                   help="--open-set: enroll K photos a person (people with K+1 or more photos; default 1)")
+    p.add_argument("--probe-frames", type=int, default=1, metavar="M",
+                   help="--open-set: fuse up to M photos of a person into one probe, as the door fuses a track's "
+                        "frames; strangers likewise, from people with 2+ photos (default 1)")
     p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
     p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
 
@@ -495,6 +500,8 @@ def _eval_open_set(args, cfg: Config) -> int:
         raise UsageError(f"--open-set folder {args.open_set} not found")
     if args.people < 2:
         raise UsageError("--people must be at least 2")
+    if args.enroll < 1 or args.probe_frames < 1:
+        raise UsageError("--enroll and --probe-frames must be at least 1")
     r = cfg.recognition
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
@@ -506,19 +513,29 @@ def _eval_open_set(args, cfg: Config) -> int:
             records, args.open_set, args.people, seeds, threshold,
             margin=r.margin if args.margin is None else args.margin,
             flip=bool(args.flip),
-            dominant_ratio=cfg.detection.dominant_ratio if args.dominant is None else args.dominant)
+            dominant_ratio=cfg.detection.dominant_ratio if args.dominant is None else args.dominant,
+            enroll=args.enroll, frames=args.probe_frames, voting=(cfg.voting.required, cfg.voting.window))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"open set: {args.people} enrolled from one photo, {args.people} strangers; threshold {threshold}, "
-          f"margin {result['margin']}, flip {result['flip']}, dominant face ratio {result['dominant_ratio']}")
+    print(f"open set: {args.people} enrolled from {args.enroll} photo(s) each, {args.people} strangers, "
+          f"probes of up to {args.probe_frames} photo(s) fused; threshold {threshold}, margin {result['margin']}, "
+          f"flip {result['flip']}, dominant face ratio {result['dominant_ratio']}")
     for s in result["slices"]:
         a, z = s["at_threshold"], s["at_zero_strangers"]
+        fused = (f"; photos fused a probe {s['probe_photos_fused']}, a stranger {s['stranger_photos_fused']}"
+                 if args.probe_frames > 1 else "")
         print(f"seed {s['seed']}: recognised {a['recognised']}/{args.people}, wrong person {a['wrong_person']}, "
               f"strangers accepted {a['strangers_accepted']}; enrollments refused {s['refused_enrollments']}; "
-              f"zero-stranger point {z['threshold']}: recognised {z['recognised']}, wrong {z['wrong_person']}")
+              f"zero-stranger point {z['threshold']}: recognised {z['recognised']}, wrong {z['wrong_person']}{fused}")
+        for rule in ("votes", "door"):
+            if rule in s:
+                v = s[rule]
+                print(f"    {'votes alone' if rule == 'votes' else 'votes + fused'} ({cfg.voting.required} of the "
+                      f"last {cfg.voting.window} photos): recognised {v['recognised']}, wrong person "
+                      f"{v['wrong_person']}, strangers accepted {v['strangers_accepted']}")
     for size, g in result.get("gallery_growth", {}).items():
         print(f"gallery {size}: {g['accepted']}/{g['strangers']} strangers accepted "
               f"(FAR per stranger {g['far_per_stranger']:.4f})")

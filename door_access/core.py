@@ -72,19 +72,28 @@ ALARM = "alarm"  # repeated failed attempts: unlocks refused for a cool-off peri
 CHALLENGE = "challenge"  # the door asks the person for an action (liveness challenge)
 
 
+def readable_name(key: str) -> str:
+    """The name people read for an enrolled key with no `display_name`: `_` and `-` as spaces, each word
+    capitalised ("lin-manuel-miranda" -> "Lin Manuel Miranda"); the rest of each word is kept as typed."""
+    return " ".join(w[:1].upper() + w[1:] for w in key.replace("_", " ").replace("-", " ").split())
+
+
 @dataclass(frozen=True)
 class Event:
     event: str  # one of the names above
     t: float  # seconds since the app started (monotonic clock)
     wall: float  # Unix time, for the access log
-    name: str | None = None
+    name: str | None = None  # the enrolled name (the key of the gallery, the log and people.yaml)
     distance: float | None = None
     track: int | None = None
     detail: str = ""
+    display_name: str | None = None  # what people read and hear for `name` (events only; the log keeps `name`)
 
     def to_json(self) -> str:
         d = asdict(self)
         d.pop("wall")
+        if self.display_name is None:
+            d.pop("display_name")
         d["t"] = round(self.t, 3)
         if self.distance is not None:
             d["distance"] = round(self.distance, 4)

@@ -37,7 +37,7 @@ from door_access.door.access_log import AccessLog
 from door_access.door.actions import Actions, Speaker
 from door_access.door.decision import Decider
 from door_access.door.policy import PolicyFile
-from door_access.door.tracking import Track, Tracker
+from door_access.door.tracking import Track, Tracker, fuse
 from door_access.faces.capture import END, Capture, Frame
 from door_access.faces.detection import FaceDetector
 from door_access.faces.facenet import FaceEncoder
@@ -105,6 +105,7 @@ class Pipeline:
         self.spoof = parts.spoof
         self.access_log = parts.access_log
         self.speaker = parts.speaker
+        self.policy = parts.policy
         self.recognizer = parts.recognizer
         self.watcher = parts.watcher
         self.watcher.on_change = self._swap_gallery
@@ -147,7 +148,8 @@ class Pipeline:
 
     def notify(self, kind: str, name=None, distance=None, track=None, detail="", snapshot=None) -> None:
         t, wall = self.clock()
-        self.actions.submit(Notice(Event(kind, t, wall, name, distance, track, detail), snapshot))
+        shown = self.policy.display_name(name) if name else None
+        self.actions.submit(Notice(Event(kind, t, wall, name, distance, track, detail, shown), snapshot))
 
     def _fail(self, stage: str, exc: BaseException) -> None:
         if self.failure is None:
@@ -314,13 +316,16 @@ class Pipeline:
                 self.finished.set()
                 return
             encoded = [f for f in item.faces if f.embedding is not None]
-            recognizer = self.recognizer
-            if encoded:
-                for face, match in zip(encoded, recognizer.identify(np.stack([f.embedding for f in encoded]))):
+            fused = {}
+            if encoded:  # each face, and each of their tracks' fused embeddings, in one product
+                together = [fuse(f.record, f.embedding) for f in encoded]
+                matches = self.recognizer.identify(np.stack([f.embedding for f in encoded] + together))
+                for face, match, whole in zip(encoded, matches, matches[len(encoded):]):
                     face.match = match
+                    fused[face.track] = whole
             decisions = self.decider.observe(item.frame.t, [f.record for f in item.faces],
                                              {f.track: f.match for f in encoded},
-                                             {f.track: f.live for f in item.faces if f.live is not None})
+                                             {f.track: f.live for f in item.faces if f.live is not None}, fused)
             for d in decisions:
                 face = next((f for f in item.faces if f.track == d.track), None)
                 snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") and face else None
@@ -378,8 +383,10 @@ class Pipeline:
 
     @property
     def labels(self) -> dict[int, tuple[str | None, float]]:
-        """Track -> latest (name, distance), for the window (read from the tracks' records)."""
-        return {i: tr.label for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
+        """Track -> latest (display name, distance), for the window (read from the tracks' records)."""
+        shown = self.policy.display_name
+        return {i: (shown(tr.label[0]) if tr.label[0] else None, tr.label[1])
+                for i, tr in list(self.tracker.tracks.items()) if tr.label is not None}
 
 
 def fan_out(*sinks: Callable[[Event], None] | None) -> Callable[[Event], None] | None:

@@ -1,5 +1,6 @@
 """The actions worker with real hooks (subprocesses), a real web server, real espeak-ng speech and real files."""
 
+import dataclasses
 import http.server
 import json
 import logging
@@ -354,6 +355,11 @@ def test_webhook_receives_the_unlock_as_json(rig, web):
     assert json.loads(body) == {"event": "unlock", "name": "jo {x}", "distance": 0.5, "track": 9, "t": e.t,
                                 "wall": e.wall, "detail": ""}
     assert SIGNATURE_HEADER not in headers  # no secret configured
+    shown = Notice(dataclasses.replace(sent.event, name="lin-manuel-miranda", display_name="Lin-Manuel Miranda"))
+    r.actions.submit(shown)  # the cooldown is the decider's: the worker posts every unlock it is given
+    assert wait_for(lambda: len(web.requests) == 2)
+    posted = json.loads(web.requests[1][1])
+    assert (posted["name"], posted["display_name"]) == ("lin-manuel-miranda", "Lin-Manuel Miranda")
     r.actions.stop(5.0)
     assert r.faults() == []
 
@@ -428,7 +434,7 @@ def test_a_slow_webhook_server_is_a_fault_and_does_not_hold_up_the_worker(rig, w
 
 
 def test_welcome_text_and_hook_arguments_fill_names_literally():
-    assert welcome_text("Welcome {name}, have a nice day!", "Mary_Jane") == "Welcome Mary Jane, have a nice day!"
+    assert welcome_text("Welcome {name}, have a nice day!", "Mary Jane") == "Welcome Mary Jane, have a nice day!"
     assert welcome_text("Hi {name}!", "{0} {name} {}") == "Hi {0} {name} {}!"
     assert fill_argv(["{name}", "d={distance}", "{other}"], "{distance}", 0.12345) == ["{distance}", "d=0.1235",
                                                                                         "{other}"]
@@ -474,6 +480,33 @@ def test_each_welcome_is_a_real_wav_with_a_safe_name(rig, tmp_path, capfd):
     assert "Welcome_Mary_Jane_have_a_nice_day" in wavs[0].name
     assert not (tmp_path / "PWNED").exists()
     assert "Audio saved" not in capfd.readouterr().out  # pyttsx3's print would corrupt `--events-json` on stdout
+
+
+def test_the_welcome_says_the_display_name_and_the_log_keeps_the_enrolled_name(rig, tmp_path):
+    """The spoken welcome is the event's display name (people.yaml), else the name read out; the access
+    log and the hook get the enrolled name, the key people.yaml and the gallery use."""
+    wav_dir, calls = tmp_path / "wavs", tmp_path / "unlock.jsonl"
+    tts = TtsConfig(enabled=True, template="Welcome {name}, have a nice day!", rate=220)
+    r = rig(tts=tts, speaker=Speaker(tts, wav_dir),
+            door=DoorConfig(unlock_seconds=600, unlock_command=record_hook(calls, "{name}")))
+    shown = Notice(Event(UNLOCK, t=time.monotonic(), wall=time.time(), name="lin-manuel-miranda", distance=0.4,
+                         track=1, display_name="Lin-Manuel Miranda"))
+    r.actions.submit(shown)
+    r.actions.submit(unlock("alex_lacamoire"))
+    assert r.wait_kinds(UNLOCK, UNLOCK)
+    r.speaker.stop(WAIT_S)
+    wavs = sorted(p.name for p in wav_dir.iterdir())
+    assert len(wavs) == 2
+    assert "Welcome_Lin-Manuel_Miranda_have" in wavs[0]  # the slug keeps 40 characters
+    assert "Welcome_Alex_Lacamoire_have_a_nice_day" in wavs[1]
+    assert wait_for(lambda: len(hook_calls(calls)) == 2)
+    assert [c["argv"] for c in hook_calls(calls)] == [["lin-manuel-miranda"], ["alex_lacamoire"]]
+    def logged():
+        return sorted(e.name for e, _ in r.log.query(last=10) if e.event == UNLOCK)
+    assert wait_for(lambda: logged() == ["alex_lacamoire", "lin-manuel-miranda"]), logged()
+    emitted = [json.loads(e.to_json()) for e in r.events if e.event == UNLOCK]  # the `--events-json` lines
+    assert emitted[0]["name"] == "lin-manuel-miranda" and emitted[0]["display_name"] == "Lin-Manuel Miranda"
+    assert "display_name" not in emitted[1]  # the event came without one; the welcome read the name out
 
 
 def test_a_speech_engine_that_cannot_start_is_one_warning_and_the_door_still_works(rig, tmp_path, caplog):

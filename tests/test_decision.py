@@ -5,12 +5,13 @@ the identity appeared, alternating votes, a stranger's track turning into an enr
 spoof and challenge verdicts, the lockout, and the per-person policy hook.
 """
 
+import numpy as np
 import pytest
 
 from door_access.config import DoorConfig, LockoutConfig, VotingConfig
 from door_access.core import Box, LiveVerdict, Match
 from door_access.door.decision import Decider
-from door_access.door.tracking import Track, Tracker
+from door_access.door.tracking import Track, Tracker, fuse
 
 BOX = Box(100, 100, 120, 120)
 
@@ -36,13 +37,15 @@ def stranger(d=1.3):
     return Match(None, d, "kian")
 
 
-def feed(dec, t0, tr, matches, step=0.1, live=None):
-    """One frame per match; `live(t)` gives the track's liveness verdict at frame time t."""
+def feed(dec, t0, tr, matches, step=0.1, live=None, fused=None):
+    """One frame per match; `live(t)` gives the track's liveness verdict at frame time t, `fused` what the
+    track's fused embedding names after each match (default: the same as the match)."""
     out = []
     for i, m in enumerate(matches):
         t = t0 + i * step
         tr.last_seen = t
-        out += dec.observe(t, [tr], {tr.id: m}, {tr.id: live(t)} if live else None)
+        out += dec.observe(t, [tr], {tr.id: m}, {tr.id: live(t)} if live else None,
+                           {tr.id: fused[i] if fused else m})
     return out
 
 
@@ -177,6 +180,31 @@ def test_alternating_enrolled_names_never_unlock_and_are_one_conflict():
     out = feed(dec, 0.0, track(), [kian(), ana(), kian(), ana(), kian(), ana(), kian(), kian(), kian()])
     assert [d.event for d in out] == ["denied"]
     assert out[0].detail.startswith("conflict")
+
+
+def test_votes_unlock_only_once_the_fused_embedding_names_the_same_person():
+    """Three frames that each look like kian are not enough while all the frames together name nobody: a
+    stranger who resembles someone on a few frames is still a stranger on all of them."""
+    dec, tr = decider(), track()
+    assert feed(dec, 0.0, tr, [kian()] * 4, fused=[stranger()] * 4) == []
+    [d] = feed(dec, 0.4, tr, [kian()], fused=[kian(0.45)])
+    assert (d.event, d.name) == ("unlock", "kian")
+
+
+def test_a_fused_embedding_naming_someone_else_than_the_votes_is_one_conflict():
+    dec, tr = decider(), track()
+    out = feed(dec, 0.0, tr, [kian()] * 6, fused=[stranger(), ana(), ana(), kian(), kian(), kian()])
+    assert events(out) == [("denied", None)] and out[0].detail.startswith("conflict")
+    assert "kian" in out[0].detail and "ana" in out[0].detail
+    assert tr.conflict and not tr.unlocked
+
+
+def test_a_track_fuses_its_encodings_into_their_normalised_mean():
+    tr = track()
+    a, b = np.eye(128, dtype=np.float32)[0], np.eye(128, dtype=np.float32)[1]
+    assert np.allclose(fuse(tr, a), a)
+    together = fuse(tr, b)
+    assert np.isclose(np.linalg.norm(together), 1.0) and np.allclose(together[:2], [2 ** -0.5] * 2)
 
 
 def test_voting_required_must_be_a_strict_majority(tmp_path):

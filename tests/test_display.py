@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
+from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event, readable_name
 from door_access.door.controller import LOCKED, RELOCK_FAILING, UNLOCKED
 from door_access.kiosk.display import (
     AMBER,
@@ -60,16 +60,32 @@ def test_faces_in_view_give_the_instruction_for_where_the_attempt_is():
     assert model.status(0.0, [asked]).text == "Turn your head left"
 
 
+@pytest.mark.parametrize("key, shown", [
+    ("lin-manuel-miranda", "Lin Manuel Miranda"), ("mary_jane", "Mary Jane"), ("obama", "Obama"),
+    ("McKay__o'brien-", "McKay O'brien"), ("van_der-Berg", "Van Der Berg"),
+])
+def test_the_name_read_out_from_a_photo_or_folder_name(key, shown):
+    assert readable_name(key) == shown
+
+
+def test_the_welcome_shows_the_display_name_and_else_the_name_read_out():
+    model = StatusModel(message_s=4.0)
+    model.feed(Event(UNLOCK, 1.0, 0.0, name="lin-manuel-miranda", display_name="Lin-Manuel Miranda"))
+    assert model.status(1.5, [KNOWN]).text == "Welcome Lin-Manuel Miranda"
+    model.feed(ev(UNLOCK, 2.0, "alex_lacamoire"))  # an event from before display names: read out
+    assert model.status(2.5, [KNOWN]).text == "Welcome Alex Lacamoire"
+
+
 def test_verdicts_show_for_message_seconds_then_give_way():
     model = StatusModel(message_s=4.0)
     model.feed(ev(UNLOCK, 10.0, "lin_manuel"))
     s = model.status(10.5, [KNOWN])
-    assert (s.state, s.text, s.color) == (WELCOME, "Welcome lin manuel", GREEN)
+    assert (s.state, s.text, s.color) == (WELCOME, "Welcome Lin Manuel", GREEN)
     assert model.status(14.5, [KNOWN]).state == HOLD  # the welcome is over
     model.feed(ev(DENIED, 20.0))
     assert (model.status(21.0, [FACE]).text, model.status(21.0, [FACE]).color) == ("Not recognised", RED)
     model.feed(ev(UNLOCK, 22.0, "alex"))  # the latest verdict wins
-    assert model.status(22.1, []).text == "Welcome alex"
+    assert model.status(22.1, []).text == "Welcome Alex"
 
 
 def test_lockout_beats_verdicts_and_camera_lost_beats_everything_until_it_is_back():
@@ -182,7 +198,7 @@ def test_different_messages_differ_on_screen(frame):
 def test_preview_is_mirrored_with_boxes_names_and_the_door_state(frame):
     h, w = frame.shape[:2]
     original = frame.copy()
-    known = FaceView(1, Box(60, 80, 100, 100), "lin_manuel", 0.41)
+    known = FaceView(1, Box(60, 80, 100, 100), "Lin Manuel", 0.41)  # the display name (pipeline.labels)
     stranger = FaceView(2, Box(400, 100, 90, 90), None, 1.3)
     model = StatusModel()
     out = render(frame, model.status(0.0, [known, stranger]), [known, stranger], door=UNLOCKED)
@@ -194,7 +210,7 @@ def test_preview_is_mirrored_with_boxes_names_and_the_door_state(frame):
     assert _near(out[130:160, w - 60 - 100], GREEN, 10).all()
     assert _near(out[150:170, w - 400 - 90], RED, 10).all()
     # the name is written above the known box on a green label
-    lh, lw = text_mask("lin manuel", max(12, h // 30)).shape
+    lh, lw = text_mask("Lin Manuel", max(12, h // 30)).shape
     label = out[80 - lh:80, w - 160:w - 160 + lw]
     assert _near(label, GREEN, 10).mean() > 0.5 and _near(label, WHITE, 60).sum() > 50
     # the door state badge, top right: green when unlocked, red when locked

@@ -42,8 +42,9 @@ def assert_png(path: Path) -> None:
         assert img.size == (1200, 480)
 
 
-def all_distances(embeddings: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(embeddings[:, None, :] - embeddings[None, :, :], axis=2)
+def all_distances(embeddings: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
+    others = embeddings if others is None else others
+    return np.linalg.norm(embeddings[:, None, :] - others[None, :, :], axis=2)
 
 
 # --- the shared ROC maths, on hand-made distances (numbers, not faces) ----------------------------------------------
@@ -123,13 +124,14 @@ def test_calibrate_on_the_celebrity_gallery(celebrity_gallery, tmp_path):
     assert result["people"] == result["people_with_pairs"] == len(counts) == 5
     assert result["photos"] == n
 
-    # recomputed with the door's rule (closest other photo of the same person; closest photo of anyone else):
+    # recomputed with the door's rule (the mean of the person's other photos; the closest other person's mean):
     # FAR <= 1% at the suggestion, and 0.001 higher is already over
-    d = all_distances(celebrity_gallery.embeddings)
-    np.fill_diagonal(d, np.inf)
+    e = celebrity_gallery.embeddings.astype(np.float64)
     names = np.array(celebrity_gallery.names)
-    same = names[:, None] == names[None, :]
-    impostor, genuine_d = np.where(same, np.inf, d).min(axis=1), np.where(same, d, np.inf).min(axis=1)
+    means = {p: _mean(*e[names == p]) for p in set(names)}
+    impostor = np.array([min(np.linalg.norm(x - m) for p, m in means.items() if p != n) for x, n in zip(e, names)])
+    genuine_d = np.array([np.linalg.norm(x - _mean(*e[(names == n) & (np.arange(len(e)) != i)]))
+                          for i, (x, n) in enumerate(zip(e, names))])
     t = result["suggested_threshold"]
     assert np.mean(impostor <= t) <= 0.01
     assert np.mean(impostor <= t + 0.0011) > 0.01
@@ -334,17 +336,26 @@ def _unit(*rows):
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
-def test_door_scores_take_the_best_photo_of_the_best_other_person():
-    """A per-pair FAR counts each impostor pair alone; the door lets a stranger in when ANY photo of ANYONE
-    is close. Here b's photo is far from two of a's photos but close to the third: its impostor score
-    is that closest one."""
+def _mean(*rows):
+    m = np.sum(rows, axis=0)
+    return m / np.linalg.norm(m)
+
+
+def test_door_scores_use_each_persons_mean_and_the_best_other_person():
+    """A per-pair FAR counts each impostor pair alone; the door lets a stranger in when ANYONE is close. As
+    the door matches, a person is the normalised mean of their photos: a photo's genuine score is its
+    distance to the mean of its person's other photos, its impostor score the closest other person's mean."""
     from door_access.tools.evaluation import door_scores
 
     e = _unit([1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.2, 1], [0.1, 1, 0.05])
     genuine, impostor = door_scores(["a", "a", "a", "c", "b"], e)
-    d = all_distances(e)
-    assert genuine == pytest.approx([d[0, 1], d[1, 0], d[2, 1]])
-    assert impostor[4] == pytest.approx(d[4, 2]) and impostor[3] == pytest.approx(min(d[3, [0, 1, 2, 4]]))
+    a = _mean(*e[:3])
+    assert genuine == pytest.approx([np.linalg.norm(e[0] - _mean(e[1], e[2])),
+                                     np.linalg.norm(e[1] - _mean(e[0], e[2])),
+                                     np.linalg.norm(e[2] - _mean(e[0], e[1]))])
+    assert impostor[4] == pytest.approx(min(np.linalg.norm(e[4] - a), np.linalg.norm(e[4] - e[3])))
+    assert impostor[3] == pytest.approx(min(np.linalg.norm(e[3] - a), np.linalg.norm(e[3] - e[4])))
+    assert len(genuine) == 3 and len(impostor) == 5  # c and b have one photo: no genuine score
 
 
 def test_open_set_counts_follow_the_door_rule():
@@ -353,8 +364,8 @@ def test_open_set_counts_follow_the_door_rule():
     gallery = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
     probes = _unit([1, 0.2, 0], [0.1, 1, 0], [0.6, 0.6, 0])  # a, b, and a face halfway between a and b
     strangers = _unit([0.2, 0.2, 1], [1, 1, 1])
-    best, d1, d2 = best_two(probes, gallery)
-    _, s1, s2 = best_two(strangers, gallery)
+    best, d1, d2 = best_two(all_distances(probes, gallery))
+    _, s1, s2 = best_two(all_distances(strangers, gallery))
     owner = np.array([0, 1, 1])  # the third is b, looking as much like a
     counts = open_set_counts(owner, best, d1, d2, s1, s2, threshold=0.9, margin=0.0)
     assert counts == {"threshold": 0.9, "recognised": 2, "wrong_person": 1, "strangers_accepted": 1}
@@ -374,9 +385,29 @@ def test_draw_slice_is_seeded_and_not_alphabetical():
     assert a == b and a.enrolled != c.enrolled
     assert a.enrolled != sorted(a.enrolled)
     assert all(len(people[p]) >= 2 for p in a.enrolled) and len(set(a.enrolled)) == 30
-    assert all(e != p and e.parent == p.parent for e, p in zip(a.enroll_photos, a.probe_photos))
-    assert not {s.parent.name for s in a.strangers} & set(a.enrolled)
-    assert all(len(people[s.parent.name]) == 1 for s in a.strangers)
+    assert all(len(e) == 1 and len(p) == 1 and e[0] != p[0] and e[0].parent == p[0].parent
+               for e, p in zip(a.enroll_photos, a.probe_photos))
+    assert not {s[0].parent.name for s in a.strangers} & set(a.enrolled)
+    assert all(len(s) == 1 and len(people[s[0].parent.name]) == 1 for s in a.strangers)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "lfw" / "images_deepfunneled").is_dir(), reason="../shared/data/lfw is absent")
+def test_draw_slice_enrolls_k_photos_and_fuses_m_for_probes_and_strangers():
+    from door_access.tools.evaluation import draw_slice, lfw_people
+
+    people = lfw_people(SHARED_DATA / "lfw" / "images_deepfunneled")
+    sl = draw_slice(people, 40, 3, enroll=3, frames=4)
+    assert sl == draw_slice(people, 40, 3, enroll=3, frames=4)
+    assert all(len(people[p]) >= 4 for p in sl.enrolled)
+    for person, enrolled, probe in zip(sl.enrolled, sl.enroll_photos, sl.probe_photos):
+        assert len(enrolled) == 3 and 1 <= len(probe) <= 4 and not set(enrolled) & set(probe)
+        assert {p.parent.name for p in enrolled + probe} == {person}
+    # strangers with several photos, enrolled nowhere, each one person
+    assert len(sl.strangers) == 40 and not {s[0].parent.name for s in sl.strangers} & set(sl.enrolled)
+    assert all(2 <= len(people[s[0].parent.name]) and len({p.parent for p in s}) == 1 for s in sl.strangers)
+    assert max(len(s) for s in sl.strangers) == 4
+    # one photo each, the default, draws the slice the open set always drew
+    assert draw_slice(people, 40, 3) == draw_slice(people, 40, 3, enroll=1, frames=1)
 
 
 @pytest.mark.model
@@ -394,10 +425,25 @@ def test_open_set_on_a_small_lfw_slice(cfg, detector, encoder, tmp_path):
     assert result["gallery_growth"]["5"]["strangers"] == 12
     assert result["gallery_growth"]["5"]["accepted"] <= result["gallery_growth"]["12"]["accepted"]
 
+    # three photos a person, probes of three photos fused: the door's own use
+    many = evaluate_open_set(records, root, 8, [5], threshold=0.9, margin=0.15, gallery_sizes=(4, 8), enroll=3,
+                             frames=3, voting=(3, 5))
+    [m] = many["slices"]
+    assert many["enroll"] == 3 and many["probe_frames"] == 3 and m["enrollment_photos"] >= 20
+    assert 2 <= m["probe_photos_fused"] <= 3 and 1 <= m["stranger_photos_fused"] <= 3
+    assert m["at_threshold"]["recognised"] >= 7 and m["at_threshold"]["wrong_person"] == 0
+    # the decider's rule: votes and the fused embedding agreeing never admits more than the votes alone
+    for key in ("recognised", "wrong_person", "strangers_accepted"):
+        assert m["door"][key] <= m["votes"][key]
+    growth = many["gallery_growth"]
+    assert growth["4"]["enrolled"] == 4 and growth["4"]["accepted"] <= growth["8"]["accepted"]
+
 
 def test_eval_open_set_usage_errors(tmp_path, capsys):
     from door_access.cli import main
 
+    assert main(["eval", "--open-set", str(tmp_path), "--enroll", "0"]) == 2
+    assert "--enroll and --probe-frames must be at least 1" in capsys.readouterr().err
     assert main(["eval", "--open-set", str(tmp_path / "missing")]) == 2
     assert "--open-set" in capsys.readouterr().err
     assert main(["eval"]) == 2

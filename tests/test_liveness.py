@@ -13,6 +13,7 @@ import pytest
 
 from door_access.app import build_pipeline
 from door_access.config import LivenessConfig
+from door_access.door.access_log import AccessLog
 from door_access.faces.capture import Capture
 from door_access.faces.photos import load_rgb
 from door_access.liveness.challenge import LEFT, RIGHT, SPOKEN
@@ -155,10 +156,18 @@ def test_real_people_on_video_still_get_in(tmp_path):
     (tmp_path / "config.yaml").write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n"
                                           "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
                                           "liveness:\n  challenge: on_doubt\n")  # passive: a clip answers nothing
+    (tmp_path / "people.yaml").write_text('lin-manuel-miranda:\n  display_name: "Lin-Manuel Miranda"\n')
     events = _events(tmp_path, HAMILTON / "short_hamilton_clip.mp4")
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]
     assert unlocks[0]["detail"].startswith("live after")
+    # the event carries the name people read; the access log keeps the enrolled name
+    assert unlocks[0]["display_name"] == "Lin-Manuel Miranda"
+    logged = AccessLog(tmp_path / "log.sqlite")
+    try:
+        assert [e.name for e, _ in logged.query(last=50) if e.event == "unlock"] == ["lin-manuel-miranda"]
+    finally:
+        logged.close()
 
 
 @pytest.fixture(scope="module")

@@ -102,5 +102,39 @@ def test_a_failing_policy_hook_keeps_the_door_locked():
     decisions = []
     for i in range(5):
         track.last_seen = i * 0.1
-        decisions += dec.observe(i * 0.1, [track], {1: Match("kian", 0.5, "kian")})
+        decisions += dec.observe(i * 0.1, [track], {1: Match("kian", 0.5, "kian")}, None,
+                                 {1: Match("kian", 0.5, "kian")})
     assert [d.event for d in decisions] == ["denied"] and "share offline" in decisions[0].detail
+
+
+def test_display_names_from_people_yaml_else_the_name_read_out():
+    policy = parse_policy("lin-manuel-miranda:\n  display_name: \"Lin-Manuel Miranda\"\nalice:\n  days: [mon]\n",
+                          "people.yaml")
+    assert policy.display_name("lin-manuel-miranda") == "Lin-Manuel Miranda"
+    assert policy.display_name("alice") == "Alice"  # an entry with rules only
+    assert policy.display_name("alex_lacamoire") == "Alex Lacamoire"  # no entry
+    # a display name is not a rule: it lets in whoever the rules let in
+    assert policy.reason_denied("lin-manuel-miranda", at(WED, "03:00"), "back") is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a:\n  display_name: \"\"\n", "1-64 printable"),
+    ("a:\n  display_name: [x, y]\n", "1-64 printable"),
+    ("a:\n  display_name: \"two\\nlines\"\n", "1-64 printable"),
+    ("'*':\n  display_name: Everyone\n", "cannot have one display name"),
+])
+def test_bad_display_names_name_the_line(text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_policy(text, "people.yaml")
+    assert "people.yaml line" in str(info.value)
+
+
+def test_a_broken_people_yaml_falls_back_to_the_name_read_out(tmp_path):
+    path = tmp_path / "people.yaml"
+    path.write_text("kian:\n  display_name: Kian R.\n")
+    policy = PolicyFile(path)
+    assert policy.display_name("kian") == "Kian R."
+    path.write_text("kian: [\n")  # broken while the door runs: everyone denied, names still readable
+    os.utime(path, ns=(1, 1))
+    assert policy.display_name("kian") == "Kian"
+    assert policy.reason_denied("kian", at(WED, "09:00"), "front").startswith("door policy unusable")

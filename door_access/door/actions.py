@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from door_access.config import Config, TtsConfig
-from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice
+from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice, readable_name
 from door_access.door.access_log import AccessLog
 from door_access.door.controller import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
 from door_access.files import private_dir, write_private
@@ -48,8 +48,8 @@ _STOP = object()  # queue sentinel: the worker drains nothing after it
 
 
 def welcome_text(template: str, name: str) -> str:
-    """The spoken welcome: `{name}` filled by plain replacement (a name may contain braces), `_` read as a space."""
-    return template.replace("{name}", name.replace("_", " "))
+    """The spoken welcome: `{name}` filled with the display name by plain replacement (a name may contain braces)."""
+    return template.replace("{name}", name)
 
 
 def safe_slug(text: str, max_len: int = 40) -> str:
@@ -300,7 +300,7 @@ class Actions:
     def _unlock(self, event: Event) -> None:
         name = event.name or ""
         if name:  # a remote unlock has nobody to welcome
-            self.speaker.say(welcome_text(self.cfg.tts.template, name))
+            self.speaker.say(welcome_text(self.cfg.tts.template, event.display_name or readable_name(name)))
         if self._webhook is not None:
             self._webhook.post(event)
         # a face unlock always names someone; an unlock without a name came from a remote command
@@ -398,9 +398,11 @@ class _WebhookSender:
                 self._failed(event, f"{type(exc).__name__}: {exc}")
 
     def _send(self, event: Event) -> None:
-        body = json.dumps({"event": event.event, "name": event.name, "distance": event.distance,
-                           "track": event.track, "t": event.t, "wall": event.wall, "detail": event.detail},
-                          ensure_ascii=False).encode("utf-8", "backslashreplace")
+        record = {"event": event.event, "name": event.name, "distance": event.distance,
+                  "track": event.track, "t": event.t, "wall": event.wall, "detail": event.detail}
+        if event.display_name is not None:
+            record["display_name"] = event.display_name
+        body = json.dumps(record, ensure_ascii=False).encode("utf-8", "backslashreplace")
         headers = {"Content-Type": "application/json"}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(body, self.secret)

@@ -1,12 +1,14 @@
 """Deciding per track: who gets in, and when the door stops listening.
 
 A track unlocks when K (`voting.required`, a strict majority) of its last N encodings name the
-same enrolled person, and liveness evidence was seen on that face after that person's first
-vote. One misread frame cannot swing the vote; a photo raised in front of a live face cannot
-borrow its blink. The rules, each closing a way in:
+same enrolled person, its fused embedding (the normalised mean of all its encodings,
+`tracking.fuse`) names that person too, and liveness evidence was seen on that face after that
+person's first vote. One misread frame cannot swing the vote; a stranger who looks like someone
+on a few frames is still a stranger on all of them together; a photo raised in front of a live
+face cannot borrow its blink. The rules, each closing a way in:
 
-- a track whose votes name two enrolled people is a tracker swap or an attack: one `denied`
-  (conflict), and it never unlocks;
+- a track whose votes name two enrolled people, or whose fused embedding names someone other
+  than its votes, is a tracker swap or an attack: one `denied` (conflict), and it never unlocks;
 - a track established as a stranger (K unknown votes in a row) that then names someone is
   split: the tracker starts a fresh track with no votes and no liveness;
 - liveness evidence counts only if seen at or after the first vote naming the person; a
@@ -69,9 +71,12 @@ class Decider:
         return t < self.locked_out_until
 
     def observe(self, t: float, seen: list[Track], matches: dict[int, Match],
-                liveness: dict[int, LiveVerdict] | None = None) -> list[Decision]:
-        """One processed frame: the tracks `seen` in it, new `matches` for some of them (by track id), and
-        each seen track's liveness verdict if it is checked (a track without one counts as live)."""
+                liveness: dict[int, LiveVerdict] | None = None,
+                fused: dict[int, Match] | None = None) -> list[Decision]:
+        """One processed frame: the tracks `seen` in it, new `matches` for some of them (by track id), each
+        seen track's liveness verdict if it is checked (a track without one counts as live), and what the
+        fused embedding of each matched track names now (`tracking.fuse`; a track without one never
+        unlocks)."""
         for track in seen:
             self.tracks[track.id] = track
             if liveness and track.id in liveness:
@@ -89,6 +94,8 @@ class Decider:
             match = matches.get(track.id)
             if match is not None:
                 track.label = (match.name, match.distance)
+                if fused and track.id in fused:
+                    track.fused = fused[track.id]
                 decision = self._decide(t, track, match)
                 if decision is not None:
                     if decision.event == DENIED and not decision.detail.startswith(("locked out", "policy")):
@@ -133,6 +140,13 @@ class Decider:
                 track.conflict = True
                 return Decision(DENIED, track.id, None, match.distance,
                                 f"conflict: one track named {track.identity} and {match.name}")
+        together = track.fused
+        if (track.identity is not None and together is not None and together.name is not None
+                and together.name != track.identity and not track.conflict):
+            track.conflict = True
+            return Decision(DENIED, track.id, None, together.distance,
+                            f"conflict: one track's votes named {track.identity}, its frames together "
+                            f"{together.name}")
         if match.name is not None:
             track.unknown_run = 0
         if float("-inf") < track.quiet_until <= t:
@@ -144,7 +158,7 @@ class Decider:
 
         name = track.identity
         named = [m for _, m in track.votes if name is not None and m.name == name]
-        if len(named) >= self.required:
+        if len(named) >= self.required and together is not None and together.name == name:
             distance = sum(m.distance for m in named) / len(named)
             cooled = self.last_unlock.get(name, float("-inf")) + self.cooldown_s
             if t < cooled:  # let in moments ago: this track is encoded at the settled rate till then

@@ -6,6 +6,8 @@
       valid_from: 2026-01-01            # inclusive; default: always
       valid_until: 2026-06-30           # inclusive (the whole day)
       doors: [front, lab]               # `door.id`s; default: every door
+      display_name: Alice Martin        # what the welcome says and shows; default: the name read out
+                                        # ("alice_martin" -> "Alice Martin", `core.readable_name`)
     "*":                                # anyone enrolled without an entry of their own
       hours: "06:00-22:00"
 
@@ -29,12 +31,13 @@ from pathlib import Path
 import yaml
 
 from door_access.config import ConfigError, compose_yaml
+from door_access.core import readable_name
 
 log = logging.getLogger(__name__)
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 EVERYONE = "*"
-_KEYS = ("days", "hours", "valid_from", "valid_until", "doors")
+_KEYS = ("days", "hours", "valid_from", "valid_until", "doors", "display_name")
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
@@ -45,6 +48,7 @@ class Rule:
     valid_from: dt.date | None = None
     valid_until: dt.date | None = None
     doors: frozenset[str] | None = None
+    display_name: str | None = None  # not a rule: the name people read (the welcome, the window)
 
     def reason_denied(self, when: dt.datetime, door_id: str) -> str | None:
         if self.doors is not None and door_id not in self.doors:
@@ -73,6 +77,11 @@ class Policy:
         """Why `name` may not enter door `door_id` at local time `when`, or None when they may."""
         rule = self.rules.get(name, self.rules.get(EVERYONE))
         return rule.reason_denied(when, door_id) if rule else None
+
+    def display_name(self, name: str) -> str:
+        """What the welcome says for `name`: its own `display_name`, else `readable_name(name)` ("*" gives none)."""
+        rule = self.rules.get(name)
+        return rule.display_name if rule and rule.display_name else readable_name(name)
 
 
 def parse_policy(text: str, path: Path | str) -> Policy:
@@ -118,6 +127,12 @@ def _rule(name: str, node, path, name_line: int) -> Rule:
             values[key] = frozenset(DAYS.index(str(d).lower()[:3]) for d in items)
         elif key == "hours":
             values[key] = tuple(_hours(h, where) for h in _list(value, where))
+        elif key == "display_name":
+            if not isinstance(value, str) or not value.strip() or len(value) > 64 or not value.isprintable():
+                raise ConfigError(f"{where} must be a name of 1-64 printable characters, got {value!r}")
+            if name == EVERYONE:
+                raise ConfigError(f"{where}: \"*\" stands for many people and cannot have one display name")
+            values[key] = value.strip()
         elif key in ("valid_from", "valid_until"):
             values[key] = _date(value, where)
         else:  # doors
@@ -186,6 +201,12 @@ class PolicyFile:
             if self._broken:
                 return f"door policy unusable: {self._broken}"
             return self._policy.reason_denied(name, when, door_id)
+
+    def display_name(self, name: str) -> str:
+        """`Policy.display_name` of the file as it is now; a broken file gives the name read out."""
+        with self._lock:
+            self._load(strict=False)
+            return readable_name(name) if self._broken else self._policy.display_name(name)
 
     def allow(self, door_id: str):
         """The Decider's hook: (name, wall time) -> reason denied, or None."""

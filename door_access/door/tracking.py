@@ -27,6 +27,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from door_access.core import Box, LiveVerdict, Match
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class Track:
     unknown_run: int = 0  # unknown votes in a row: that many makes the track an established stranger
     live: LiveVerdict | None = None  # the latest liveness verdict (None: liveness not checked)
     label: tuple[str | None, float] | None = None  # latest (name, distance), for the window
+    fused_sum: np.ndarray | None = None  # sum of the unit embeddings of all its encodings (see `fuse`)
+    fused: Match | None = None  # what the normalised sum names, as of the latest encoding
     unlocked: bool = False
     denied: bool = False  # the one denial of this track has been given
     conflict: bool = False  # named two enrolled people: never unlocks
@@ -128,6 +132,16 @@ class Tracker:
             track.last_encoded = t
             return True
         return False
+
+
+def fuse(track: Track, embedding: np.ndarray) -> np.ndarray:
+    """Add one encoding to the track's running fused embedding and return it: the normalised mean of every
+    encoding since the track began. A track is one face (a new identity splits it, two identities end it in
+    a conflict), so its frames together are a better likeness than any one of them, and no single frame
+    can swing it."""
+    e = np.asarray(embedding, np.float64).ravel()
+    track.fused_sum = e.copy() if track.fused_sum is None else track.fused_sum + e
+    return (track.fused_sum / max(float(np.linalg.norm(track.fused_sum)), 1e-12)).astype(np.float32)
 
 
 def vote(track: Track, t: float, match: Match, window: int) -> None:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event
+from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event, readable_name
 from door_access.door.controller import LOCKED, RELOCK_FAILING, UNLOCKED
 from door_access.recognition.enroll_prompt import ASK, BAD, CONFIRM, OK
 
@@ -78,7 +78,7 @@ class FaceView:
 
     track: int
     box: Box
-    name: str | None = None  # the track's latest match, None when unknown or not encoded yet
+    name: str | None = None  # the display name of the track's latest match, None when unknown or not encoded yet
     distance: float | None = None
     challenge: str | None = None  # the liveness challenge asked of this face right now
 
@@ -130,7 +130,8 @@ class StatusModel:
             return Status(LOCKOUT, "Try again later", RED)
         if verdict is not None and now - verdict.t < self.message_s:
             if verdict.event == UNLOCK:
-                return Status(WELCOME, f"Welcome {(verdict.name or '').replace('_', ' ')}".strip(), GREEN)
+                shown = verdict.display_name or readable_name(verdict.name or "")
+                return Status(WELCOME, f"Welcome {shown}".strip(), GREEN)
             return Status(NOT_RECOGNISED, denial_text(verdict.detail or ""), RED)
         asked = next((f.challenge for f in faces if f.challenge), None)
         if asked is None and faces and challenge is not None and now - challenge.t < self.message_s:
@@ -203,7 +204,7 @@ def render(image: np.ndarray, status: Status, faces: list[FaceView], door: str, 
         x = w - b.x - b.w if mirror else b.x
         color = GREEN if face.name else (GREY if face.distance is None else RED)
         cv2.rectangle(img, (x, b.y), (x + b.w, b.y + b.h), color, max(2, h // 240))
-        label = face.name.replace("_", " ") if face.name else ("unknown" if face.distance is not None else "")
+        label = face.name or ("unknown" if face.distance is not None else "")
         if label:
             mask = text_mask(label, label_size)
             _blit(img, mask, x, b.y - mask.shape[0] if b.y >= mask.shape[0] else b.y + b.h, WHITE, color)

@@ -1,16 +1,19 @@
 """Matching embeddings against the gallery: 1:K identification and 1:1 verification.
 
-Embeddings are unit vectors, so squared L2 distance is `2 - 2 * dot`: one matrix product
-gives every probe-to-photo distance, and a per-person minimum (over that person's photos)
-gives the distance to each person.
+Embeddings are unit vectors, so squared L2 distance is `2 - 2 * dot`. A person is matched by the
+normalised mean of their photos' embeddings (their centroid), so one matrix product with the
+centroids gives each probe's distance to each person. Measured on LFW (`eval --open-set --enroll
+3`), the centroid recognises more people than the closest of their photos at the same threshold
+and lets in no more strangers: noise in single photos averages out, and one odd photo no longer
+widens whom a person matches. With one photo a person, it is that photo.
 
 The door's rule: the closest person, if under the threshold and, with a margin, at least that
 much closer than the second-closest person. A face halfway between two enrolled people is
 nobody rather than a guess; measured on LFW (`eval --open-set`), the margin turns away more
 strangers than the same loss of recognitions buys by lowering the threshold.
 
-The photo matrix is kept sorted by person, so each person's photos are one column range
-(for `np.maximum.reduceat`). Building it is a sort plus one pass (a whole site, 100,000
+The photo matrix is kept sorted by person, so each person's photos are one row range
+(for `np.add.reduceat`, which gives the centroids). Building it is a sort plus one pass (a whole site, 100,000
 people, in well under a second); a photo added or removed while the door runs is spliced
 into a new matrix (one O(rows) copy) instead of rebuilding from the folder. Every change
 builds a new `_Index` and swaps one reference, so `identify` on the decider thread always
@@ -40,20 +43,30 @@ class _Index:
     embeddings: np.ndarray  # (rows, 128) float32, rows grouped by person in `people` order
     starts: np.ndarray  # first row of each person
     photos: list  # the photo (path) of each row, for incremental removal
+    centroids: np.ndarray  # (people, 128) float32: each person's normalised mean embedding
+
+
+def _snapshot(people: list[str], embeddings: np.ndarray, starts: np.ndarray, photos: list) -> _Index:
+    """An `_Index` with its centroids (one pass over the rows, like every change's copy)."""
+    if not people:
+        return _Index([], embeddings, starts, photos, np.zeros((0, EMBEDDING_SIZE), np.float32))
+    sums = np.add.reduceat(embeddings.astype(np.float64), starts, axis=0)
+    sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return _Index(people, embeddings, starts, photos, sums.astype(np.float32))
 
 
 def _index(names: list[str], photos: list, embeddings: np.ndarray) -> _Index:
     """Sort rows by person: unique names sorted once, then a stable integer sort of the rows."""
     people = sorted(set(names))
     if not people:
-        return _Index([], np.zeros((0, EMBEDDING_SIZE), np.float32), np.zeros(0, np.intp), [])
+        return _snapshot([], np.zeros((0, EMBEDDING_SIZE), np.float32), np.zeros(0, np.intp), [])
     position = {p: i for i, p in enumerate(people)}
     owner = np.fromiter((position[n] for n in names), np.intp, len(names))
     order = np.argsort(owner, kind="stable")
     counts = np.bincount(owner, minlength=len(people))
     starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
-    return _Index(people, np.ascontiguousarray(embeddings[order], np.float32), starts,
-                  [photos[i] for i in order])
+    return _snapshot(people, np.ascontiguousarray(embeddings[order], np.float32), starts,
+                     [photos[i] for i in order])
 
 
 _SPLICE_MAX = 8  # changes up to this many photos are spliced in; more re-sort the matrix once
@@ -76,10 +89,10 @@ class Recognizer:
 
     @property
     def matrix_bytes(self) -> int:
-        return self._index.embeddings.nbytes
+        return self._index.embeddings.nbytes + self._index.centroids.nbytes
 
     def distances(self, embeddings: np.ndarray) -> np.ndarray:
-        """(N, people) matrix: each probe's distance to each person's closest photo."""
+        """(N, people) matrix: each probe's distance to each person (their centroid)."""
         return _distances(self._index, embeddings)
 
     def identify(self, embeddings: np.ndarray) -> list[Match]:
@@ -104,8 +117,7 @@ class Recognizer:
         j = bisect.bisect_left(index.people, name)
         if j == len(index.people) or index.people[j] != name:
             raise KeyError(name)
-        end = index.starts[j + 1] if j + 1 < len(index.people) else len(index.photos)
-        dot = float(np.max(index.embeddings[index.starts[j]:end] @ np.asarray(embedding, np.float32).ravel()))
+        dot = float(index.centroids[j] @ np.asarray(embedding, np.float32).ravel())
         d = float(np.sqrt(max(0.0, 2.0 - 2.0 * dot)))
         return d, d <= self.threshold
 
@@ -129,8 +141,8 @@ class Recognizer:
                 starts[j + 1:] += 1
             else:
                 starts = np.concatenate((starts[:j], [row], starts[j:] + 1)).astype(np.intp)
-            self._index = _Index(people, np.insert(old.embeddings, row, embedding, axis=0), starts,
-                                 old.photos[:row] + [photo] + old.photos[row:])
+            self._index = _snapshot(people, np.insert(old.embeddings, row, embedding, axis=0), starts,
+                                    old.photos[:row] + [photo] + old.photos[row:])
 
     def remove(self, photo) -> bool:
         """Withdraw one photo (and its person, when it was their last); False if it was not enrolled."""
@@ -149,8 +161,8 @@ class Recognizer:
                 starts = np.concatenate((starts[:j], starts[j + 1:] - 1)).astype(np.intp)
             else:
                 starts[j + 1:] -= 1
-            self._index = _Index(people, np.delete(old.embeddings, row, axis=0), starts,
-                                 old.photos[:row] + old.photos[row + 1:])
+            self._index = _snapshot(people, np.delete(old.embeddings, row, axis=0), starts,
+                                    old.photos[:row] + old.photos[row + 1:])
             return True
 
     def apply(self, removed: list, added: list[tuple[str, object, np.ndarray]]) -> None:
@@ -183,7 +195,4 @@ def _distances(index: _Index, embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
     if not index.people:
         return np.zeros((len(embeddings), 0), np.float32)
-    # the closest photo has the largest dot product: reduce first, then one square root per person
-    dots = embeddings @ index.embeddings.T
-    best = dots if len(index.starts) == len(index.photos) else np.maximum.reduceat(dots, index.starts, axis=1)
-    return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * best))
+    return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (embeddings @ index.centroids.T)))

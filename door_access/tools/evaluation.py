@@ -32,6 +32,7 @@ from door_access.faces.facenet import FaceEncoder
 from door_access.faces.photos import PhotoError, load_rgb
 from door_access.files import sha256_file
 from door_access.recognition.gallery import EmbeddingCache, Gallery, chip_settings
+from door_access.recognition.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +113,41 @@ class Roc:
         return float(rate), float(thresholds[i - 1] + alpha * (thresholds[i] - thresholds[i - 1]))
 
 
+def _centroids(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each photo's person index, each person's summed embeddings, their photo counts), people sorted."""
+    people = sorted(set(names))
+    index = {p: i for i, p in enumerate(people)}
+    owner = np.array([index[n] for n in names], np.intp)
+    sums = np.zeros((len(people), embeddings.shape[1]), np.float64)
+    np.add.at(sums, owner, embeddings)
+    return owner, sums, np.bincount(owner, minlength=len(people))
+
+
+def _distance_to(e: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """L2 distances from unit rows `e` to the normalised rows of `sums`."""
+    unit = sums / np.maximum(np.linalg.norm(sums, axis=-1, keepdims=True), 1e-12)
+    return np.sqrt(np.clip(2.0 - 2.0 * e @ unit.T, 0.0, None))
+
+
 def door_scores(names: Sequence[str], embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) scores with the door's 1:K rule, leaving one identity out, one of each per photo.
 
-    The door compares a face with every photo of every enrolled person and takes the best, so
-    a photo's genuine score is its distance to the closest other photo of the same person
-    (people with 2+ photos), and its impostor score, as a stranger to everyone else, the
-    distance to the closest photo of any other person. A per-pair rate would understate how
-    often a stranger gets in: the stranger's chance grows with the gallery.
+    The door compares a face with every enrolled person's mean embedding (`Recognizer`) and takes
+    the best, so a photo's genuine score is its distance to the mean of the same person's other
+    photos (people with 2+ photos), and its impostor score, as a stranger to everyone else, the
+    distance to the closest other person. A per-pair rate would understate how often a stranger
+    gets in: the stranger's chance grows with the gallery.
     """
     e = np.asarray(embeddings, np.float64)
-    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
-    np.fill_diagonal(d, np.inf)
-    labels = np.asarray(names, dtype=object)
-    same = labels[:, None] == labels[None, :]
-    genuine = np.where(same, d, np.inf).min(axis=1)
-    impostor = np.where(~same, d, np.inf).min(axis=1)
-    return genuine[np.isfinite(genuine)], impostor[np.isfinite(impostor)]
+    owner, sums, counts = _centroids(names, e)
+    d = _distance_to(e, sums)
+    d[np.arange(len(e)), owner] = np.inf
+    impostor = d.min(axis=1) if d.shape[1] > 1 else np.full(len(e), np.inf)
+    rest = sums[owner] - e  # the same person without this photo
+    genuine = np.sqrt(np.clip(2.0 - 2.0 * np.sum(e * rest, axis=1)
+                              / np.maximum(np.linalg.norm(rest, axis=1), 1e-12), 0.0, None))
+    genuine = genuine[counts[owner] >= 2]
+    return genuine, impostor[np.isfinite(impostor)]
 
 
 def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold: float,
@@ -136,22 +155,18 @@ def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold:
     """Per-stranger FAR at `threshold` when the gallery holds `size` people: each photo, as a stranger, against
     `draws` random galleries of `size` other people (sizes the gallery cannot reach are left out)."""
     e = np.asarray(embeddings, np.float64)
-    labels = np.asarray(names, dtype=object)
-    people = sorted(set(names))
-    index = {p: i for i, p in enumerate(people)}
-    owner = np.array([index[n] for n in labels])
-    d = np.sqrt(np.clip(2.0 - 2.0 * e @ e.T, 0.0, None))
-    # distance from each photo to each person's closest photo
-    per_person = np.stack([d[:, owner == j].min(axis=1) for j in range(len(people))], axis=1)
+    owner, sums, _ = _centroids(names, e)
+    people = sums.shape[0]
+    per_person = _distance_to(e, sums)  # each photo to each person's mean embedding, as the door matches
     rng = np.random.default_rng(seed)
     out = {}
     for size in sizes:
-        if size >= len(people):
+        if size >= people:
             continue
         accepted = []
         for _ in range(draws):
             for i in range(len(e)):
-                others = np.delete(np.arange(len(people)), owner[i])
+                others = np.delete(np.arange(people), owner[i])
                 pick = rng.choice(others, size, replace=False)
                 accepted.append(per_person[i, pick].min() <= threshold)
         out[str(size)] = float(np.mean(accepted))
@@ -161,9 +176,9 @@ def far_by_gallery_size(names: Sequence[str], embeddings: np.ndarray, threshold:
 def calibrate(gallery: Gallery, target_far: float, plot_path: Path, current_threshold: float | None = None) -> dict:
     """Suggest `recognition.threshold` from the enrolled photos, so the choice rests on data, not a guess.
 
-    Scores follow the door's rule (`door_scores`): per photo, the closest other photo of the
-    same person (genuine) and the closest photo of anyone else (impostor: that photo as a
-    stranger facing the rest of the gallery). The suggestion is the largest threshold (rounded
+    Scores follow the door's rule (`door_scores`): per photo, the mean of the same person's
+    other photos (genuine) and the closest other person (impostor: that photo as a stranger
+    facing the rest of the gallery). The suggestion is the largest threshold (rounded
     down to 0.001, ready for config.yaml) whose per-stranger FAR is <= `target_far`. Writes a
     PNG with the two distance histograms and the ROC. Raises ValueError when the gallery
     cannot support it.
@@ -575,13 +590,14 @@ GALLERY_SIZES = (10, 100, 1000)  # the per-stranger FAR is reported as the galle
 
 @dataclass(frozen=True)
 class OpenSetSlice:
-    """One draw of the door-at-scale protocol: who is enrolled (from which photo), who probes, who is a stranger."""
+    """One draw of the door-at-scale protocol: who is enrolled (from which photos), who probes, who is a stranger."""
 
     seed: int
     enrolled: list[str]  # people enrolled, in draw order (the first n are this slice's people)
-    enroll_photos: list[Path]
-    probe_photos: list[Path]  # one other photo of each of the first n enrolled people
-    strangers: list[Path]  # one photo each of people with a single photo in the folder
+    enroll_photos: list[list[Path]]  # K photos of each enrolled person
+    probe_photos: list[list[Path]]  # up to M other photos of each of the first n enrolled people
+    strangers: list[list[Path]]  # M = 1: one photo of a single-photo person; M > 1: up to M photos of a
+    # person with 2+ photos who is enrolled nowhere in the slice
 
 
 def lfw_people(root: Path) -> dict[str, list[Path]]:
@@ -599,31 +615,45 @@ def lfw_people(root: Path) -> dict[str, list[Path]]:
 
 
 def draw_slice(people: dict[str, list[Path]], n: int, seed: int, gallery_max: int = 0,
-               strangers: int = 0) -> OpenSetSlice:
-    """Seeded random slice: `max(n, gallery_max)` people with 2+ photos enrolled from a random photo each, the
-    first `n` of them probed with another random photo, and `max(n, strangers)` single-photo strangers."""
+               strangers: int = 0, enroll: int = 1, frames: int = 1) -> OpenSetSlice:
+    """Seeded random slice: `max(n, gallery_max)` people with `enroll`+1 or more photos enrolled from `enroll`
+    random photos each (the gallery may stop short of `gallery_max` when fewer people have that many), the
+    first `n` of them probed with up to `frames` other random photos, and `max(n, strangers)` strangers
+    (as many as there are, at least n): single-photo people with one photo each when `frames` is 1, else
+    people with 2+ photos enrolled nowhere, with up to `frames` photos each. Enroll 1 and frames 1 draw the
+    same slice as before these options existed."""
     rng = np.random.default_rng(seed)
-    multi = [p for p, photos in people.items() if len(photos) >= 2]
-    single = [p for p, photos in people.items() if len(photos) == 1]
-    k, s = max(n, gallery_max), max(n, strangers)
-    if len(multi) < k or len(single) < s:
-        raise ValueError(f"the folder has {len(multi)} people with 2+ photos and {len(single)} with one; "
-                         f"the slice needs {k} and {s}")
-    enrolled = [multi[i] for i in rng.permutation(len(multi))[:k]]
-    enroll, probe = [], []
+    eligible = [p for p, photos in people.items() if len(photos) >= enroll + 1]
+    k = max(n, min(gallery_max, len(eligible)))
+    if len(eligible) < k:
+        raise ValueError(f"the folder has {len(eligible)} people with {enroll + 1}+ photos; the slice needs {k}")
+    enrolled = [eligible[i] for i in rng.permutation(len(eligible))[:k]]
+    enroll_photos, probe = [], []
     for i, person in enumerate(enrolled):
-        a, b = rng.choice(len(people[person]), 2, replace=False)
-        enroll.append(people[person][a])
+        photos = people[person]
+        picked = rng.choice(len(photos), min(len(photos), enroll + frames), replace=False)
+        enroll_photos.append([photos[j] for j in picked[:enroll]])
         if i < n:
-            probe.append(people[person][b])
-    stranger = [people[single[i]][0] for i in rng.permutation(len(single))[:s]]
-    return OpenSetSlice(seed, enrolled, enroll, probe, stranger)
+            probe.append([photos[j] for j in picked[enroll:]])
+    taken = set(enrolled)
+    pool = [p for p, photos in people.items() if p not in taken and (len(photos) == 1 if frames == 1
+                                                                       else len(photos) >= 2)]
+    s = max(n, min(strangers, len(pool)))
+    if len(pool) < s:
+        raise ValueError(f"the folder has {len(pool)} people to be strangers ("
+                         f"{'one photo' if frames == 1 else '2+ photos'}, not enrolled); the slice needs {s}")
+    stranger = []
+    for i in rng.permutation(len(pool))[:s]:
+        photos = people[pool[i]]
+        stranger.append([photos[j] for j in sorted(rng.choice(len(photos), min(len(photos), frames),
+                                                              replace=False))])
+    return OpenSetSlice(seed, enrolled, enroll_photos, probe, stranger)
 
 
-def best_two(probes: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per probe: (index of the closest gallery person, its distance, the distance to the second closest)."""
-    d = np.sqrt(np.clip(2.0 - 2.0 * probes.astype(np.float64) @ gallery.astype(np.float64).T, 0.0, None))
-    d = np.where(np.isnan(d), MISSING_DISTANCE, d)
+def best_two(per_person: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per probe, from its (probes, people) distances: (index of the closest person, its distance, the
+    distance to the second closest)."""
+    d = np.where(np.isnan(per_person), MISSING_DISTANCE, per_person).astype(np.float64)
     order = np.argsort(d, axis=1)[:, :2]
     rows = np.arange(len(d))
     second = d[rows, order[:, 1]] if d.shape[1] > 1 else np.full(len(d), np.inf)
@@ -648,52 +678,134 @@ def zero_stranger_threshold(stranger_d1: np.ndarray, stranger_d2: np.ndarray, ma
     return math.floor(float(np.nextafter(passing.min(), -np.inf)) * 1000) / 1000
 
 
+def fuse(embeddings: np.ndarray, groups: Sequence[int]) -> np.ndarray:
+    """One probe per group of consecutive rows (`groups`: rows per probe): the normalised mean of its unit
+    embeddings, as the decider fuses a track's encodings. Unreadable rows (NaN) are left out; a group with
+    none left is NaN."""
+    out = np.full((len(groups), embeddings.shape[1]), np.nan, np.float64)
+    start = 0
+    for i, size in enumerate(groups):
+        rows = embeddings[start:start + size]
+        rows = rows[~np.isnan(rows).any(axis=1)]
+        start += size
+        if len(rows):
+            total = rows.astype(np.float64).sum(axis=0)
+            out[i] = total / max(float(np.linalg.norm(total)), 1e-12)
+    return out
+
+
+@dataclass
+class _Gallery:
+    """The minimal gallery a `Recognizer` is built from."""
+
+    names: list[str]
+    photos: list
+    embeddings: np.ndarray
+
+
+def _flat(groups: list[list[Path]]) -> tuple[list[Path], list[int]]:
+    return [p for g in groups for p in g], [len(g) for g in groups]
+
+
+def _votes(recognizer, photos: np.ndarray, sizes: Sequence[int], required: int, window: int) -> np.ndarray:
+    """Per probe, the gallery index its last `window` photos name at least `required` times (each photo
+    under the door's rule, as one vote), or -1."""
+    per = recognizer.distances(np.nan_to_num(photos, nan=0.0))
+    best, d1, d2 = best_two(per)
+    named = np.where((d1 <= recognizer.threshold) & (d2 - d1 >= recognizer.margin), best, -1)
+    named[np.isnan(photos).any(axis=1)] = -1
+    out, start = np.full(len(sizes), -1), 0
+    for i, size in enumerate(sizes):
+        last = named[start:start + size][-window:]
+        start += size
+        values, counts = np.unique(last[last >= 0], return_counts=True)
+        if len(values) and counts.max() >= required:
+            out[i] = values[np.argmax(counts)]
+    return out
+
+
 def evaluate_open_set(records: Callable[[list[Path]], PhotoRecords], root: Path, n: int, seeds: Sequence[int],
                       threshold: float, margin: float = 0.0, flip: bool = False, dominant_ratio: float = 0.0,
-                      gallery_sizes: Sequence[int] = GALLERY_SIZES) -> dict:
-    """Door-at-scale: per seeded slice, `n` people enrolled from one photo each, probed with another of their
-    photos, and `n` strangers with a single photo, scored with the door's 1:K rule.
+                      gallery_sizes: Sequence[int] = GALLERY_SIZES, enroll: int = 1, frames: int = 1,
+                      voting: tuple[int, int] | None = None) -> dict:
+    """Door-at-scale: per seeded slice, `n` people enrolled from `enroll` photos each, probed with `frames` other
+    photos of theirs fused into one embedding (a stand-in for a track's encodings), and `n` strangers likewise,
+    matched by the door's own `Recognizer` (its per-person rule, threshold and margin).
 
     An enrollment photo with more than one face is refused, as the gallery refuses it, unless
     `dominant_ratio` > 0 and the centre face is at least that many times the area of every other
-    face; a refused person stays out of the gallery and their probe can only be missed or named
+    face; a person with no photo left stays out of the gallery and their probe can only be missed or named
     wrongly. Reported per slice at `threshold` and at the largest zero-stranger threshold; the
-    first slice also reports the per-stranger FAR as the gallery grows to `gallery_sizes`.
+    first slice also reports the strangers accepted as the gallery grows to `gallery_sizes` (a size the
+    folder cannot fill with people of `enroll`+1 photos is replaced by everyone it has). With `voting`
+    (required, window) and `frames` >= required, a probe's photos also vote as a track's encodings do, and
+    `door` counts the decider's rule: the votes and the fused embedding name the same person.
     """
+    if enroll < 1 or frames < 1:
+        raise ValueError("--enroll and --probe-frames must be at least 1")
     people = lfw_people(root)
     grow = max(gallery_sizes, default=0)
     out = {"people": n, "threshold": threshold, "margin": margin, "flip": flip, "dominant_ratio": dominant_ratio,
-           "slices": []}
+           "enroll": enroll, "probe_frames": frames, "slices": []}
+    votes_on = voting is not None and frames >= voting[0]
     for k, seed in enumerate(seeds):
-        sl = draw_slice(people, n, seed, grow if k == 0 else 0, grow if k == 0 else 0)
-        r_enroll, r_probe, r_stranger = (records(sl.enroll_photos), records(sl.probe_photos), records(sl.strangers))
+        sl = draw_slice(people, n, seed, grow if k == 0 else 0, grow if k == 0 else 0, enroll, frames)
+        enroll_paths, _ = _flat(sl.enroll_photos)
+        probe_paths, probe_sizes = _flat(sl.probe_photos)
+        stranger_paths, stranger_sizes = _flat(sl.strangers)
+        r_enroll, r_probe, r_stranger = records(enroll_paths), records(probe_paths), records(stranger_paths)
         usable = ~np.isnan(r_enroll.plain).any(axis=1) & np.array(r_enroll.ok)
         dominant = r_enroll.dominance >= dominant_ratio if dominant_ratio > 0 else np.zeros(len(usable), bool)
         usable &= (r_enroll.faces == 1) | dominant
-        enrolled_e = r_enroll.embeddings(flip)
-        probes, strangers = r_probe.embeddings(flip), r_stranger.embeddings(flip)
+        enroll_e = r_enroll.embeddings(flip)
+        person_of = np.repeat(np.arange(len(sl.enrolled)), [len(g) for g in sl.enroll_photos])
+        probe_1, stranger_1 = r_probe.embeddings(flip), r_stranger.embeddings(flip)
+        probes, strangers = fuse(probe_1, probe_sizes), fuse(stranger_1, stranger_sizes)
 
-        def score(size: int, stranger_e: np.ndarray, usable=usable, enrolled_e=enrolled_e, probes=probes):
-            """The first `size` enrolled people (those usable) against the probes and `stranger_e`."""
-            keep = np.flatnonzero(usable[:size])
-            gallery = enrolled_e[keep]
-            index_of = {int(g): i for i, g in enumerate(keep)}
-            owner = np.array([index_of.get(i, -1) for i in range(len(probes))])
-            return owner, best_two(probes, gallery), best_two(stranger_e, gallery), keep
+        def recognizer_of(size: int, usable=usable, person_of=person_of, enroll_e=enroll_e) -> Recognizer:
+            """The first `size` enrolled people (their usable photos), named by their draw index."""
+            rows = np.flatnonzero(usable & (person_of < size))
+            names = [f"{person_of[r]:06d}" for r in rows]
+            return Recognizer(_Gallery(names, list(rows), enroll_e[rows]), threshold, margin)
 
-        owner, (best, d1, d2), (_, s1, s2), keep = score(n, strangers[:n])
+        recognizer = recognizer_of(n)
+        index_of = {int(p): i for i, p in enumerate(recognizer.people)}
+        owner = np.array([index_of.get(i, -1) for i in range(len(probes))])
+        best, d1, d2 = best_two(recognizer.distances(np.nan_to_num(probes, nan=0.0)))
+        sb, s1, s2 = best_two(recognizer.distances(np.nan_to_num(strangers[:n], nan=0.0)))
         zero = zero_stranger_threshold(s1, s2, margin)
-        out["slices"].append({
-            "seed": seed, "refused_enrollments": int(n - len(keep)),
+        entry = {
+            "seed": seed, "refused_enrollments": int(n - len(recognizer.people)),
+            "enrollment_photos": int(np.sum(usable & (person_of < n))),
+            "probe_photos_fused": round(float(np.mean(probe_sizes)), 2),
+            "stranger_photos_fused": round(float(np.mean(stranger_sizes[:n])), 2),
             "at_threshold": open_set_counts(owner, best, d1, d2, s1, s2, threshold, margin),
             "at_zero_strangers": open_set_counts(owner, best, d1, d2, s1, s2, zero, margin),
-        })
+        }
+        if votes_on:
+            required, window = voting
+            n_stranger = sum(stranger_sizes[:n])
+            fused = np.where((d1 <= threshold) & (d2 - d1 >= margin), best, -1)
+            stranger_fused = np.where((s1 <= threshold) & (s2 - s1 >= margin), sb, -1)
+            votes = _votes(recognizer, probe_1, probe_sizes, required, window)
+            stranger_votes = _votes(recognizer, stranger_1[:n_stranger], stranger_sizes[:n], required, window)
+            for key, named, stranger_named in (("votes", votes, stranger_votes),
+                                               ("door", np.where(votes == fused, votes, -1),
+                                                np.where(stranger_votes == stranger_fused, stranger_votes, -1))):
+                entry[key] = {"recognised": int(np.sum((named >= 0) & (named == owner))),
+                              "wrong_person": int(np.sum((named >= 0) & (named != owner))),
+                              "strangers_accepted": int(np.sum(stranger_named >= 0))}
+        out["slices"].append(entry)
         if k == 0 and gallery_sizes:
             growth = {}
-            for size in gallery_sizes:
-                _, _, (_, g1, g2), kept = score(size, strangers)
+            sizes = [s for s in gallery_sizes if s <= len(sl.enrolled)]
+            if max(gallery_sizes) > len(sl.enrolled):  # everyone the folder has with enroll+1 photos
+                sizes.append(len(sl.enrolled))
+            for size in sizes:
+                grown = recognizer_of(size)
+                _, g1, g2 = best_two(grown.distances(np.nan_to_num(strangers, nan=0.0)))
                 accepted = (g1 <= threshold) & (g2 - g1 >= margin)
-                growth[str(size)] = {"enrolled": int(len(kept)), "strangers": int(len(strangers)),
+                growth[str(size)] = {"enrolled": len(grown.people), "strangers": int(len(strangers)),
                                      "accepted": int(accepted.sum()), "far_per_stranger": float(accepted.mean())}
             out["gallery_growth"] = growth
         log.info("open set, seed %d: %s", seed, out["slices"][-1])
