@@ -15,6 +15,7 @@ the dev clips accepted 96-99% of held-out Replay-Attack attacks and denied a gen
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,8 @@ def load_scorers(cfg: Config) -> list[Scorer]:
     """The models the config asks for, failing closed: `spoof.model` on and its file missing, or
     a site model that cannot be read, stops the door with a message naming the fix. A site model,
     when there is one, replaces the general model: fitted on this camera it is the better judge,
-    and adding the general model's DENY to it doubled BPCER on held-out Replay-Attack clients for
-    little APCER (docs)."""
+    and adding the general model's DENY to it raised BPCER on held-out Replay-Attack clients from
+    0% to 10.7% and from 15.6% to 18.8%, for under 2 points of APCER (docs)."""
     path = site_model_path(cfg)
     general = cfg.path("weights") / GENERAL_MODEL_FILE
     if cfg.spoof.model and not general.is_file():
@@ -94,7 +95,7 @@ def load_scorers(cfg: Config) -> list[Scorer]:
     if path.is_file():
         try:
             site = SiteModel.load(path)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ModelMissing(f"site attack model {path} cannot be read ({exc}): run `door-access "
                                f"learn-attacks` again or remove the file") from None
         log.info("spoof: site attack model %s (threshold %.3f)", path, site.threshold)
