@@ -7,7 +7,8 @@ each a per-frame probability that the face is an attack, combined over a track b
   `faceplugin-face-recognition-js@0.0.1` (MIT), fetched by `door-access setup`. It looks at
   the face and its surroundings (a 128x128 crop 2.7 times the face box, BGR, pixel values
   0-255, 3 logits of which index 0 is "live"; checked on real frames, see docs).
-- `SiteModel`: colour-texture features (uniform LBP histograms of the face in HSV and YCbCr)
+- `SiteModel`: colour-texture features (uniform LBP histograms of the face and its surroundings
+  in HSV and YCbCr)
   and a logistic regression, fitted by `door-access learn-attacks` on recordings made at the
   door itself. It generalises poorly to other cameras but well to the camera it was fitted on,
   and a door's camera and scene never change.
@@ -32,7 +33,8 @@ GENERAL_MODEL_FILE = "fr_liveness.onnx"
 CROP_SCALE = 2.7  # the general model's crop: this many face boxes around the face's centre
 CROP_SIDE = 128
 TEXTURE_SIDE = 64  # the site model's face chip, so texture does not depend on distance
-SITE_FORMAT = 1
+TEXTURE_GROW = 1.6  # ...taken from the face box grown this much: the face and its surroundings
+SITE_FORMAT = 2  # 1: the face box alone
 
 
 def model_crop(bgr: np.ndarray, box: Box, scale: float = CROP_SCALE, side: int = CROP_SIDE) -> np.ndarray:
@@ -112,11 +114,15 @@ def _lbp_histogram(channel: np.ndarray) -> np.ndarray:
 
 
 def texture_features(bgr: np.ndarray, box: Box) -> np.ndarray:
-    """Uniform LBP histograms of the face (its box, at TEXTURE_SIDE px) in each channel of HSV
-    and YCbCr: print and screen change the colour and micro-texture of skin in ways a camera
-    sees; 6 x 59 = 354 values."""
+    """Uniform LBP histograms of the face and its surroundings (the box grown TEXTURE_GROW times
+    about its centre, cut at the frame's edges, at TEXTURE_SIDE px) in each channel of HSV and
+    YCbCr: print and screen change the colour and micro-texture of skin, and of what is next to
+    it, in ways a camera sees; 6 x 59 = 354 values."""
     h, w = bgr.shape[:2]
-    x0, y0, x1, y1 = max(0, box.x), max(0, box.y), min(w, box.x + box.w), min(h, box.y + box.h)
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    half_w, half_h = box.w * TEXTURE_GROW / 2, box.h * TEXTURE_GROW / 2
+    x0, y0 = max(0, int(cx - half_w)), max(0, int(cy - half_h))
+    x1, y1 = min(w, int(cx + half_w)), min(h, int(cy + half_h))
     if x1 - x0 < 8 or y1 - y0 < 8:
         raise ValueError("face box outside the frame")
     face = cv2.resize(bgr[y0:y1, x0:x1], (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA)
