@@ -40,7 +40,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
     from door_access.door.policy import PolicyFile
     from door_access.faces.detection import FaceDetector
     from door_access.liveness.cues import LivenessChecker
-    from door_access.liveness.spoof import SpoofChecker
+    from door_access.liveness.spoof import SpoofChecker, load_scorers
     from door_access.recognition.gallery import GalleryBuilder, GalleryWatcher
     from door_access.recognition.recognizer import Recognizer
 
@@ -53,7 +53,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         encoder=encoder,
         detector=FaceDetector(cfg.detection, weights),
         liveness=LivenessChecker(live, weights, challenge_action, trace_challenges) if live.enabled else None,
-        spoof=SpoofChecker(cfg.spoof) if live.enabled and cfg.spoof.enabled else None,
+        spoof=SpoofChecker(cfg.spoof, load_scorers(cfg)) if live.enabled and cfg.spoof.enabled else None,
         policy=PolicyFile(cfg.path("people")),  # per-person days/hours/doors (people.yaml)
         watcher=watcher,
         recognizer=recognizer,

@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all: also judge each video against every challenge the config can ask "
                         "(per clip: actions recognised, pass rate)")
 
+    p = sub.add_parser("learn-attacks", help="fit this door's presentation-attack model on its own recordings")
+    _common(p)
+    p.add_argument("folder", type=Path, help="folder with truth.csv (file, kind[, subkind, client]) and its "
+                                             "frame folders or videos of live people and attacks at this door")
+    p.add_argument("--bpcer", type=float, default=0.05,
+                   help="fraction of genuine frames (cross-validated) the threshold may call attacks (default 0.05)")
+    p.add_argument("--out", type=Path, help="where to write the model (default: spoof.site_model)")
+
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
@@ -486,6 +494,17 @@ def cmd_eval_liveness(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_learn_attacks(args, cfg: Config) -> int:
+    from door_access.liveness.spoof import site_model_path
+    from door_access.tools.learn_attacks import format_report, learn
+
+    if not 0.0 < args.bpcer < 0.5:
+        raise UsageError("--bpcer must be between 0 and 0.5")
+    result = learn(cfg, args.folder, args.out or site_model_path(cfg), bpcer=args.bpcer)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
 def _eval_open_set(args, cfg: Config) -> int:
     from door_access.faces.detection import FaceDetector
     from door_access.faces.facenet import FaceEncoder
@@ -726,6 +745,7 @@ COMMANDS = {
     "review": cmd_review,
     "forget": cmd_forget,
     "eval-liveness": cmd_eval_liveness,
+    "learn-attacks": cmd_learn_attacks,
 }
 
 

@@ -245,7 +245,7 @@ class Pipeline:
                 if self.liveness:
                     obs.live = self.liveness.observe(track.id, frame.t, points)
                     if self.spoof:
-                        cue = self.spoof.update(track.id, frame.t, frame.image, track.box, points, shrunk)
+                        cue = self.spoof.update(track.id, frame.t, frame.image, track.box, points)
                         if cue:
                             obs.live = dataclasses.replace(obs.live, spoof=cue)
                         elif self.spoof.doubtful(track.id):  # a borderline DENY cue: ask for an action now

