@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from door_access.config import Config, ConfigError, load_config
 from door_access.quiet import quiet_libraries
+from door_access.watchdog import EXIT_STALLED
 
 if TYPE_CHECKING:
     from door_access.faces.detection import FaceDetector
@@ -345,9 +346,17 @@ def cmd_run(args, cfg: Config) -> int:
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise UsageError("--max-seconds must be positive")
     source = args.source if args.source is not None else cfg.camera.source
-    return run_door(cfg, _images_dir(args, cfg), source, realtime=args.realtime or cfg.camera.realtime,
+    code = run_door(cfg, _images_dir(args, cfg), source, realtime=args.realtime or cfg.camera.realtime,
                     headless=args.headless, events_json=args.events_json, max_seconds=args.max_seconds,
                     fullscreen=args.fullscreen)
+    if code == EXIT_STALLED:  # a thread is stuck, maybe inside a native library, and the interpreter's
+        import os  # finalizers (TensorFlow's among them) could wait on it: the door is locked, the log
+        # written; leave now so the service manager restarts the door within seconds
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def cmd_check(args, cfg: Config) -> int:
