@@ -141,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="play each clip at its own rate (default: video time)")
     p.add_argument("--only", help="only the clips whose file contains this text")
 
+    p = sub.add_parser("soak", help="run the door for long on a looped clip: memory, threads, files, lost events")
+    _common(p)
+    p.add_argument("--source", required=True, type=Path, help="the video file, looped at its own frame rate")
+    p.add_argument("--hot", required=True, type=Path, help="a photo enrolled and removed again every --enroll-every-s")
+    p.add_argument("--duration-s", type=float, default=3600.0, help="how long to run (default 3600)")
+    p.add_argument("--sample-s", type=float, default=60.0, help="seconds between samples (default 60)")
+    p.add_argument("--enroll-every-s", type=float, default=180.0, help="seconds between enroll/remove (default 180)")
+    p.add_argument("--out", type=Path, help="also write the JSON report to this file")
+
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
@@ -639,6 +648,23 @@ def cmd_enroll(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_soak(args, cfg: Config) -> int:
+    """Exit 0 when every check passed, 1 otherwise; the report on stdout (--json: JSON)."""
+    from door_access.tools.soak import soak, summary_lines
+
+    if min(args.duration_s, args.sample_s, args.enroll_every_s) <= 0:
+        raise UsageError("--duration-s, --sample-s and --enroll-every-s must be positive")
+    for path in (args.source, args.hot):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    report = soak(cfg, _images_dir(args, cfg), args.source, args.hot, args.duration_s, args.sample_s,
+                  args.enroll_every_s)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report) if args.json else "\n".join(summary_lines(report)))
+    return 0 if report["ok"] else 1
+
+
 def cmd_review(args, cfg: Config) -> int:
     from door_access.core import DENIED, UNLOCK
     from door_access.tools.review import recent_attempts
@@ -673,6 +699,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "enroll": cmd_enroll,
     "review": cmd_review,
+    "soak": cmd_soak,
     "eval-liveness": cmd_eval_liveness,
 }
 
