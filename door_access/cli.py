@@ -150,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enroll-every-s", type=float, default=180.0, help="seconds between enroll/remove (default 180)")
     p.add_argument("--out", type=Path, help="also write the JSON report to this file")
 
+    p = sub.add_parser("service", help="install or remove the systemd unit (and kiosk autostart entry)")
+    _common(p)
+    p.add_argument("action", choices=["install", "uninstall"])
+    p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) and the kiosk window's "
+                                                       "autostart entry, instead of a system unit (root)")
+    p.add_argument("--unit-dir", type=Path, help="write the unit here instead (default: by --user)")
+    p.add_argument("--autostart-dir", type=Path, help="--user: write the autostart entry here instead "
+                                                      "(default ~/.config/autostart)")
+
     p = sub.add_parser("log", help="print the access log")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
@@ -648,6 +657,26 @@ def cmd_enroll(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_service(args, cfg: Config) -> int:
+    from door_access.tools.service import install, next_steps, uninstall
+
+    if args.action == "uninstall":
+        for path in uninstall(args.user, args.unit_dir, args.autostart_dir):
+            print(f"removed {path}")
+        return 0
+    config = args.config if args.config is not None else Path("config.yaml")
+    if not config.is_file():
+        raise UsageError("service install needs the door's config file: --config PATH (or ./config.yaml)")
+    try:
+        written = install(cfg, config, args.user, args.unit_dir, args.autostart_dir)
+    except PermissionError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(f"wrote {path}")
+    print("then run:\n" + "\n".join(f"  {step}" for step in next_steps(args.user)))
+    return 0
+
+
 def cmd_soak(args, cfg: Config) -> int:
     """Exit 0 when every check passed, 1 otherwise; the report on stdout (--json: JSON)."""
     from door_access.tools.soak import soak, summary_lines
@@ -700,6 +729,7 @@ COMMANDS = {
     "enroll": cmd_enroll,
     "review": cmd_review,
     "soak": cmd_soak,
+    "service": cmd_service,
     "eval-liveness": cmd_eval_liveness,
 }
 
