@@ -163,3 +163,41 @@ watchdog:
     assert len((tmp_path / "relocked.jsonl").read_text().splitlines()) >= 2  # start-up, the stall (and stop)
     assert notify.got[notify.got.index("READY=1"):][-1] == "STOPPING=1"  # no ping after the stall
     assert "WATCHDOG=1" not in notify.got[notify.got.index("STOPPING=1"):]
+
+
+def test_sigterm_with_a_frozen_detector_process_still_exits_and_kills_it(tmp_path, clip):
+    """The hang this replaces: a frozen child kept the app from exiting after "stopped"."""
+    site = write_site(tmp_path, """
+tts:
+  enabled: false
+access_log:
+  path: log.sqlite
+liveness:
+  enabled: false   # the clip is made of still photos
+watchdog:
+  stall_s: 600.0   # the watchdog stays out of this: the stop itself must not hang
+""")
+    err_path = tmp_path / "stderr.log"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
+                                 "--realtime", "--headless", "--events-json"], stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=CLI_ENV, cwd=site)
+    frozen = None
+    try:
+        assert wait_for(lambda: "ready:" in err_path.read_text(), 300), err_path.read_text()[-3000:]  # models load
+        frozen = int(next(x for x in err_path.read_text().splitlines() if "HOG processes" in x).split("pids ")[1]
+                     .split()[1])
+        os.kill(frozen, signal.SIGSTOP)
+        time.sleep(1.0)  # a search is sent to it and never answered
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=BOUND_S)
+    finally:
+        proc.kill()
+        try:
+            os.kill(frozen, signal.SIGKILL)
+            left_behind = True
+        except (ProcessLookupError, TypeError):
+            left_behind = False
+    assert proc.returncode == 0, err_path.read_text()[-3000:]  # stopped on request, the door locked
+    assert not left_behind, "the frozen detector process outlived the app"
+    assert "killing it" in err_path.read_text()
