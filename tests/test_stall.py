@@ -19,11 +19,12 @@ import sys
 import threading
 import time
 
+import cv2
 import pytest
 
 from door_access.app import build_pipeline
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig, WatchdogConfig
-from door_access.core import FAULT, RELOCK, Event
+from door_access.core import CAMERA_LOST, FAULT, RELOCK, Event
 from door_access.faces.capture import Capture
 from door_access.tools.democlip import Segment, write_clip
 from door_access.watchdog import EXIT_STALLED, Stalled
@@ -201,3 +202,40 @@ watchdog:
     assert proc.returncode == 0, err_path.read_text()[-3000:]  # stopped on request, the door locked
     assert not left_behind, "the frozen detector process outlived the app"
     assert "killing it" in err_path.read_text()
+
+
+class SilentCamera:
+    """A webcam stand-in that opens but never delivers a frame (read() fails at 15 FPS): a pulled cable."""
+
+    def isOpened(self) -> bool:  # cv2.VideoCapture's spelling
+        return True
+
+    def get(self, prop: int) -> float:
+        return FPS if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+        time.sleep(1.0 / FPS)
+        return False, None
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_camera_that_delivers_nothing_is_camera_lost_not_a_stall(tmp_path, encoder):
+    """Silent for many times stall_s, reconnects failing: `camera_lost` once, no fault, the app keeps running."""
+    cfg = make_config(tmp_path, watchdog=WatchdogConfig(stall_s=1.0), tts=TtsConfig(enabled=False),
+                      access_log=AccessLogConfig(path=str(tmp_path / "log.sqlite"), snapshots_dir=None))
+    capture = Capture(0, False, lost_after_s=0.3, reconnect_min_s=0.2, reconnect_max_s=2.0,
+                      opener=lambda source: SilentCamera())
+    events: list[Event] = []
+    (tmp_path / "images").mkdir()
+    pipeline = build_pipeline(cfg, tmp_path / "images", capture, events.append, encoder=encoder)
+    pipeline.start()
+    try:
+        assert wait_for(lambda: [e for e in events if e.event == CAMERA_LOST], BOUND_S)
+        time.sleep(6 * cfg.watchdog.stall_s)  # the watchdog checks 4 times a second all along
+        assert pipeline.failure is None and not pipeline.stop_event.is_set()
+    finally:
+        pipeline.stop()
+    assert [e.event for e in events].count(CAMERA_LOST) == 1 and not [e for e in events if e.event == FAULT]
+    assert capture.reads > 0 and pipeline.monitor.worst()["capture"] < cfg.watchdog.stall_s
