@@ -165,6 +165,8 @@ class Pipeline:
 
     def _stalled(self, stage: Stage, quiet_s: float) -> None:
         """The watchdog found `stage` stuck: say which, record a `fault`, relock, and stop the app."""
+        if self.stop_event.is_set():  # already stopping (a signal, a failed stage): stages end on their own
+            return
         detail = f"stage '{stage.name}' stalled: no progress for {quiet_s:.1f} s with work waiting"
         log.error("watchdog: %s; relocking and stopping", detail)
         if self.failure is None:
