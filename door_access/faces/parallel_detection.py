@@ -184,9 +184,11 @@ class DetectedFrames:
                 if not proc.is_alive():
                     raise EOFError
             return conn.recv()
-        except (EOFError, OSError) as exc:
-            if self.stop.is_set():  # closed while stopping
+        except Exception as exc:
+            if self.stop.is_set():  # closed under a send blocked on a frozen process (TypeError), or EOF
                 return None
+            if not isinstance(exc, (EOFError, OSError)):
+                raise
             proc.join(JOIN_S)
             raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
 
