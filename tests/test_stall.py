@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -20,12 +21,15 @@ import threading
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from door_access.app import build_pipeline
-from door_access.config import AccessLogConfig, DoorConfig, TtsConfig, WatchdogConfig
+from door_access.config import AccessLogConfig, DetectionConfig, DoorConfig, TtsConfig, WatchdogConfig
 from door_access.core import CAMERA_LOST, FAULT, RELOCK, Event
-from door_access.faces.capture import Capture
+from door_access.faces.capture import Capture, Frame
+from door_access.faces.detection import FaceDetector
+from door_access.faces.parallel_detection import DetectedFrames
 from door_access.tools.democlip import Segment, write_clip
 from door_access.watchdog import EXIT_STALLED, Stalled
 
@@ -239,3 +243,38 @@ def test_a_camera_that_delivers_nothing_is_camera_lost_not_a_stall(tmp_path, enc
         pipeline.stop()
     assert [e.event for e in events].count(CAMERA_LOST) == 1 and not [e for e in events if e.event == FAULT]
     assert capture.reads > 0 and pipeline.monitor.worst()["capture"] < cfg.watchdog.stall_s
+
+
+def test_stop_ends_frozen_detector_processes_and_the_lanes_blocked_sending_to_them():
+    """Frozen before reading a frame, a process leaves its lane stuck in send() (a 640x360 frame is more
+    than the pipe holds): close() kills it, the lane ends quietly, nothing is left behind."""
+    detector = FaceDetector(DetectionConfig(full_scan_every=1), REPO / "weights")
+    frames, stop = queue.Queue(), threading.Event()
+    detected = DetectedFrames(frames, detector, 2, stop)
+    detected.start_processes()
+    pids = detected.pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    errors: list[BaseException] = []
+
+    def lane(body):
+        try:
+            body()
+        except BaseException as exc:
+            errors.append(exc)
+
+    lanes = [threading.Thread(target=lane, args=(body,), daemon=True) for body in detected.lanes()]
+    for t in lanes:
+        t.start()
+    noise = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), np.uint8)
+    for i in range(4):
+        frames.put(Frame(i, i / FPS, noise))
+    assert wait_for(lambda: all(detected.searching), BOUND_S)
+    stop.set()
+    detected.close()
+    for t in lanes:
+        t.join(BOUND_S)
+    assert not errors and not any(t.is_alive() for t in lanes)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -184,11 +184,9 @@ class DetectedFrames:
                 if not proc.is_alive():
                     raise EOFError
             return conn.recv()
-        except Exception as exc:
-            if self.stop.is_set():  # closed under a send blocked on a frozen process (TypeError), or EOF
+        except (EOFError, OSError) as exc:
+            if self.stop.is_set():  # the process ended at stop (EPIPE, EOF)
                 return None
-            if not isinstance(exc, (EOFError, OSError)):
-                raise
             proc.join(JOIN_S)
             raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
 
@@ -243,8 +241,14 @@ class DetectedFrames:
                 log.warning("detection: %s did not end on SIGTERM (frozen?); killing it", proc.name)
                 proc.kill()
                 proc.join(JOIN_S)
-        for conn in self._conns:
-            conn.close()
+        deadline = time.monotonic() + JOIN_S
+        for i, conn in enumerate(self._conns):
+            # a lane still inside send() to the process just killed wakes with EPIPE; closing its pipe
+            # under it could hand the fd number to another file mid-write, so wait for it, or leave it open
+            while self.searching[i] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not self.searching[i]:
+                conn.close()
         self._procs, self._conns = [], []
 
     def pids(self) -> list[int]:
