@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from door_access.config import Config, ConfigError, load_config
 from door_access.files import PRIVATE_UMASK, private_dir
 from door_access.quiet import quiet_libraries
+from door_access.watchdog import EXIT_STALLED
 
 if TYPE_CHECKING:
     from door_access.faces.detection import FaceDetector
@@ -163,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bpcer", type=float, default=0.05,
                    help="fraction of genuine frames (cross-validated) the threshold may call attacks (default 0.05)")
     p.add_argument("--out", type=Path, help="where to write the model (default: spoof.site_model)")
+
+    p = sub.add_parser("soak", help="run the door for long on a looped clip: memory, threads, files, lost events")
+    _common(p)
+    p.add_argument("--source", required=True, type=Path, help="the video file, looped at its own frame rate")
+    p.add_argument("--hot", required=True, type=Path, help="a photo enrolled and removed again every --enroll-every-s")
+    p.add_argument("--duration-s", type=float, default=3600.0, help="how long to run (default 3600)")
+    p.add_argument("--sample-s", type=float, default=60.0, help="seconds between samples (default 60)")
+    p.add_argument("--enroll-every-s", type=float, default=180.0, help="seconds between enroll/remove (default 180)")
+    p.add_argument("--out", type=Path, help="also write the JSON report to this file")
+
+    p = sub.add_parser("service", help="install or remove the systemd unit (and kiosk autostart entry)")
+    _common(p)
+    p.add_argument("action", choices=["install", "uninstall"])
+    p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) and the kiosk window's "
+                                                       "autostart entry, instead of a system unit (root)")
+    p.add_argument("--unit-dir", type=Path, help="write the unit here instead (default: by --user)")
+    p.add_argument("--autostart-dir", type=Path, help="--user: write the autostart entry here instead "
+                                                      "(default ~/.config/autostart)")
 
     p = sub.add_parser("log", help="print the access log")
     _common(p)
@@ -374,9 +393,17 @@ def cmd_run(args, cfg: Config) -> int:
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise UsageError("--max-seconds must be positive")
     source = args.source if args.source is not None else cfg.camera.source
-    return run_door(cfg, _images_dir(args, cfg), source, realtime=args.realtime or cfg.camera.realtime,
+    code = run_door(cfg, _images_dir(args, cfg), source, realtime=args.realtime or cfg.camera.realtime,
                     headless=args.headless, events_json=args.events_json, max_seconds=args.max_seconds,
                     fullscreen=args.fullscreen)
+    if code == EXIT_STALLED:  # a thread is stuck, maybe inside a native library, and the interpreter's
+        import os  # finalizers (TensorFlow's among them) could wait on it: the door is locked, the log
+        # written; leave now so the service manager restarts the door within seconds
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def cmd_check(args, cfg: Config) -> int:
@@ -709,6 +736,43 @@ def cmd_forget(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_service(args, cfg: Config) -> int:
+    from door_access.tools.service import install, next_steps, uninstall
+
+    if args.action == "uninstall":
+        for path in uninstall(args.user, args.unit_dir, args.autostart_dir):
+            print(f"removed {path}")
+        return 0
+    config = args.config if args.config is not None else Path("config.yaml")
+    if not config.is_file():
+        raise UsageError("service install needs the door's config file: --config PATH (or ./config.yaml)")
+    try:
+        written = install(cfg, config, args.user, args.unit_dir, args.autostart_dir)
+    except PermissionError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(f"wrote {path}")
+    print("then run:\n" + "\n".join(f"  {step}" for step in next_steps(args.user)))
+    return 0
+
+
+def cmd_soak(args, cfg: Config) -> int:
+    """Exit 0 when every check passed, 1 otherwise; the report on stdout (--json: JSON)."""
+    from door_access.tools.soak import soak, summary_lines
+
+    if min(args.duration_s, args.sample_s, args.enroll_every_s) <= 0:
+        raise UsageError("--duration-s, --sample-s and --enroll-every-s must be positive")
+    for path in (args.source, args.hot):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    report = soak(cfg, _images_dir(args, cfg), args.source, args.hot, args.duration_s, args.sample_s,
+                  args.enroll_every_s)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report) if args.json else "\n".join(summary_lines(report)))
+    return 0 if report["ok"] else 1
+
+
 def cmd_review(args, cfg: Config) -> int:
     from door_access.core import DENIED, UNLOCK
     from door_access.tools.review import recent_attempts
@@ -744,6 +808,8 @@ COMMANDS = {
     "enroll": cmd_enroll,
     "review": cmd_review,
     "forget": cmd_forget,
+    "soak": cmd_soak,
+    "service": cmd_service,
     "eval-liveness": cmd_eval_liveness,
     "learn-attacks": cmd_learn_attacks,
 }

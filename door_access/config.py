@@ -114,6 +114,11 @@ class LockoutConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    stall_s: float = meta(10.0, lo=0.5, hi=600.0)
+
+
+@dataclass(frozen=True)
 class TtsConfig:
     enabled: bool = True
     template: str = "Welcome {name}, have a nice day!"
@@ -225,6 +230,7 @@ class Config:
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
     spoof: SpoofConfig = field(default_factory=SpoofConfig)
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     base_dir: Path = field(default=Path("."), compare=False)
 
     def path(self, name: str) -> Path:

@@ -4,7 +4,8 @@ Each stage is a thread joined to the next by a bounded queue. A camera keeps onl
 frame, so when detection is slow frames are dropped at the source instead of queueing; the
 encoder batches chips from several frames and tracks (up to `batch_size` chips or
 `batch_wait_ms`), which is where FaceNet is cheapest per face. Any stage that fails stops
-the whole app with its name in the log and a non-zero exit, never a silent hang.
+the whole app with its name in the log and a non-zero exit, never a silent hang; a stage
+that stops making progress with work waiting (watchdog.py) relocks the door and stops it too.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from door_access.liveness.cues import LivenessChecker, eye_distance
 from door_access.liveness.spoof import SpoofChecker
 from door_access.recognition.gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
 from door_access.recognition.recognizer import Recognizer
+from door_access.watchdog import Monitor, Stage, Stalled, Watchdog
 
 log = logging.getLogger(__name__)
 
+V4L2_READ_S = 10.0  # OpenCV's V4L2 backend waits this long for a frame before a webcam's read() fails
 POLL_S = 0.1  # how often blocked stages look at the stop flag: bounds shutdown time
 
 
@@ -135,6 +138,47 @@ class Pipeline:
         self.capture.on_status = self._camera_status
         self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event)
         self._threads: list[threading.Thread] = []
+        self.monitor, self.stages = self._watch()
+        self.watchdog = Watchdog(self.monitor, self._stalled)
+
+    def _watch(self) -> tuple[Monitor, dict[str, Stage]]:
+        """Every stage's progress count and "work is waiting" test (see watchdog.py).
+
+        A stage blocked on a full queue downstream is waiting for that stage, not stalled itself.
+        Two stages get longer than `stall_s`: a camera's read() may legitimately block until its own
+        timeout (then it is `camera_lost`), and the actions worker runs an unlock hook for up to
+        `door.hook_timeout_s`, possibly after a relock hook that took as long."""
+        cfg, monitor, d = self.cfg, Monitor(), self.detected
+        stall = cfg.watchdog.stall_s
+        stages = {"capture": monitor.watch("capture", self.capture.reading,
+                                           stall + max(cfg.camera.lost_after_s, V4L2_READ_S),
+                                           progress=lambda: self.capture.reads)}
+        for i in range(d.workers):
+            name = f"detector process {i}" if d.processes else f"detector lane {i}"
+            stages[name] = monitor.watch(name, lambda i=i: d.searching[i], stall, progress=lambda i=i: d.searches[i])
+        stages["detector"] = monitor.watch("detector", lambda: d.ready() and not self.to_encoder.full(), stall)
+        stages["encoder"] = monitor.watch("encoder", lambda: not self.to_encoder.empty() and not self.to_decider.full(),
+                                          stall)
+        stages["decider"] = monitor.watch("decider", lambda: not self.to_decider.empty(), stall)
+        stages["actions"] = monitor.watch("actions", self.actions.waiting, stall + 2 * cfg.door.hook_timeout_s,
+                                          progress=lambda: self.actions.handled)
+        return monitor, stages
+
+    def _stalled(self, stage: Stage, quiet_s: float) -> None:
+        """The watchdog found `stage` stuck: say which, record a `fault`, relock, and stop the app."""
+        if self.stop_event.is_set():  # already stopping (a signal, a failed stage): stages end on their own
+            return
+        detail = f"stage '{stage.name}' stalled: no progress for {quiet_s:.1f} s with work waiting"
+        log.error("watchdog: %s; relocking and stopping", detail)
+        if self.failure is None:
+            self.failure = (stage.name, Stalled(detail))
+        if stage.name == "actions":  # its worker is the one stuck: record the fault without it
+            t, wall = self.clock()
+            self.actions.publish(Event(FAULT, t, wall, detail=detail))
+        else:
+            self.notify(FAULT, detail=detail)  # the access log, MQTT, --events-json, the webhook
+        self.door.lock(f"stage '{stage.name}' stalled")  # the relock hook runs now, not only at stop
+        self.stop_event.set()
 
     def attach_mqtt(self, bridge) -> None:
         """Publish every event to `bridge` too; it starts and stops with the pipeline."""
@@ -218,8 +262,10 @@ class Pipeline:
 
     def _detect_stage(self) -> None:
         """Find faces, tie them to tracks, and cut chips for the tracks due for an encoding."""
+        tick = self.stages["detector"].tick
         while True:
             item = self._get(self.detected)  # frames in order, with rects from the detector lanes
+            tick()
             if item is END:
                 self._put(self.to_encoder, END)
                 return
@@ -274,10 +320,12 @@ class Pipeline:
         pending: list[FrameFaces] = []
         chips = 0
         deadline = 0.0
+        tick = self.stages["encoder"].tick
         while True:
             timeout = max(0.0, deadline - time.monotonic()) if chips else POLL_S
             try:
                 item = self.to_encoder.get(timeout=timeout)
+                tick()
             except queue.Empty:
                 if self.stop_event.is_set():
                     raise _Stopped from None
@@ -310,8 +358,10 @@ class Pipeline:
             self._put(self.to_decider, item)
 
     def _decide_stage(self) -> None:
+        tick = self.stages["decider"].tick
         while True:
             item = self._get(self.to_decider)
+            tick()
             if item is END:
                 self.finished.set()
                 return
@@ -354,6 +404,7 @@ class Pipeline:
         self._spawn("encoder", self._encode_stage)
         self._spawn("decider", self._decide_stage)
         self.watcher.start()
+        self.watchdog.start()
 
     def wait(self, max_seconds: float | None = None, tick: Callable[[], bool] | None = None) -> None:
         """Block until the file ends, a stage fails, `max_seconds` pass or `tick()` returns False."""
@@ -370,6 +421,9 @@ class Pipeline:
     def stop(self) -> None:
         """Stop every stage within about 2 s, plus what the relock hook needs (up to `door.hook_timeout_s`)."""
         self.stop_event.set()
+        self.watchdog.stop(0.5)
+        log.info("watchdog: longest wait without progress (s): %s",
+                 ", ".join(f"{k} {v:.2f}" for k, v in self.monitor.worst().items()))
         self.watcher.stop(0.5)
         self.capture.stop(0.5)
         for thread in self._threads:

@@ -19,6 +19,7 @@ from door_access.config import Config
 from door_access.core import Event
 from door_access.door.controller import LOCKED
 from door_access.faces.capture import Capture, parse_source
+from door_access.watchdog import EXIT_STALLED, Stalled
 
 if TYPE_CHECKING:
     from door_access.kiosk.display import StatusModel, Window
@@ -48,7 +49,8 @@ def json_printer() -> Callable[[Event], None]:
 
 def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headless: bool, events_json: bool,
              max_seconds: float | None, fullscreen: bool = False) -> int:
-    """Run until Ctrl-C, SIGTERM, q/Esc in the window, the end of a file or `max_seconds`; 1 if a stage failed."""
+    """Run until Ctrl-C, SIGTERM, q/Esc in the window, the end of a file or `max_seconds`; 1 if a stage failed,
+    EXIT_STALLED (3) if one stalled."""
     capture = open_capture(cfg, source, realtime)  # before any model: no camera -> SourceError at once
     window = status = enroll = None
     if not headless:
@@ -91,6 +93,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
 
             enroll = KioskEnroller(cfg, pipeline.encoder, pipeline.recognizer, images_dir)
         pipeline.start()
+        pipeline.watchdog.notifier.notify("READY=1")  # systemd (Type=notify): camera and models are up
         width, height = capture.size
         log.info("ready: %s %s at %dx%d, %d people enrolled%s",
                  "camera" if isinstance(capture.source, int) else "source", source, width, height,
@@ -99,6 +102,7 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
         pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg, enroll) if window else None)
     finally:
         pipeline.stop_event.set()
+        pipeline.watchdog.notifier.notify("STOPPING=1")
         if enroll:
             enroll.close()
         pipeline.stop()
@@ -111,6 +115,9 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
              pipeline.capture.frames_in, s.processed, pipeline.capture.dropped, s.encoded, s.batches)
     if pipeline.failure:
         stage, exc = pipeline.failure
+        if isinstance(exc, Stalled):  # a distinct code: the service manager restarts the door
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_STALLED
         print(f"error: stage '{stage}' failed: {exc}", file=sys.stderr)
         return 1
     if pipeline.door.state() != LOCKED:  # fail loudly: a supervisor must know the door may be open

@@ -364,6 +364,19 @@ def test_webhook_receives_the_unlock_as_json(rig, web):
     assert r.faults() == []
 
 
+def test_webhook_receives_a_stage_fault_but_not_a_hook_fault(rig, web):
+    """A stalled or failed stage (a FAULT notice from the pipeline) is posted: nobody gets in until the door
+    restarts. A relock hook's own faults are not (they are logged, and retried)."""
+    r = rig(DoorConfig(webhook_url=web.url, unlock_seconds=600, relock_command=("/bin/false",)))
+    r.actions.submit(notice(FAULT, detail="stage 'decider' stalled: no progress for 10.0 s with work waiting"))
+    assert wait_for(lambda: len(web.requests) == 1)
+    body = json.loads(web.requests[0][1])
+    assert body["event"] == "fault" and "'decider' stalled" in body["detail"]
+    assert any("relock hook" in e.detail for e in r.faults())  # at start-up: logged, not posted
+    r.actions.stop(5.0)
+    assert len(web.requests) == 1
+
+
 def test_webhook_body_is_signed_and_a_receiver_can_verify_it(rig, web):
     import hashlib
     import hmac

@@ -177,7 +177,7 @@ class Actions:
     - Every notice's event is published: queued for the access log (whose own writer thread
       deals with the database, so nothing here waits on it), then passed to `emit`.
     - UNLOCK: welcome spoken, webhook posted (its own thread), `door.unlock()` run (the hook).
-    - ALARM: webhook posted.
+    - ALARM, FAULT (a stage failed or stalled): webhook posted.
     - DENIED: the face crop saved as a JPEG in `snapshots_dir`, keeping the newest `snapshots_keep`
       (0 keeps none, so nothing is written).
     - Anything else: recorded and emitted.
@@ -207,6 +207,7 @@ class Actions:
         self._dropping = False  # a "queue full" warning was logged and nothing has been queued since
         self._emit_failing = False
         self._snapshots = itertools.count(1)
+        self.handled = 0  # notices handled: the watchdog's progress count
 
     # ---- the caller's side ----------------------------------------------------------------
 
@@ -255,6 +256,10 @@ class Actions:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def waiting(self) -> bool:
+        """True when notices wait for the worker (the watchdog's "work waiting")."""
+        return self._thread is not None and not self._queue.empty()
+
     def publish(self, event: Event) -> None:
         """Queue `event` for the access log, then `emit` it (the `--events-json` line); from any thread."""
         with self._publishing:
@@ -274,6 +279,7 @@ class Actions:
     def _run(self) -> None:
         while (item := self._queue.get()) is not _STOP:
             self._handle(item)
+            self.handled += 1
 
     def _handle(self, notice: Notice) -> None:
         event = notice.event
@@ -287,6 +293,8 @@ class Actions:
                 self.speaker.say(ALARM_TEXT)
                 if self._webhook is not None:
                     self._webhook.post(event)
+            elif event.event == FAULT and self._webhook is not None:  # a stage failed or stalled: nobody
+                self._webhook.post(event)  # gets in until the door restarts, so someone must be told
             elif event.event == CHALLENGE:  # the liveness challenge, spoken through the welcome voice
                 self.speaker.say(event.detail)
         except Exception as exc:  # a bug in one action must not end the worker

@@ -83,6 +83,8 @@ class Capture:
         self.frames: queue.Queue[Frame | None] = queue.Queue(maxsize=1 if self.live else 4)
         self.frames_in = 0
         self.dropped = 0
+        self.reads = 0  # read() calls returned, frame or not: the watchdog's progress count
+        self.reconnecting = False  # the camera_lost path: waiting to reopen is not a stall
         self.fps = 0.0
         self.size = (0, 0)  # (width, height) as opened, so no other thread touches the device
         self.started_at = 0.0  # monotonic time of the first read: frame i of a realtime file is due i/fps later
@@ -119,6 +121,12 @@ class Capture:
         self._thread = threading.Thread(target=run, name="capture", daemon=True)
         self._thread.start()
 
+    def reading(self) -> bool:
+        """True while the capture thread should be returning from read() (not reconnecting, not ended,
+        not waiting for room in a full queue, as a file read flat out does)."""
+        return (self._thread is not None and self._thread.is_alive() and not self.reconnecting
+                and not self._stop.is_set() and (self.live or not self.frames.full()))
+
     def stop(self, timeout: float = 1.0) -> None:
         """Ask the capture thread to end; it releases the source itself once its read() returns."""
         self._stop.set()
@@ -135,13 +143,18 @@ class Capture:
         last_frame_at = time.monotonic()
         while not self._stop.is_set():
             ok, image = self._cap.read()
+            self.reads += 1
             now = time.monotonic()
             if not ok or image is None:
                 if self.is_file:
                     self._put(END)
                     return
                 if now - last_frame_at >= self.lost_after_s or not self._cap.isOpened():
-                    self._reconnect()
+                    self.reconnecting = True
+                    try:
+                        self._reconnect()
+                    finally:
+                        self.reconnecting = False
                     last_frame_at = time.monotonic()
                 else:
                     self._stop.wait(0.01)

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -86,6 +87,8 @@ class DetectedFrames:
         self._found: dict[int, list[Box]] = {}  # sequence number -> faces found, for the last few frames
         self._procs: list = []
         self._conns: list = []
+        self.searches = [0] * self.workers  # per lane: searches done (the watchdog's progress count)
+        self.searching = [False] * self.workers  # per lane: a search sent and not answered yet
 
     def start_processes(self) -> None:
         if self.workers < 2:
@@ -103,7 +106,12 @@ class DetectedFrames:
             if not conn.poll(READY_S) or conn.recv() != "ready":
                 self.close()
                 raise RuntimeError(f"detector process {i} did not start within {READY_S:.0f} s")
-        log.debug("detection: %d HOG processes", self.workers)
+        log.info("detection: %d HOG processes, pids %s", self.workers, " ".join(str(p) for p in self.pids()))
+
+    @property
+    def processes(self) -> bool:
+        """True when the lanes detect in processes of their own (else in their threads)."""
+        return self.workers >= 2
 
     def lanes(self) -> list[Callable[[], None]]:
         return [lambda i=i: self._lane(i) for i in range(self.workers)]
@@ -156,6 +164,15 @@ class DetectedFrames:
 
     def _search(self, i: int, conn, crops: list[np.ndarray]) -> list[list[tuple]] | None:
         """HOG on each crop, in this thread or in lane i's process; None when stopping."""
+        self.searching[i] = True
+        try:
+            found = self._search_in(i, conn, crops)
+        finally:
+            self.searching[i] = False
+        self.searches[i] += 1
+        return found
+
+    def _search_in(self, i: int, conn, crops: list[np.ndarray]) -> list[list[tuple]] | None:
         if conn is None:
             return [self.detector.detect_small(c) for c in crops]
         proc = self._procs[i]
@@ -168,7 +185,7 @@ class DetectedFrames:
                     raise EOFError
             return conn.recv()
         except (EOFError, OSError) as exc:
-            if self.stop.is_set():  # closed while stopping
+            if self.stop.is_set():  # the process ended at stop (EPIPE, EOF)
                 return None
             proc.join(JOIN_S)
             raise RuntimeError(f"detector process {i} died (exit code {proc.exitcode})") from exc
@@ -185,6 +202,10 @@ class DetectedFrames:
                 self._ready.wait(POLL_S)
             self._results[seq] = item
             self._ready.notify_all()
+
+    def ready(self) -> bool:
+        """True when the next frame in order is detected and waits to be taken."""
+        return self._next in self._results
 
     def get(self, timeout: float):
         with self._ready:
@@ -207,16 +228,29 @@ class DetectedFrames:
         return total
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)
-            except (OSError, ValueError):
-                pass
+        """End the processes within about JOIN_S, whatever state they are in: SIGTERM (a HOG process
+        holds nothing worth a graceful exit), then SIGKILL for one that is frozen (SIGSTOP: a stopped
+        process acts on SIGTERM only once continued). Left alive, multiprocessing's exit handler would
+        wait on it forever."""
         for proc in self._procs:
-            proc.join(JOIN_S)
+            proc.terminate()
+        deadline = time.monotonic() + JOIN_S / 4
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                proc.terminate()
+                log.warning("detection: %s did not end on SIGTERM (frozen?); killing it", proc.name)
+                proc.kill()
                 proc.join(JOIN_S)
-        for conn in self._conns:
-            conn.close()
+        deadline = time.monotonic() + JOIN_S
+        for i, conn in enumerate(self._conns):
+            # a lane still inside send() to the process just killed wakes with EPIPE; closing its pipe
+            # under it could hand the fd number to another file mid-write, so wait for it, or leave it open
+            while self.searching[i] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not self.searching[i]:
+                conn.close()
         self._procs, self._conns = [], []
+
+    def pids(self) -> list[int]:
+        """The detector processes' ids (empty when detecting in threads)."""
+        return [proc.pid for proc in self._procs]
