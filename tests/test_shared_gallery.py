@@ -1,6 +1,5 @@
 """Several doors on one shared images folder: each keeps its own embedding cache, and a photo
-dropped into the folder is enrolled by every door while they run (one door a real process of its
-own, the other in this process on the session's model: one TensorFlow start-up instead of two)."""
+dropped into the folder is enrolled by every door while they run (two real door processes)."""
 
 from __future__ import annotations
 
@@ -28,22 +27,15 @@ def blank_clip(path, seconds: float, fps: float = 5.0):
     return path
 
 
-def door_config(root, door_id: str, images):
-    folder = root / door_id
-    folder.mkdir()
-    (folder / "config.yaml").write_text(
-        f"paths:\n  images: {images}\n  weights: {REPO / 'weights'}\n  cache: cache\n"
-        f"door:\n  id: {door_id}\npipeline:\n  gallery_poll_s: 0.5\ntts:\n  enabled: false\n"
-        f"liveness:\n  enabled: false\naccess_log:\n  snapshots_dir: null\n")
-    return folder
-
-
 class Door:
-    """`door-access run` in a process of its own."""
-
     def __init__(self, root, door_id: str, images, clip):
-        folder = door_config(root, door_id, images)
+        folder = root / door_id
+        folder.mkdir()
         self.cache = folder / "cache"
+        (folder / "config.yaml").write_text(
+            f"paths:\n  images: {images}\n  weights: {REPO / 'weights'}\n  cache: cache\n"
+            f"door:\n  id: {door_id}\npipeline:\n  gallery_poll_s: 0.5\ntts:\n  enabled: false\n"
+            f"liveness:\n  enabled: false\naccess_log:\n  snapshots_dir: null\n")
         self.events: list[dict] = []
         self.ready = threading.Event()
         self.stderr: list[str] = []
@@ -78,42 +70,14 @@ class Door:
             return self.proc.wait()
 
 
-class InProcessDoor:
-    """The same app in this process (see `shared_encoder`), with the same view for the test."""
-
-    def __init__(self, root, door_id: str, images, clip):
-        from door_access.app import build_pipeline
-        from door_access.config import load_config
-        from door_access.runner import open_capture
-
-        folder = door_config(root, door_id, images)
-        self.cache = folder / "cache"
-        self.events: list[dict] = []
-        self.stderr: list[str] = []
-        cfg = load_config(folder / "config.yaml")
-        self.pipeline = build_pipeline(cfg, cfg.path("images"), open_capture(cfg, str(clip), True),
-                                       lambda e: self.events.append(json.loads(e.to_json())))
-        self.pipeline.start()
-        self.ready = threading.Event()
-        self.ready.set()  # started: what the process's " ready: " line says
-
-    def galleries(self) -> list[str]:
-        return [e["detail"] for e in self.events if e["event"] == "gallery"]
-
-    def stop(self):
-        self.pipeline.stop()
-        return 0 if self.pipeline.failure is None else 1
-
-
 @pytest.mark.model
-def test_a_photo_added_to_a_shared_folder_is_enrolled_on_both_doors(tmp_path, shared_encoder):
+def test_a_photo_added_to_a_shared_folder_is_enrolled_on_both_doors(tmp_path):
     shared = tmp_path / "share" / "images"
     (shared / "obama").mkdir(parents=True)
     shutil.copy(FR_IMAGES / "obama.jpg", shared / "obama" / "1.jpg")
     clip = blank_clip(tmp_path / "corridor.mp4", seconds=600)
-    doors = [Door(tmp_path, "north", shared, clip)]
+    doors = [Door(tmp_path, "north", shared, clip), Door(tmp_path, "south", shared, clip)]
     try:
-        doors.append(InProcessDoor(tmp_path, "south", shared, clip))
         for door in doors:
             assert wait_for(lambda d=door: d.ready.is_set() or d.proc.poll() is not None, 300), door.stderr[-20:]
             assert door.ready.is_set(), "".join(door.stderr[-20:])
