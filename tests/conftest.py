@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ def pytest_configure(config):
 
 # Tests that load the FaceNet or dlib models get the `model` marker (`pytest -m "not model"` runs the
 # rest in seconds): those using a model fixture, and whole modules that run the app or its models.
-MODEL_FIXTURES = {"detector", "encoder", "celebrity_gallery", "setup_dir", "lfw_like"}
+MODEL_FIXTURES = {"detector", "encoder", "celebrity_gallery", "setup_dir", "lfw_like", "door_run",
+                  "shared_encoder", "photo_attack_clip"}
 MODEL_MODULES = {"test_cli", "test_door", "test_facenet", "test_faults", "test_liveness"}
 
 
@@ -70,6 +72,50 @@ def encoder(cfg):
     from door_access.faces.facenet import FaceEncoder
 
     return FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+
+
+@pytest.fixture
+def shared_encoder(encoder, monkeypatch):
+    """The app's FaceNet loader hands out the session's model for the real weights file, so a command
+    run in this process (`main([...])`) skips a model load of several seconds; other files load as usual."""
+    from door_access.faces import facenet
+
+    load_file = facenet.FaceEncoder
+    session_weights = (REPO / "weights" / "facenet_keras3.weights.h5").resolve()
+
+    def load(weights_path, threads: int = 0):
+        return encoder if Path(weights_path).resolve() == session_weights else load_file(weights_path, threads)
+
+    monkeypatch.setattr(facenet, "FaceEncoder", load)  # the app imports it when it loads the model
+    return encoder
+
+
+@pytest.fixture
+def door_run(shared_encoder, capsys):
+    """`door-access run --headless --events-json` in this process, on the session's FaceNet model.
+
+    The same CLI, config file, app and exit code as the subprocess, without a TensorFlow import and
+    a model load (several seconds) per run; tests of signals, the window and exits stay subprocesses.
+    Returns `run(config, source, *args) -> (exit code, events as dicts, stderr)`.
+    """
+    from door_access.cli import main
+
+    def run(config: Path, source, *args: str) -> tuple[int, list[dict], str]:
+        capsys.readouterr()
+        code = main(["run", "--config", str(config), "--source", str(source), "--headless", "--events-json", *args])
+        out, err = capsys.readouterr()
+        return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def photo_attack_clip(detector, tmp_path_factory) -> Path:
+    """democlip's 6 s photo attack on obama2.jpg (a print held still, moved, tilted, relit)."""
+    from door_access.tools.democlip import write_photo_attack
+
+    return write_photo_attack(detector, FR_IMAGES / "obama2.jpg", tmp_path_factory.mktemp("attack") / "attack.mp4",
+                              seconds=6.0)
 
 
 def write_site(root: Path, config_yaml: str) -> Path:

@@ -8,17 +8,13 @@ the votes turn to Obama: the door must not open on the singer's liveness.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
 
 from door_access.faces.photos import load_rgb
 
-from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
+from conftest import FR_IMAGES, SHARED_DATA, write_site
 
 HAMILTON = SHARED_DATA / "face_recognition_examples" / "short_hamilton_clip.mp4"
 SWAP_FROM = 150  # frame: the singer is on screen from ~frame 90, so he is an established stranger by then
@@ -79,27 +75,25 @@ def swapped_clip(tmp_path_factory, detector):
     return out
 
 
-def _events(tmp_path, clip, liveness: bool):
+def _events(door_run, tmp_path, clip, liveness: bool):
     site = write_site(tmp_path, f"tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
                                 f"liveness:\n  enabled: {str(liveness).lower()}\n"
                                 f"  challenge: on_doubt\n"  # the singer's passive cues are what must not carry over
                                 f"lockout:\n  failures: 0\n")
-    proc = subprocess.run([sys.executable, "-m", "door_access", "run", "--config", str(site / "config.yaml"),
-                           "--source", str(clip), "--headless", "--events-json"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines()]
+    code, events, err = door_run(site / "config.yaml", clip)
+    assert code == 0, err[-3000:]
+    return events
 
 
-def test_a_photo_raised_in_place_of_a_live_stranger_does_not_unlock(tmp_path, swapped_clip):
-    events = _events(tmp_path, swapped_clip, liveness=True)
+def test_a_photo_raised_in_place_of_a_live_stranger_does_not_unlock(tmp_path, door_run, swapped_clip):
+    events = _events(door_run, tmp_path, swapped_clip, liveness=True)
     assert not [e for e in events if e["event"] == "unlock"], events
     assert any(e["event"] == "denied" and e["name"] is None for e in events)  # the singer: a stranger
 
 
-def test_the_pasted_photo_is_recognised(tmp_path, swapped_clip):
+def test_the_pasted_photo_is_recognised(tmp_path, door_run, swapped_clip):
     """The control: without liveness the same clip opens for Obama, so the refusal above is the decision's doing."""
-    events = _events(tmp_path, swapped_clip, liveness=False)
+    events = _events(door_run, tmp_path, swapped_clip, liveness=False)
     assert [e["name"] for e in events if e["event"] == "unlock"] == ["obama"]
 
 
@@ -118,14 +112,12 @@ def strangers_then_obama(tmp_path_factory, detector):
     return write_clip(detector, segments, tmp_path_factory.mktemp("lockout") / "lockout.mp4", fps=15.0)
 
 
-def test_repeated_stranger_attempts_raise_an_alarm_and_lock_out_the_next_person(tmp_path, strangers_then_obama):
+def test_repeated_stranger_attempts_raise_an_alarm_and_lock_out_the_next_person(tmp_path, door_run,
+                                                                                 strangers_then_obama):
     site = write_site(tmp_path, "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\nliveness:\n  enabled: false\n"
                                 "lockout:\n  failures: 3\n  window_s: 60.0\n  cooloff_s: 60.0\n")
-    proc = subprocess.run([sys.executable, "-m", "door_access", "run", "--config", str(site / "config.yaml"),
-                           "--source", str(strangers_then_obama), "--headless", "--events-json"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    code, events, err = door_run(site / "config.yaml", strangers_then_obama)
+    assert code == 0, err[-3000:]
     decisions = [(e["event"], e["name"]) for e in events if e["event"] in ("unlock", "denied", "alarm")]
     assert decisions == [("denied", None)] * 3 + [("alarm", None), ("denied", "obama")], decisions
     assert [e for e in events if e["name"] == "obama"][0]["detail"].startswith("locked out")

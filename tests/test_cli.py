@@ -11,6 +11,8 @@ from door_access.cli import main
 
 from conftest import CELEBRITY, FR_IMAGES, REPO
 
+pytestmark = pytest.mark.usefixtures("shared_encoder")  # the commands run in this process share one model
+
 
 @pytest.fixture(scope="module")
 def setup_dir(tmp_path_factory):

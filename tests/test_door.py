@@ -64,21 +64,10 @@ liveness:
 """)
 
 
-def run_door(site, clip, *extra, timeout=300):
-    return subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip), "--headless",
-                           "--events-json", *extra], capture_output=True, text=True, env=CLI_ENV, timeout=timeout,
-                          cwd=site)
-
-
-def events_of(stdout):
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-
-
-def test_clip_unlocks_exactly_the_enrolled_person(tmp_path, clip):
+def test_clip_unlocks_exactly_the_enrolled_person(tmp_path, clip, door_run):
     site = make_site(tmp_path, hook(tmp_path, "--who={name}", "{distance}"))
-    proc = run_door(site, clip)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = events_of(proc.stdout)
+    code, events, err = door_run(site / "config.yaml", clip)
+    assert code == 0, err[-3000:]
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["obama", "obama"], events
     assert unlocks[1]["t"] - unlocks[0]["t"] > 0  # in order
@@ -119,12 +108,11 @@ def test_clip_unlocks_exactly_the_enrolled_person(tmp_path, clip):
     assert [json.loads(line)["event"] for line in out.stdout.splitlines()].count("unlock") == 2
 
 
-def test_hanging_hook_is_killed_and_the_door_goes_on(tmp_path, clip):
+def test_hanging_hook_is_killed_and_the_door_goes_on(tmp_path, clip, door_run):
     site = make_site(tmp_path, [sys.executable, "-c", "import time; time.sleep(60)"], hook_timeout=0.5)
     started = time.monotonic()
-    proc = run_door(site, clip)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = events_of(proc.stdout)
+    code, events, err = door_run(site / "config.yaml", clip)
+    assert code == 0, err[-3000:]
     assert [e["name"] for e in events if e["event"] == "unlock"] == ["obama", "obama"]
     faults = [e for e in events if e["event"] == "fault"]
     # the first hook hits its timeout; the last may instead be cut short by the end of the clip

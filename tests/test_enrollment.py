@@ -176,7 +176,7 @@ def run(capsys, *argv):
 
 
 @pytest.mark.model
-def test_enroll_from_photos_checks_each_and_refuses_a_collision_without_yes(capsys, site):
+def test_enroll_from_photos_checks_each_and_refuses_a_collision_without_yes(capsys, site, shared_encoder):
     config = site / "config.yaml"
     code, _, err = run(capsys, "enroll", "barack", "--config", config, "--from", FR_IMAGES / "obama2.jpg")
     assert code == 2 and "within the threshold of obama" in err and "--yes" in err
@@ -198,7 +198,7 @@ def test_enroll_from_photos_checks_each_and_refuses_a_collision_without_yes(caps
 
 
 @pytest.mark.model
-def test_review_lists_a_denied_attempt_and_enroll_from_snapshot_adds_it(capsys, site):
+def test_review_lists_a_denied_attempt_and_enroll_from_snapshot_adds_it(capsys, site, shared_encoder):
     log_path = site / "access_log.sqlite"
     snaps = site / "snapshots"
     snaps.mkdir()
@@ -251,7 +251,7 @@ def test_unlock_snapshots_are_kept_and_review_lists_them(capsys, site, tmp_path)
 
 @pytest.mark.model
 @needs_clip
-def test_enroll_command_sweeps_a_real_clip_headless(capsys, site):
+def test_enroll_command_sweeps_a_real_clip_headless(capsys, site, shared_encoder):
     code, out, err = run(capsys, "enroll", "tran", "--config", site / "config.yaml", "--json", "--headless",
                          "--source", HEADTURN)
     assert code == 0, err

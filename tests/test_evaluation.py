@@ -303,7 +303,7 @@ def test_lfw_fold_1(cfg, detector, encoder, tmp_path):
 # --- the commands -----------------------------------------------------------------------------------------------------
 
 
-def test_calibrate_and_eval_commands(lfw_like, tmp_path, capsys):
+def test_calibrate_and_eval_commands(lfw_like, shared_encoder, tmp_path, capsys):
     from door_access.cli import main
 
     pairs_file, root = lfw_like

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,13 +15,11 @@ from door_access.faces.capture import Capture
 from door_access.faces.photos import load_rgb
 from door_access.liveness.challenge import LEFT, RIGHT, SPOKEN
 from door_access.liveness.cues import DEFORMABLE, LivenessChecker, eye_aspect_ratio, non_rigid_motion
-from door_access.tools.democlip import Segment, write_clip, write_photo_attack
+from door_access.tools.democlip import Segment, write_clip
 from door_access.tools.liveness_eval import _quiet
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA, write_site
 
-# this checkout's code, not whatever the shared venv's `door-access` script was installed from
-DOOR = [sys.executable, "-m", "door_access"]
 HAMILTON = SHARED_DATA / "face_recognition_examples"
 
 
@@ -97,31 +92,23 @@ liveness:
 {extra}""")
 
 
-@pytest.fixture(scope="module")
-def attack_clip(tmp_path_factory, detector):
-    return write_photo_attack(detector, FR_IMAGES / "obama2.jpg", tmp_path_factory.mktemp("attack") / "attack.mp4",
-                              seconds=6.0)
+def _events(door_run, site, source, *extra):
+    code, events, err = door_run(site / "config.yaml", source, *extra)
+    assert code == 0, err[-3000:]
+    return events
 
 
-def _events(site, source, *extra):
-    proc = subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(source),
-                           "--headless", "--events-json", *extra], capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
-def test_photo_attack_is_denied_for_no_liveness(tmp_path, attack_clip):
-    events = _events(_site(tmp_path, liveness=True, extra="  challenge: \"off\"\n"), attack_clip)
+def test_photo_attack_is_denied_for_no_liveness(tmp_path, door_run, photo_attack_clip):
+    events = _events(door_run, _site(tmp_path, liveness=True, extra="  challenge: \"off\"\n"), photo_attack_clip)
     assert not [e for e in events if e["event"] == "unlock"]
     denied = [e for e in events if e["event"] == "denied"]
     assert denied and denied[0]["name"] == "obama" and denied[0]["detail"].startswith("no liveness")
 
 
-def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, attack_clip):
+def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, door_run, photo_attack_clip):
     """With no cue the door asks for an action, once; a photo moved by hand cannot perform it in time."""
     extra = "  challenge: on_doubt\n  challenge_after_s: 1.0\n  challenge_deadline_s: 3.0\n"
-    events = _events(_site(tmp_path, liveness=True, extra=extra), attack_clip)
+    events = _events(door_run, _site(tmp_path, liveness=True, extra=extra), photo_attack_clip)
     assert not [e for e in events if e["event"] == "unlock"]
     asked = [e for e in events if e["event"] == "challenge"]
     assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values()
@@ -130,10 +117,12 @@ def test_photo_attack_fails_the_challenge_it_is_asked(tmp_path, attack_clip):
     assert denied[0]["detail"].startswith("spoof (challenge failed"), denied[0]
 
 
-def test_the_shipped_default_asks_every_face_for_two_actions_and_a_photo_fails_the_first(tmp_path, attack_clip):
+def test_the_shipped_default_asks_every_face_for_two_actions_and_a_photo_fails_the_first(tmp_path, door_run,
+                                                                                        photo_attack_clip):
     """`challenge: always`, 2 steps: a photo cannot turn or blink, so the first step fails and the second is
     never asked. The deadline is cut to 3 s so the 6 s clip reaches it; all else is the shipped default."""
-    events = _events(_site(tmp_path, liveness=True, extra="  challenge_deadline_s: 3.0\n"), attack_clip)
+    events = _events(door_run, _site(tmp_path, liveness=True, extra="  challenge_deadline_s: 3.0\n"),
+                     photo_attack_clip)
     assert not [e for e in events if e["event"] == "unlock"]
     asked = [e for e in events if e["event"] == "challenge"]
     assert len(asked) == 1 and asked[0]["detail"] in SPOKEN.values()
@@ -142,14 +131,14 @@ def test_the_shipped_default_asks_every_face_for_two_actions_and_a_photo_fails_t
     assert denied[0]["detail"].count("asked") == 1  # the second step is never asked
 
 
-def test_same_clip_without_liveness_unlocks(tmp_path, attack_clip):
+def test_same_clip_without_liveness_unlocks(tmp_path, door_run, photo_attack_clip):
     """The control: the face in the attack clip is recognised, so the denial above is liveness's doing."""
-    events = _events(_site(tmp_path, liveness=False), attack_clip)
+    events = _events(door_run, _site(tmp_path, liveness=False), photo_attack_clip)
     assert [e["name"] for e in events if e["event"] == "unlock"] == ["obama"]
 
 
 @pytest.mark.skipif(not (HAMILTON / "short_hamilton_clip.mp4").is_file(), reason="../shared/data is not present")
-def test_real_people_on_video_still_get_in(tmp_path):
+def test_real_people_on_video_still_get_in(tmp_path, door_run):
     (tmp_path / "images").mkdir()
     for name in ("lin-manuel-miranda.png", "alex-lacamoire.png"):
         shutil.copy(HAMILTON / name, tmp_path / "images" / name)
@@ -157,7 +146,7 @@ def test_real_people_on_video_still_get_in(tmp_path):
                                           "tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
                                           "liveness:\n  challenge: on_doubt\n")  # passive: a clip answers nothing
     (tmp_path / "people.yaml").write_text('lin-manuel-miranda:\n  display_name: "Lin-Manuel Miranda"\n')
-    events = _events(tmp_path, HAMILTON / "short_hamilton_clip.mp4")
+    events = _events(door_run, tmp_path, HAMILTON / "short_hamilton_clip.mp4")
     unlocks = [e for e in events if e["event"] == "unlock"]
     assert [e["name"] for e in unlocks] == ["lin-manuel-miranda"]
     assert unlocks[0]["detail"].startswith("live after")
@@ -179,11 +168,12 @@ def small_face_clip(tmp_path_factory, detector):
 
 @pytest.mark.model
 @pytest.mark.parametrize("min_eye_px, unlocks", [(28, []), (0, ["obama"])])
-def test_a_face_under_min_eye_px_neither_votes_nor_unlocks(tmp_path, small_face_clip, min_eye_px, unlocks):
+def test_a_face_under_min_eye_px_neither_votes_nor_unlocks(tmp_path, door_run, small_face_clip, min_eye_px,
+                                                            unlocks):
     """The control (min_eye_px 0) unlocks on the same clip, so the gate is what keeps the door shut."""
     site = write_site(tmp_path, f"tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
                                 f"liveness:\n  enabled: false\ndetection:\n  upsample: 1\n  min_eye_px: {min_eye_px}\n")
-    events = _events(site, small_face_clip)
+    events = _events(door_run, site, small_face_clip)
     assert [e["name"] for e in events if e["event"] == "unlock"] == unlocks
 
 

@@ -35,9 +35,9 @@ pytestmark = [pytest.mark.model,
 def shapes_of(detector, cfg):
     """Landmarks of the largest face in each frame: `shapes_of(path, max_s)` -> [(t, points)], cached."""
     checker = LivenessChecker(LivenessConfig(), cfg.path("weights"))
-    cache: dict[tuple, list] = {}
+    cache: dict[tuple, list] = {}  # (path, noise) -> [frames left, landmarks so far, last time]
 
-    def frames(path: Path, max_s: float, noise: float):
+    def frames(path: Path, noise: float):
         rng = np.random.default_rng(0)
         if path.is_dir():
             for i, f in enumerate(sorted(path.glob("*.jpg"))):
@@ -46,7 +46,7 @@ def shapes_of(detector, cfg):
         cap = cv2.VideoCapture(str(path))
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
         i = 0
-        while i / fps <= max_s:
+        while True:
             ok, bgr = cap.read()
             if not ok:
                 break
@@ -56,25 +56,48 @@ def shapes_of(detector, cfg):
             i += 1
         cap.release()
 
-    def get(path: Path, max_s: float = 60.0, noise: float = 0.0):
-        key = (str(path), max_s, noise)
+    def stream(path: Path, max_s: float = 60.0, noise: float = 0.0):
+        """(t, points) of the first `max_s` seconds, found as far as the caller reads: each clip is decoded
+        and searched once (the slowest part of the suite), as far as any test has read it."""
+        key = (str(path), noise)
         if key not in cache:
-            out = []
-            for t, bgr in frames(path, max_s, noise):
+            cache[key] = [frames(path, noise), [], -1.0]
+        source, out, _ = state = cache[key]
+        i = 0
+        while True:
+            while i >= len(out) and state[2] <= max_s:  # read on: the next frame with a face, or the end
+                item = next(source, None)
+                if item is None:
+                    state[2] = float("inf")
+                    break
+                t, bgr = item
+                state[2] = t
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 scale = max(1.0, max(rgb.shape[:2]) / DETECT_SIDE)
                 rects = detector.detect(rgb, downscale=scale, upsample=1)
                 if rects:
                     out.append((t, checker.landmarks(rgb, max(rects, key=lambda r: r.width()))))
-            cache[key] = out
-        return cache[key]
+            if i >= len(out) or out[i][0] > max_s:
+                return
+            yield out[i]
+            i += 1
 
+    def get(path: Path, max_s: float = 60.0, noise: float = 0.0) -> list:
+        return list(stream(path, max_s, noise))
+
+    get.stream = stream
     return get
 
 
-def _play(shapes, cfg: LivenessConfig, action: str | None = None):
+def _play(shapes, cfg: LivenessConfig, action: str | None = None, until=None):
+    """Feed the landmarks to a checker; stop once `until(track)` holds (what a test asserts is settled
+    then, so the frames after it are never searched)."""
     checker = LivenessChecker(cfg, None, challenge_action=action)
-    verdicts = [checker.observe(1, t, points) for t, points in shapes]
+    verdicts = []
+    for t, points in shapes:
+        verdicts.append(checker.observe(1, t, points))
+        if until is not None and until(checker.tracks[1]):
+            break
     return checker.tracks[1], verdicts
 
 
@@ -83,7 +106,8 @@ CONFIRM_ONLY = LivenessConfig(challenge="off")
 
 
 def test_real_blinks_are_found(shapes_of):
-    g06, _ = _play(shapes_of(LIVE / "genuine/g06_repeating_selfie_blink.mp4"), BLINK_ONLY)
+    g06, _ = _play(shapes_of.stream(LIVE / "genuine/g06_repeating_selfie_blink.mp4"), BLINK_ONLY,
+                   until=lambda track: track.blinks >= 5)
     assert g06.blinks >= 5  # he blinks about every 1.3 s, once with the eyes shut for 2.4 s
     g08, verdicts = _play(shapes_of(LIVE / "genuine/g08_mounish_webcam_blink.mp4", max_s=4.0), BLINK_ONLY)
     assert g08.blinks >= 1 and verdicts[-1].cue == "blink"
@@ -182,7 +206,8 @@ def test_a_live_person_confirms_within_3_s_in_the_median_without_a_challenge(sha
     """The dev set's genuine videos, first 6 s each: how long from first sight to the first CONFIRM cue."""
     waits = {}
     for clip in sorted((LIVE / "genuine").glob("g*")):
-        track, _ = _play(shapes_of(clip, max_s=6.0), CONFIRM_ONLY)
+        track, _ = _play(shapes_of.stream(clip, max_s=6.0), CONFIRM_ONLY,
+                         until=lambda track: track.first_evidence_t is not None)
         waits[clip.name] = track.first_evidence_t - track.first_seen if track.first_evidence_t is not None else None
     print("liveness wait (s):", {k: v and round(v, 2) for k, v in waits.items()})
     confirmed = [w for w in waits.values() if w is not None]

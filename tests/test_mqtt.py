@@ -116,7 +116,7 @@ def test_remote_unlock_opens_the_door_is_logged_and_lock_relocks_at_once(broker,
 
 
 @pytest.mark.model
-def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, detector):
+def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, detector, encoder):
     """The real app on a real clip: obama, a long empty stretch, obama again. The broker is killed
     after the first unlock reaches it; the door keeps deciding; the second unlock, queued while the
     broker was away, arrives once it is back."""
@@ -139,7 +139,9 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
     hub = Listener(broker.port, "door-access/lobby/#", client_id="test-hub", persistent=True)
     topics = Topics(cfg.mqtt, "lobby")
     events: list[Event] = []
-    pipeline = build_pipeline(cfg, cfg.path("images"), open_capture(cfg, str(clip), realtime=True), events.append)
+    # played in real time: the broker is killed and restarted while the clip's empty stretch plays
+    pipeline = build_pipeline(cfg, cfg.path("images"), open_capture(cfg, str(clip), realtime=True), events.append,
+                              encoder=encoder)
     pipeline.start()
     try:
         def unlocks_on_mqtt():

@@ -178,18 +178,19 @@ def test_a_bgr_frame_gives_the_same_landmarks_and_chip_as_the_rgb_frame():
 @pytest.mark.skipif(not G11.is_file(), reason=f"shared real data not found at {G11}")
 def test_the_lanes_search_rgb_where_hog_breaks_a_tie_by_channel_order():
     """HOG keeps the strongest channel's gradient; on a few frames of g11 a tie makes BGR and RGB
-    differ, so the lanes hand HOG the RGB shrunk frame and find what `detect` finds on RGB."""
+    differ, so the lanes hand HOG the RGB shrunk frame and find what `detect` finds on RGB.
+    Measured: frames 40, 80 and 100 of the first 200 tie, so the first 120 hold them all."""
     detector = FaceDetector(DetectionConfig(workers=2, full_scan_every=1), REPO / "weights")
     cap = cv2.VideoCapture(str(G11))
     tied = []
-    for _ in range(200):
+    for _ in range(120):
         ok, bgr = cap.read()
         assert ok
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         want = [edges(r).tolist() for r in detector.detect(rgb)]
         if [edges(r).tolist() for r in detector.detect(bgr)] != want:
             tied.append((bgr, want))
-    assert tied  # measured: 2 of the first 200 frames
+    assert tied  # measured: 3 frames
     frames = queue.Queue()
     for i, (bgr, _) in enumerate(tied):
         frames.put(Frame(i, float(i), bgr))

@@ -175,17 +175,15 @@ def _first_seconds(src, out, seconds: float):
 
 @pytest.mark.model
 @needs_data
-def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, tmp_path):
+def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, encoder, tmp_path):
     """Two short real clips through the real pipeline (eval-liveness's own code): the phone photo
     (a02, the whole 2.6 s) gets the learned model's DENY and no unlock; a live man blinking (g06,
     its first 2.5 s, he blinks at 0.6 s) unlocks with no DENY cue."""
-    from door_access.faces.facenet import FaceEncoder
     from door_access.tools.liveness_eval import _quiet, eval_video, read_truth
 
     rows = {r["file"]: r for r in read_truth(LIVE)}
     run_cfg = _quiet(cfg)  # the passive path (a blink lets him in): not the shipped `always`
     run_cfg = dataclasses.replace(run_cfg, liveness=dataclasses.replace(run_cfg.liveness, challenge="on_doubt"))
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
 
     def play(name, clip):
         row = rows[name]
@@ -249,20 +247,16 @@ def test_eval_liveness_needs_a_truth_csv(tmp_path, capsys):
 
 
 @pytest.mark.model
-def test_the_synthetic_photo_attack_still_never_unlocks(cfg, detector, tmp_path):
+def test_the_synthetic_photo_attack_still_never_unlocks(cfg, encoder, photo_attack_clip):
     """The generated photo attack (a print moved, tilted and re-lit by hand) with the DENY cues on:
     it never unlocks, whether a DENY cue claims it or it is denied for want of a CONFIRM cue."""
-    from door_access.faces.facenet import FaceEncoder
-    from door_access.tools.democlip import write_photo_attack
     from door_access.tools.liveness_eval import _quiet, eval_video
 
     from conftest import FR_IMAGES
 
-    clip = write_photo_attack(detector, FR_IMAGES / "obama2.jpg", tmp_path / "attack.mp4", seconds=6.0)
     run_cfg = _quiet(cfg)  # no challenge: this is about the DENY cues staying quiet, and no CONFIRM cue
     run_cfg = dataclasses.replace(run_cfg, liveness=dataclasses.replace(run_cfg.liveness, challenge="off"))
-    encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
-    result = eval_video(run_cfg, encoder, clip, FR_IMAGES / "obama.jpg",
+    result = eval_video(run_cfg, encoder, photo_attack_clip, FR_IMAGES / "obama.jpg",
                         {"file": "attack.mp4", "kind": "attack_print"}, realtime=False)
     assert not result["unlocked"] and not result["pipeline_unlocked"], result
     assert result["outcome"].startswith(("denied: no liveness", "denied: spoof")), result
