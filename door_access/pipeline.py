@@ -269,7 +269,7 @@ class Pipeline:
             if item is END:
                 self._put(self.to_encoder, END)
                 return
-            frame, rects, shrunk = item  # a parallel_detection.Detected
+            frame, rects = item  # a parallel_detection.Detected
             image = frame.image  # BGR: landmarks read (r + g + b) / 3, chips are turned to RGB
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
             out = FrameFaces(frame)

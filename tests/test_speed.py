@@ -208,11 +208,11 @@ def test_the_lanes_search_rgb_where_hog_breaks_a_tie_by_channel_order():
         for lane in lanes:
             lane.join(1.0)
         detected.close()
-    assert [[edges(r).tolist() for r in rects] for _, rects, _ in got] == [want for _, want in tied]
+    assert [[edges(r).tolist() for r in rects] for _, rects in got] == [want for _, want in tied]
 
 
 def detect_clip(detector: FaceDetector, workers: int, procs: list | None = None):
-    """(frame, rects, shrunk) for every frame of the clip from DetectedFrames."""
+    """(frame, rects) for every frame of the clip from DetectedFrames."""
     capture = Capture(str(CLIP), realtime=False, lost_after_s=3.0, reconnect_min_s=0.5, reconnect_max_s=1.0)
     stop = threading.Event()
     detected = DetectedFrames(capture.frames, detector, workers, stop)
@@ -252,7 +252,7 @@ def test_two_detector_processes_hand_frames_on_in_order_with_the_same_faces():
     total = int(cv2.VideoCapture(str(CLIP)).get(cv2.CAP_PROP_FRAME_COUNT))
     assert [item.frame.index for item in out] == list(range(total))  # every frame of the file, in order
     in_thread = FaceDetector(DetectionConfig(), REPO / "weights")
-    for frame, rects, _ in out[::20]:
+    for frame, rects in out[::20]:
         assert [edges(r).tolist() for r in rects] == [edges(r).tolist() for r in in_thread.detect(rgb_of(frame))]
     assert sum(len(item.rects) for item in out) > 0
     assert not any(p.is_alive() for p in procs)  # closed with the pipeline
@@ -276,18 +276,18 @@ def test_between_full_scans_the_faces_are_found_in_their_regions_the_same_with_o
             for w in (1, 2, 2)]
     out = runs[0]
     for other in runs[1:]:
-        assert [[edges(r).tolist() for r in rects] for _, rects, _ in other] == \
-            [[edges(r).tolist() for r in rects] for _, rects, _ in out]
-    full = [in_thread.detect(rgb_of(frame)) for frame, _, _ in out]
-    found = [[max((iou(a, b) for b in rects), default=0.0) >= 0.5 for a in f] for f, (_, rects, _) in zip(full, out)]
+        assert [[edges(r).tolist() for r in rects] for _, rects in other] == \
+            [[edges(r).tolist() for r in rects] for _, rects in out]
+    full = [in_thread.detect(rgb_of(frame)) for frame, _ in out]
+    found = [[max((iou(a, b) for b in rects), default=0.0) >= 0.5 for a in f] for f, (_, rects) in zip(full, out)]
     total, kept = sum(map(len, found)), sum(map(sum, found))
     assert total > 100
     # measured: 144 of 154; the misses are faces in the two frames after the full scan that first saw
     # them (those frames do not wait for it), faces first seen between full scans, and HOG flicker
     assert kept >= 0.93 * total, (kept, total)
-    for _, rects, _ in out:  # merged regions: never the same face twice
+    for _, rects in out:  # merged regions: never the same face twice
         assert all(iou(a, b) < 0.5 for i, a in enumerate(rects) for b in rects[i + 1:])
-    for frame, rects, _ in out[::4]:  # full scans: what a full scan finds, so a new face is found within 4 frames
+    for frame, rects in out[::4]:  # full scans: what a full scan finds, so a new face is found within 4 frames
         assert [edges(r).tolist() for r in rects] == [edges(r).tolist() for r in full[frame.index]]
 
 

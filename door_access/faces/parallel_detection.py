@@ -58,7 +58,6 @@ def _hog_process(conn, upsample: int) -> None:
 class Detected(NamedTuple):
     frame: Frame
     rects: list  # dlib rectangles, in the full frame's pixels
-    shrunk: np.ndarray  # the BGR frame at `detection.max_side` that was searched
 
 
 class DetectedFrames:
@@ -130,7 +129,7 @@ class DetectedFrames:
                 self._deposit(seq, END)
                 return
             scale = self.detector.video_scale(frame.image.shape)
-            shrunk = shrink(frame.image, scale)  # BGR, handed on: the spoof cues' work frame comes from it
+            shrunk = shrink(frame.image, scale)
             # only the shrunk copy is turned to RGB (resizing works per channel, so this is the RGB
             # frame shrunk): HOG, which keeps the strongest channel's gradient, breaks its rare ties by
             # channel order (2 of 200 frames of the g11 clip)
@@ -149,7 +148,7 @@ class DetectedFrames:
                 return  # stopping
             rects = scale_rects([e for r, f in zip(regions, found) for e in to_frame(f, r)], scale)
             boxes = [Box(r.left(), r.top(), r.width(), r.height()) for r in rects]
-            self._deposit(seq, Detected(frame, rects, shrunk), boxes)
+            self._deposit(seq, Detected(frame, rects), boxes)
 
     def _known(self, seq: int) -> list[Box] | None:
         """The faces found in the earlier frames that frame `seq` searches around, once they are
