@@ -141,8 +141,13 @@ def soak(cfg: Config, images: Path, clip: Path, hot_photo: Path, duration_s: flo
     hot_target = gallery / hot_name / f"soak{hot_photo.suffix.lower()}"
     hooks = work / "hooks.log"
     hook = (sys.executable, "-c", HOOK, str(hooks))
+    # a recording cannot answer the spoken challenge: with `always` it would never unlock, and the soak
+    # would not exercise unlocks and relocks at all; its passive cues let the clip's person in instead
+    live = cfg.liveness if cfg.liveness.challenge != "always" else dataclasses.replace(cfg.liveness,
+                                                                                        challenge="on_doubt")
     cfg = dataclasses.replace(
         cfg,
+        liveness=live,
         door=dataclasses.replace(cfg.door, unlock_command=hook, relock_command=hook),
         tts=dataclasses.replace(cfg.tts, wav_dir=str(work / "wav")),
         access_log=dataclasses.replace(cfg.access_log, path=str(work / "log.sqlite"),
