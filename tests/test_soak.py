@@ -88,8 +88,9 @@ def trimmed(clip: Path, out: Path, seconds: float) -> Path:
 @pytest.mark.model
 def test_a_short_real_soak_reports_samples_events_and_checks(tmp_path, shared_encoder, capsys):
     """`soak` in this process on the session's FaceNet (its exit code and report are the CLI's), on the
-    Hamilton clip's first 3 s looped for 6 s: the report's every part (9+ samples, 3 hot enroll/remove
-    toggles seen by the gallery's 0.5 s poll, a loop of the clip) comes from a run this short."""
+    Hamilton clip's first 4 s (lin denied, two challenges: events to log) looped for 6 s. The report's
+    every part (9+ samples, 3 hot enroll/remove toggles seen by the gallery's 0.5 s poll, a loop of the
+    clip) comes from a run this short."""
     from door_access.cli import main
 
     if not (CLIPS / "short_hamilton_clip.mp4").is_file():
@@ -98,7 +99,7 @@ def test_a_short_real_soak_reports_samples_events_and_checks(tmp_path, shared_en
     (tmp_path / "images" / "lin" / "a.png").write_bytes((CLIPS / "lin-manuel-miranda.png").read_bytes())
     (tmp_path / "config.yaml").write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n"
                                           "pipeline:\n  gallery_poll_s: 0.5\n")
-    clip = trimmed(CLIPS / "short_hamilton_clip.mp4", tmp_path / "hamilton_3s.mp4", 3.0)
+    clip = trimmed(CLIPS / "short_hamilton_clip.mp4", tmp_path / "hamilton_4s.mp4", 4.0)
     out = tmp_path / "report.json"
     capsys.readouterr()
     code = main(["soak", "--config", str(tmp_path / "config.yaml"),
