@@ -237,7 +237,9 @@ def test_a_camera_that_delivers_nothing_is_camera_lost_not_a_stall(tmp_path, enc
     pipeline.start()
     try:
         assert wait_for(lambda: [e for e in events if e.event == CAMERA_LOST], BOUND_S)
-        time.sleep(6 * cfg.watchdog.stall_s)  # the watchdog checks 4 times a second all along
+        # silent for 4x stall_s more, the watchdog checking 4 times a second: longer than the backoff's cap
+        # (2 s), through backoffs of 0.2, 0.4, 0.8 and 1.6 s (the last longer than stall_s) into the 2 s one
+        time.sleep(4 * cfg.watchdog.stall_s)
         assert pipeline.failure is None and not pipeline.stop_event.is_set()
     finally:
         pipeline.stop()
