@@ -4,13 +4,16 @@ import itertools
 import json
 import os
 import shutil
+import sqlite3
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from door_access.core import EMBEDDING_SIZE
 from door_access.faces.photos import load_rgb
 from door_access.recognition.gallery import EmbeddingCache, Gallery
 from door_access.tools.evaluation import (
@@ -22,6 +25,7 @@ from door_access.tools.evaluation import (
     evaluate_pairs,
     evaluate_pairs_detailed,
     make_lfw_embedder,
+    make_lfw_records,
     read_pairs,
 )
 
@@ -249,24 +253,75 @@ def test_no_face_falls_back_to_the_central_box_and_unreadable_pairs_score_distan
     assert r.distances[0] < MISSING_DISTANCE and r.distances[3] < MISSING_DISTANCE
 
 
+class Refuse:
+    """A detector or encoder that must not be used: everything is in the cache."""
+
+    def __init__(self, encoder):
+        self.weights_id = encoder.weights_id
+
+    def __getattr__(self, name):
+        raise AssertionError(f"{name} called although everything is cached")
+
+
+class CountingEncoder:
+    """The real encoder, counting the chips it is given."""
+
+    def __init__(self, encoder):
+        self.encoder, self.weights_id, self.chips = encoder, encoder.weights_id, 0
+
+    def encode(self, chips):
+        self.chips += len(chips)
+        return self.encoder.encode(chips)
+
+
 def test_cached_rerun_detects_and_encodes_nothing(cfg, detector, encoder, tmp_path):
-    class Refuse:
-        weights_id = encoder.weights_id
-
-        def __getattr__(self, name):
-            raise AssertionError(f"{name} called although everything is cached")
-
     pairs_file, root = failure_layout(tmp_path)
     paths = sorted(root.rglob("*.jpg")) + [root / "mindy_kaling" / "mindy_kaling_0003.jpg"]
     cache = EmbeddingCache(tmp_path / "cache.sqlite", "k")
     first, first_ok = make_lfw_embedder(cfg, detector, encoder, cache)(paths)
-    again, again_ok = make_lfw_embedder(cfg, Refuse(), Refuse(), cache)(paths)
+    again, again_ok = make_lfw_embedder(cfg, Refuse(encoder), Refuse(encoder), cache)(paths)
     np.testing.assert_array_equal(again, first)  # NaN rows included
     assert again_ok == first_ok == [True, False, False, True, False]  # the central-box verdict is cached too
 
     other = EmbeddingCache(tmp_path / "cache.sqlite", "another-key")  # a different key shares nothing
     with pytest.raises(AssertionError, match="called although everything is cached"):
-        make_lfw_embedder(cfg, Refuse(), Refuse(), other)(paths[:1])
+        make_lfw_embedder(cfg, Refuse(encoder), Refuse(encoder), other)(paths[:1])
+
+
+def test_mirror_images_are_encoded_only_for_flip_averaging(cfg, detector, encoder, tmp_path):
+    """Without flip the chips alone are encoded (the mirrors doubled FaceNet's work for nothing); with
+    it, records cached without mirrors are made again, and flip averages each chip with its mirror's."""
+    _, root = failure_layout(tmp_path)
+    paths = sorted(root.rglob("*.jpg"))  # ben 1 (a face), ben 2 (truncated), mindy 1 (central box), mindy 2
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", "k")
+    counting = CountingEncoder(encoder)
+    records = make_lfw_records(cfg, detector, counting, cache)
+
+    plain = records(paths)
+    assert counting.chips == 3  # one chip per readable photo, no mirror image
+    assert np.isnan(plain.flipped).all()
+    with pytest.raises(RuntimeError, match="mirrored=True"):
+        plain.embeddings(True)
+    readable = ~np.isnan(plain.plain).any(axis=1)
+    assert readable.tolist() == [True, False, True, True]
+
+    mirrored = records(paths, mirrored=True)
+    assert counting.chips == 3 + 2 * 3  # the cached records had no mirrors: chips and mirrors encoded
+    np.testing.assert_allclose(mirrored.plain, plain.plain, atol=1e-5)  # NaN rows included
+    assert mirrored.ok == plain.ok and not np.isnan(mirrored.flipped[readable]).any()
+    [face] = detector.photo_faces(load_rgb(paths[0], cfg.photo.max_pixels))
+    np.testing.assert_allclose(mirrored.flipped[0], encoder.encode(face.chip[None, :, ::-1])[0], atol=1e-5)
+    averaged = mirrored.embeddings(True)[readable]
+    expected = mirrored.plain[readable] + mirrored.flipped[readable]
+    np.testing.assert_allclose(averaged, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
+    assert (np.linalg.norm(averaged - plain.plain[readable], axis=1) > 1e-3).all()
+
+    # both halves are cached now: flip or not, a rerun detects and encodes nothing
+    embedded, ok = make_lfw_embedder(cfg, Refuse(encoder), Refuse(encoder), cache, flip=True)(paths)
+    np.testing.assert_array_equal(embedded, mirrored.embeddings(True))
+    assert ok == mirrored.ok
+    np.testing.assert_array_equal(make_lfw_embedder(cfg, Refuse(encoder), Refuse(encoder), cache)(paths)[0],
+                                  mirrored.plain)
 
 
 def test_read_pairs_rejects_malformed_files(tmp_path):
@@ -326,6 +381,44 @@ def test_calibrate_and_eval_commands(lfw_like, shared_encoder, tmp_path, capsys)
     assert main(["eval", "--config", str(config), "--pairs", str(pairs_file), "--root", str(root), "--folds", "x"]) == 2
     assert "--folds" in capsys.readouterr().err
     assert main(["calibrate", "--config", str(config), "--images", str(root), "--target-far", "2"]) == 2
+
+
+def _mirror_halves(cache: Path) -> np.ndarray:
+    """The mirrored-chip embeddings of every record in an eval cache."""
+    with closing(sqlite3.connect(cache)) as db:
+        blobs = [row[0] for row in db.execute("SELECT embedding FROM embeddings WHERE embedding IS NOT NULL")]
+    return np.stack([np.frombuffer(b, np.float32) for b in blobs])[:, EMBEDDING_SIZE:2 * EMBEDDING_SIZE]
+
+
+def test_eval_open_set_command_encodes_mirrors_for_flip_1_only(lfw_like, shared_encoder, tmp_path, capsys):
+    from door_access.cli import main
+
+    _, people = lfw_like
+    root = tmp_path / "open_set"  # 3 people with 2 photos (enrolled from one, probed with the other), 2 strangers
+    for k, person in enumerate(sorted(p.name for p in people.iterdir())):
+        (root / person).mkdir(parents=True)
+        for photo in sorted((people / person).glob("*.jpg"))[:2 if k < 3 else 1]:
+            shutil.copy(photo, root / person / photo.name)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\n")
+    command = ["eval", "--config", str(config), "--open-set", str(root), "--people", "2", "--seeds", "1", "--json"]
+
+    results = {}
+    for flip in ("0", "1"):
+        assert main(command + ["--flip", flip]) == 0
+        results[flip] = json.loads(capsys.readouterr().out)
+        [cache] = tmp_path.rglob("eval.sqlite")
+        halves = _mirror_halves(cache)
+        assert len(halves) == 7  # 3 enrolled, 2 probes (--people 2), 2 strangers
+        # --flip 0 encodes no mirror image; --flip 1 makes the records again with them
+        assert np.isnan(halves).all() if flip == "0" else not np.isnan(halves).any()
+    assert results["0"]["flip"] is False and results["1"]["flip"] is True
+    for result in results.values():
+        [s] = result["slices"]
+        assert s["refused_enrollments"] == 0 and s["enrollment_photos"] == 2
+        assert s["at_zero_strangers"]["recognised"] == 2 and s["at_zero_strangers"]["wrong_person"] == 0
+        assert result["gallery_growth"]["3"] == {"enrolled": 3, "strangers": 2, "accepted": 0,
+                                                 "far_per_stranger": 0.0}
 
 
 # --- the door's own rule: 1:K scores and the open set (issue 8, seam 4) --------------------------------------------
@@ -413,7 +506,7 @@ def test_draw_slice_enrolls_k_photos_and_fuses_m_for_probes_and_strangers():
 @pytest.mark.model
 @pytest.mark.skipif(not (SHARED_DATA / "lfw" / "images_deepfunneled").is_dir(), reason="../shared/data/lfw is absent")
 def test_open_set_on_a_small_lfw_slice(cfg, detector, encoder, tmp_path):
-    from door_access.tools.evaluation import evaluate_open_set, make_lfw_records
+    from door_access.tools.evaluation import evaluate_open_set
 
     records = make_lfw_records(cfg, detector, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
     root = SHARED_DATA / "lfw" / "images_deepfunneled"

@@ -8,7 +8,10 @@ checker is fed those landmark arrays, as the pipeline's detector stage does.
 from __future__ import annotations
 
 import dataclasses
+import queue
 import statistics
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 
 from door_access.config import LivenessConfig
+from door_access.faces.detection import FaceDetector
 from door_access.liveness.challenge import LEFT, RIGHT
 from door_access.liveness.cues import LivenessChecker
 from door_access.tools.democlip import write_photo_attack
@@ -26,6 +30,7 @@ from conftest import FR_IMAGES, SHARED_DATA
 LIVE = SHARED_DATA / "liveness"
 RA_FPS = 25.0 / 12  # Replay-Attack frame folders: every ~12th frame of a 25 FPS recording
 DETECT_SIDE = 640  # frames are shrunk to this for finding the face; landmarks use the full frame
+SEARCHERS = 2  # frames searched at once: dlib's HOG releases the GIL, and the machine has 2 cores
 
 pytestmark = [pytest.mark.model,
               pytest.mark.skipif(not LIVE.is_dir(), reason="../shared/data/liveness is not present")]
@@ -36,6 +41,18 @@ def shapes_of(detector, cfg):
     """Landmarks of the largest face in each frame: `shapes_of(path, max_s)` -> [(t, points)], cached."""
     checker = LivenessChecker(LivenessConfig(), cfg.path("weights"))
     cache: dict[tuple, list] = {}  # (path, noise) -> [frames left, landmarks so far, last time]
+    detectors = queue.SimpleQueue()  # one FaceDetector per searching thread (they are not thread-safe)
+    detectors.put(detector)
+    for _ in range(SEARCHERS - 1):
+        detectors.put(FaceDetector(cfg.detection, cfg.path("weights")))
+    pool = ThreadPoolExecutor(SEARCHERS)
+
+    def faces(rgb: np.ndarray) -> list:
+        searcher = detectors.get()
+        try:
+            return searcher.detect(rgb, downscale=max(1.0, max(rgb.shape[:2]) / DETECT_SIDE), upsample=1)
+        finally:
+            detectors.put(searcher)
 
     def frames(path: Path, noise: float):
         rng = np.random.default_rng(0)
@@ -56,12 +73,26 @@ def shapes_of(detector, cfg):
             i += 1
         cap.release()
 
+    def searched(path: Path, noise: float):
+        """(t, rgb, face rectangles) of each frame in order, the next frames searched meanwhile on the
+        other core: the same rectangles as searching one frame at a time, in about half the time."""
+        ahead = deque()
+        for t, bgr in frames(path, noise):
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            ahead.append((t, rgb, pool.submit(faces, rgb)))
+            if len(ahead) > SEARCHERS:
+                t, rgb, rects = ahead.popleft()
+                yield t, rgb, rects.result()
+        while ahead:
+            t, rgb, rects = ahead.popleft()
+            yield t, rgb, rects.result()
+
     def stream(path: Path, max_s: float = 60.0, noise: float = 0.0):
         """(t, points) of the first `max_s` seconds, found as far as the caller reads: each clip is decoded
         and searched once (the slowest part of the suite), as far as any test has read it."""
         key = (str(path), noise)
         if key not in cache:
-            cache[key] = [frames(path, noise), [], -1.0]
+            cache[key] = [searched(path, noise), [], -1.0]
         source, out, _ = state = cache[key]
         i = 0
         while True:
@@ -70,11 +101,8 @@ def shapes_of(detector, cfg):
                 if item is None:
                     state[2] = float("inf")
                     break
-                t, bgr = item
+                t, rgb, rects = item
                 state[2] = t
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                scale = max(1.0, max(rgb.shape[:2]) / DETECT_SIDE)
-                rects = detector.detect(rgb, downscale=scale, upsample=1)
                 if rects:
                     out.append((t, checker.landmarks(rgb, max(rects, key=lambda r: r.width()))))
             if i >= len(out) or out[i][0] > max_s:
@@ -86,7 +114,8 @@ def shapes_of(detector, cfg):
         return list(stream(path, max_s, noise))
 
     get.stream = stream
-    return get
+    yield get
+    pool.shutdown(cancel_futures=True)
 
 
 def _play(shapes, cfg: LivenessConfig, action: str | None = None, until=None):

@@ -455,13 +455,14 @@ def evaluate_pairs_detailed(pairs_file: Path, root: Path, embed: EmbedFn, folds:
     return result
 
 
-RECORD_SIZE = 2 * EMBEDDING_SIZE + 2  # plain embedding, mirrored-chip embedding, faces found, dominance
+RECORD_SIZE = 2 * EMBEDDING_SIZE + 2  # plain embedding, mirrored-chip embedding (NaN: not encoded), faces, dominance
 SOLE_FACE = 1e6  # the dominance of the only face in a photo
 
 
 @dataclass
 class PhotoRecords:
-    """What an LFW-style photo gives, per photo: the face nearest the centre, embedded as is and mirrored.
+    """What an LFW-style photo gives, per photo: the face nearest the centre, embedded as is and, when
+    asked for, mirrored.
 
     `faces` is how many faces were detected (0: aligned on the central box instead) and
     `dominance` the area of the centre face over the largest other face (SOLE_FACE when alone),
@@ -470,7 +471,7 @@ class PhotoRecords:
     """
 
     plain: np.ndarray  # (N, 128)
-    flipped: np.ndarray  # (N, 128): the horizontally mirrored chip
+    flipped: np.ndarray  # (N, 128): the horizontally mirrored chip (NaN unless records were asked to mirror)
     faces: np.ndarray  # (N,) int
     dominance: np.ndarray  # (N,) float
     ok: list[bool]  # a face was detected and the photo was readable
@@ -479,20 +480,24 @@ class PhotoRecords:
         """Unit embeddings: the plain ones, or the normalised mean of plain and mirrored (flip averaging)."""
         if not flip:
             return self.plain
+        if np.isnan(self.flipped[~np.isnan(self.plain).any(axis=1)]).any():
+            raise RuntimeError("flip averaging needs records made with mirrored=True")
         mean = self.plain + self.flipped
         return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
 def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
                      cache: EmbeddingCache | None = None,
-                     batch_size: int = LFW_BATCH) -> Callable[[list[Path]], PhotoRecords]:
-    """A `records(paths) -> PhotoRecords` for LFW-style crops centred on their subject.
+                     batch_size: int = LFW_BATCH) -> Callable[..., PhotoRecords]:
+    """A `records(paths, mirrored=False) -> PhotoRecords` for LFW-style crops centred on their subject.
 
     Per photo: the detected face closest to the image centre (others at the edges are
     bystanders); with no face found, the 5-point aligner on the central 44% box (110 px of
-    LFW's 250), flagged not ok. The chip and its mirror image are encoded `batch_size`
-    photos at a time. With a cache, each photo's record is stored by file content under the
-    cache's key plus this pipeline's settings, so a rerun detects and encodes nothing.
+    LFW's 250), flagged not ok. The chips are encoded `batch_size` photos at a time, and their
+    mirror images too only when `mirrored` (flip averaging; otherwise `flipped` is NaN: encoding
+    them doubled FaceNet's work for nothing). With a cache, each photo's record is stored by file
+    content under the cache's key plus this pipeline's settings, so a rerun detects and encodes
+    nothing; a record cached without its mirror is made again when a mirrored one is asked for.
     """
     plain = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, dominant_ratio=0.0))
     settings = f"{chip_settings(plain, encoder)}:c{CENTRAL_BOX:.3f}"  # records keep every face: no enrollment rule
@@ -513,7 +518,7 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
         rect = dlib.rectangle(left, top, left + round(side) - 1, top + round(side) - 1)
         return detector.align(rgb, rect).chip, 0, SOLE_FACE
 
-    def records(paths: list[Path]) -> PhotoRecords:
+    def records(paths: list[Path], mirrored: bool = False) -> PhotoRecords:
         paths = [Path(p) for p in paths]
         out = np.full((len(paths), RECORD_SIZE), np.nan, np.float32)
         by_digest: dict[str, list[int]] = {}
@@ -533,7 +538,8 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
 
         todo = []
         for sha in by_digest:
-            if sha in known:
+            if sha in known and not (mirrored and isinstance(known[sha], np.ndarray)
+                                     and np.isnan(known[sha][EMBEDDING_SIZE:2 * EMBEDDING_SIZE]).any()):
                 store(sha, known[sha])
             else:
                 todo.append(sha)
@@ -555,9 +561,12 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
                 digests.append(sha)
                 info.append((n, dominance))
             if chips:
-                emb = encoder.encode(np.concatenate([np.stack(chips), np.stack(chips)[:, :, ::-1]]))
+                batch = np.stack(chips)
+                emb = encoder.encode(np.concatenate([batch, batch[:, :, ::-1]]) if mirrored else batch)
+                unmirrored = np.full(EMBEDDING_SIZE, np.nan)
                 for k, (sha, (n, dominance)) in enumerate(zip(digests, info)):
-                    record = np.concatenate([emb[k], emb[len(chips) + k], [n, dominance]]).astype(np.float32)
+                    mirror = emb[len(chips) + k] if mirrored else unmirrored
+                    record = np.concatenate([emb[k], mirror, [n, dominance]]).astype(np.float32)
                     store(sha, record)
                     rows.append((sha, record, None))
             if store_cache is not None:
@@ -573,11 +582,11 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
 def make_lfw_embedder(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
                       cache: EmbeddingCache | None = None, batch_size: int = LFW_BATCH, flip: bool = False) -> EmbedFn:
     """An `embed(paths) -> (embeddings, ok)` over `make_lfw_records` (see there); `flip` averages
-    each chip's embedding with its mirror image's."""
+    each chip's embedding with its mirror image's (and only then are mirror images encoded)."""
     records = make_lfw_records(cfg, detector, encoder, cache, batch_size)
 
     def embed(paths: list[Path]) -> tuple[np.ndarray, list[bool]]:
-        r = records(paths)
+        r = records(paths, mirrored=flip)
         return r.embeddings(flip), r.ok
 
     return embed
@@ -724,7 +733,7 @@ def _votes(recognizer, photos: np.ndarray, sizes: Sequence[int], required: int, 
     return out
 
 
-def evaluate_open_set(records: Callable[[list[Path]], PhotoRecords], root: Path, n: int, seeds: Sequence[int],
+def evaluate_open_set(records: Callable[..., PhotoRecords], root: Path, n: int, seeds: Sequence[int],
                       threshold: float, margin: float = 0.0, flip: bool = False, dominant_ratio: float = 0.0,
                       gallery_sizes: Sequence[int] = GALLERY_SIZES, enroll: int = 1, frames: int = 1,
                       voting: tuple[int, int] | None = None) -> dict:
@@ -753,7 +762,8 @@ def evaluate_open_set(records: Callable[[list[Path]], PhotoRecords], root: Path,
         enroll_paths, _ = _flat(sl.enroll_photos)
         probe_paths, probe_sizes = _flat(sl.probe_photos)
         stranger_paths, stranger_sizes = _flat(sl.strangers)
-        r_enroll, r_probe, r_stranger = records(enroll_paths), records(probe_paths), records(stranger_paths)
+        r_enroll, r_probe, r_stranger = (records(paths, mirrored=flip)
+                                         for paths in (enroll_paths, probe_paths, stranger_paths))
         usable = ~np.isnan(r_enroll.plain).any(axis=1) & np.array(r_enroll.ok)
         dominant = r_enroll.dominance >= dominant_ratio if dominant_ratio > 0 else np.zeros(len(usable), bool)
         usable &= (r_enroll.faces == 1) | dominant
