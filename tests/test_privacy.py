@@ -281,9 +281,15 @@ def test_enroll_run_check_then_forget_on_real_photos_and_a_real_run(tmp_path, de
     assert refused.returncode == 2 and "nothing removed" in refused.stderr
     assert sorted((site / "images" / "obama").iterdir()) == obama_photos
 
+    log = AccessLog(site / "log.sqlite")
+    try:  # two unlocks and their relocks; how many relocks name him depends on when the timer fired
+        naming = [e for e in log.last(1000) if e.name == "obama" or "obama" in e.detail]
+    finally:
+        log.close()
     done = json.loads(cli("forget", "obama", "--yes", "--json").stdout)
     assert sorted(done["photos"]) == [str(p) for p in obama_photos] and done["policy_entry"]
-    assert done["cache_rows"] == 2 and len(done["snapshots"]) == 2 and done["events_renamed"] >= 4
+    assert done["cache_rows"] == 2 and len(done["snapshots"]) == 2
+    assert done["events_renamed"] == len(naming) >= 3, (done, naming)
     pseudonym = done["pseudonym"]
     assert pseudonym.startswith("forgotten-") and not (site / "images" / "obama").exists()
     assert sorted(p.name for p in (site / "snapshots").iterdir()) == [snapshots[1].name]  # biden's stays
