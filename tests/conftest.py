@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -151,3 +153,31 @@ def celebrity_gallery(cfg, detector, encoder, session_dir):
 
     images = copy_people(CELEBRITY / "train", session_dir / "celebrity_images")
     return GalleryBuilder(cfg, detector, encoder).build(images)
+
+
+class Datagrams:
+    """A bound AF_UNIX datagram socket, as systemd's NOTIFY_SOCKET, collecting what arrives."""
+
+    def __init__(self, address: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.05)
+        self.got: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def messages(self) -> list[str]:
+        return [m for _, m in self.got]
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(1.0)
+        self.sock.close()

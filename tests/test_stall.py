@@ -14,7 +14,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from door_access.faces.parallel_detection import DetectedFrames
 from door_access.tools.democlip import Segment, write_clip
 from door_access.watchdog import EXIT_STALLED, Stalled
 
-from conftest import FR_IMAGES, REPO, make_config, wait_for, write_site
+from conftest import FR_IMAGES, REPO, Datagrams, make_config, wait_for, write_site
 
 DOOR = [sys.executable, "-m", "door_access"]
 CLI_ENV = dict(os.environ, PYTHONPATH=str(REPO))
@@ -92,31 +91,6 @@ def test_a_stage_that_blocks_forever_relocks_records_a_fault_and_stops_the_door(
     assert pipeline.watchdog.stalled[1] >= STALL_S
 
 
-class NotifySocket:
-    """systemd's side of sd_notify: a bound AF_UNIX datagram socket collecting the messages."""
-
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.got: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.got.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(1.0)
-        self.sock.close()
-
-
 def test_a_detector_process_frozen_with_sigstop_makes_the_door_exit_3_relocked(tmp_path, clip):
     site = write_site(tmp_path, f"""
 door:
@@ -131,7 +105,7 @@ liveness:
 watchdog:
   stall_s: {STALL_S}
 """)
-    notify = NotifySocket(tmp_path / "notify")
+    notify = Datagrams(str(tmp_path / "notify"))
     err_path = tmp_path / "stderr.log"
     with open(err_path, "w") as err:
         proc = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
@@ -144,7 +118,7 @@ watchdog:
         assert line, err_path.read_text()[-3000:]
         pids = [int(p) for p in next(x for x in err_path.read_text().splitlines() if "HOG processes" in x)
                 .split("pids ")[1].split()]
-        assert "READY=1" in notify.got and "WATCHDOG=1" in notify.got
+        assert "READY=1" in notify.messages() and "WATCHDOG=1" in notify.messages()
         frozen = pids[0]
         os.kill(frozen, signal.SIGSTOP)
         out, _ = proc.communicate(timeout=BOUND_S)
@@ -166,8 +140,9 @@ watchdog:
     assert len(faults) == 1 and "'detector process 0' stalled" in faults[0]["detail"]
     assert [e["detail"] for e in events if e["event"] == "relock"][-1] == "stage 'detector process 0' stalled"
     assert len((tmp_path / "relocked.jsonl").read_text().splitlines()) >= 2  # start-up, the stall (and stop)
-    assert notify.got[notify.got.index("READY=1"):][-1] == "STOPPING=1"  # no ping after the stall
-    assert "WATCHDOG=1" not in notify.got[notify.got.index("STOPPING=1"):]
+    got = notify.messages()
+    assert got[got.index("READY=1"):][-1] == "STOPPING=1"  # no ping after the stall
+    assert "WATCHDOG=1" not in got[got.index("STOPPING=1"):]
 
 
 def test_sigterm_with_a_frozen_detector_process_still_exits_and_kills_it(tmp_path, clip):

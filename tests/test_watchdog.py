@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -10,7 +9,7 @@ import pytest
 
 from door_access.watchdog import Monitor, Notifier, Watchdog
 
-from conftest import wait_for
+from conftest import Datagrams, wait_for
 
 
 class FakeClock:
@@ -75,34 +74,6 @@ def test_each_stage_has_its_own_limit_and_may_count_progress_itself(clock):
     assert monitor.check() is None
     clock.now += 13.0
     assert monitor.check()[0].name == "capture"
-
-
-class Datagrams:
-    """A bound AF_UNIX datagram socket, as systemd's NOTIFY_SOCKET, collecting what arrives."""
-
-    def __init__(self, address: str):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address)
-        self.sock.settimeout(0.05)
-        self.got: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except TimeoutError:
-                continue
-
-    def messages(self) -> list[str]:
-        return [m for _, m in self.got]
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(1.0)
-        self.sock.close()
 
 
 def test_notifier_sends_to_a_path_and_to_the_abstract_namespace(tmp_path, monkeypatch):
