@@ -106,9 +106,11 @@ def test_bad_input_is_one_line_and_exit_2(capsys, setup_dir, argv, needle):
 
 
 def test_console_script_and_run_door_py(setup_dir):
-    """The installed entry point and run_door.py both reach the same CLI (a real subprocess)."""
-    for cmd in ([str(REPO / ".venv" / "bin" / "door-access")], [sys.executable, str(REPO / "run_door.py")]):
-        proc = subprocess.run(cmd + ["gallery", "--json", "--config", str(setup_dir / "config.yaml")],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert json.loads(proc.stdout)["people"] == {"biden": 1, "obama": 1}
+    """The installed entry point and run_door.py both reach the same CLI (real subprocesses, side by side)."""
+    procs = [subprocess.Popen(cmd + ["gallery", "--json", "--config", str(setup_dir / "config.yaml")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in ([str(REPO / ".venv" / "bin" / "door-access")], [sys.executable, str(REPO / "run_door.py")])]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert json.loads(out)["people"] == {"biden": 1, "obama": 1}

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from door_access.core import EMBEDDING_SIZE
+from door_access.faces.detection import FaceDetector
 from door_access.faces.photos import load_rgb
 from door_access.recognition.gallery import EmbeddingCache, Gallery
 from door_access.tools.evaluation import (
@@ -347,7 +348,8 @@ LFW = SHARED_DATA / "lfw"
 @pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason=f"LFW not present at {LFW} (pairs.txt)")
 def test_lfw_fold_1(cfg, detector, encoder, tmp_path):
     """600 real LFW pairs (~1 minute on 2 cores): FaceNet should get well over 95% of them right."""
-    embed = make_lfw_embedder(cfg, detector, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
+    searchers = [detector, FaceDetector(cfg.detection, cfg.path("weights"))]  # two photos searched at once
+    embed = make_lfw_embedder(cfg, searchers, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
     result = evaluate_pairs(LFW / "pairs.txt", LFW / "images_deepfunneled", embed, [1], None)
     assert result["pairs"] == 600
     assert result["accuracy"] >= 0.95

@@ -101,7 +101,7 @@ def test_no_camera_is_one_clear_line_and_exit_2_before_any_model_loads(tmp_path)
 def test_window_fills_the_screen_and_the_start_up_is_one_ready_line(tmp_path, xvfb):
     site = _site(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "door_access", "run", "--config", str(site / "config.yaml"),
-                             "--source", str(CLIP), "--realtime", "--fullscreen", "--max-seconds", "6"],
+                             "--source", str(CLIP), "--realtime", "--fullscreen", "--max-seconds", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(DISPLAY=xvfb),
                             cwd=site)
     sizes = []

@@ -29,7 +29,6 @@ from conftest import FR_IMAGES, SHARED_DATA
 
 LIVE = SHARED_DATA / "liveness"
 RA_FPS = 25.0 / 12  # Replay-Attack frame folders: every ~12th frame of a 25 FPS recording
-DETECT_SIDE = 640  # frames are shrunk to this for finding the face; landmarks use the full frame
 SEARCHERS = 2  # frames searched at once: dlib's HOG releases the GIL, and the machine has 2 cores
 
 pytestmark = [pytest.mark.model,
@@ -50,7 +49,7 @@ def shapes_of(detector, cfg):
     def faces(rgb: np.ndarray) -> list:
         searcher = detectors.get()
         try:
-            return searcher.detect(rgb, downscale=max(1.0, max(rgb.shape[:2]) / DETECT_SIDE), upsample=1)
+            return searcher.detect(rgb)  # as the door searches a video frame (shrunk to detection.max_side)
         finally:
             detectors.put(searcher)
 

@@ -128,8 +128,8 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
     images.mkdir(parents=True)
     shutil.copy(FR_IMAGES / "obama.jpg", images / "1.jpg")
     shutil.copy(FR_IMAGES / "obama3.jpg", images / "2.jpg")
-    clip = write_clip(detector, [Segment(FR_IMAGES / "obama2.jpg", 2.5), Segment(None, 6.0),
-                                 Segment(FR_IMAGES / "obama2.jpg", 2.5), Segment(None, 0.5)],
+    clip = write_clip(detector, [Segment(FR_IMAGES / "obama2.jpg", 2.0), Segment(None, 3.5),
+                                 Segment(FR_IMAGES / "obama2.jpg", 2.0), Segment(None, 0.5)],
                       tmp_path / "clip.mp4", fps=15.0)
     cfg = make_config(tmp_path, door=DoorConfig(unlock_seconds=0.5, cooldown_seconds=0.0, id="lobby"),
                       tts=TtsConfig(enabled=False), liveness=LivenessConfig(enabled=False),

@@ -326,8 +326,8 @@ def test_a_plain_group_readable_images_folder_still_gets_private_photos(tmp_path
 
 # The running door's clip: obama, nobody for GAP_S (forget runs then: its settle of 2 s included), obama again.
 # forget must be done within BEFORE_BACK_S of the unlock; obama's return is denied later than that.
-GAP_S = 10.0
-BEFORE_BACK_S = 7.0
+GAP_S = 6.0
+BEFORE_BACK_S = 4.5
 
 
 @pytest.mark.model

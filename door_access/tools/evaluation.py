@@ -17,8 +17,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import queue
 import stat
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +44,11 @@ MISSING_DISTANCE = 2.0  # distance given to a pair with an unreadable image: the
 LFW_BATCH = 64
 CENTRAL_BOX = 110 / 250  # LFW crops are 250 px with the face around the central 110 px
 EmbedFn = Callable[[list[Path]], tuple[np.ndarray, list[bool]]]
+
+
+def photo_searchers() -> int:
+    """How many photos `make_lfw_records` searches at once: one per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def far_key(far: float) -> str:
@@ -486,7 +494,7 @@ class PhotoRecords:
         return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
-def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
+def make_lfw_records(cfg: Config, detector: FaceDetector | Sequence[FaceDetector], encoder: FaceEncoder,
                      cache: EmbeddingCache | None = None,
                      batch_size: int = LFW_BATCH) -> Callable[..., PhotoRecords]:
     """A `records(paths, mirrored=False) -> PhotoRecords` for LFW-style crops centred on their subject.
@@ -498,12 +506,28 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
     them doubled FaceNet's work for nothing). With a cache, each photo's record is stored by file
     content under the cache's key plus this pipeline's settings, so a rerun detects and encodes
     nothing; a record cached without its mirror is made again when a mirrored one is asked for.
+    Given several detectors, that many photos are searched at once (dlib releases the GIL; a
+    detector is not thread-safe, so each thread takes its own): the search is most of the cost.
     """
+    searchers: queue.SimpleQueue = queue.SimpleQueue()
+    for d in detector if isinstance(detector, Sequence) else [detector]:
+        searchers.put(d)
+    pool = ThreadPoolExecutor(searchers.qsize(), thread_name_prefix="lfw-search") if searchers.qsize() > 1 else None
     plain = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, dominant_ratio=0.0))
     settings = f"{chip_settings(plain, encoder)}:c{CENTRAL_BOX:.3f}"  # records keep every face: no enrollment rule
     store_cache = EmbeddingCache(cache.path, f"{cache.key}|lfw-record:{settings}", RECORD_SIZE) if cache else None
 
-    def chip(path: Path) -> tuple[np.ndarray, int, float]:
+    def chip(path: Path) -> tuple[np.ndarray, int, float] | PhotoError:
+        """The chip of `path`'s subject, its face count and its dominance; or the reason it is unusable."""
+        searcher = searchers.get()
+        try:
+            return _chip(searcher, path)
+        except PhotoError as exc:
+            return exc
+        finally:
+            searchers.put(searcher)
+
+    def _chip(detector: FaceDetector, path: Path) -> tuple[np.ndarray, int, float]:
         rgb = load_rgb(path, cfg.photo.max_pixels)
         h, w = rgb.shape[:2]
         faces = detector.photo_faces(rgb)
@@ -547,14 +571,15 @@ def make_lfw_records(cfg: Config, detector: FaceDetector, encoder: FaceEncoder,
                  len(todo))
         for start in range(0, len(todo), batch_size):
             chips, digests, info, rows = [], [], [], []
-            for sha in todo[start:start + batch_size]:
-                path = paths[by_digest[sha][0]]
-                try:
-                    c, n, dominance = chip(path)
-                except PhotoError as exc:
-                    log.warning("LFW image %s is unusable: %s", path, exc)
-                    rows.append((sha, None, str(exc)))
+            shas = todo[start:start + batch_size]
+            batch_paths = [paths[by_digest[sha][0]] for sha in shas]
+            found = pool.map(chip, batch_paths) if pool else map(chip, batch_paths)
+            for sha, path, result in zip(shas, batch_paths, found):
+                if isinstance(result, PhotoError):
+                    log.warning("LFW image %s is unusable: %s", path, result)
+                    rows.append((sha, None, str(result)))
                     continue
+                c, n, dominance = result
                 if not n:
                     log.info("LFW image %s: no face found, aligned on the central box", path)
                 chips.append(c)
