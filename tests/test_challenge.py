@@ -209,7 +209,7 @@ def test_on_doubt_asks_after_the_wait_and_a_wrong_answer_is_a_spoof():
     cfg = _quiet(challenge="on_doubt", challenge_after_s=1.0)
     checker = LivenessChecker(cfg, None, challenge_action=RIGHT)
     still = _observe(checker, [head()] * 20, fps=10)
-    assert still[5].challenge is None and still[-1].challenge == "turn your head right"
+    assert still[5].challenge is None and still[-1].challenge == "turn right"
     assert still[-1].evidence_t is None and still[-1].spoof is None  # pending
     wrong = [checker.observe(1, 2.0 + i / 10, head(yaw_deg=40)) for i in range(5)]
     assert wrong[-1].spoof == "challenge failed (asked right, saw left)" and wrong[-1].evidence_t is None
@@ -229,7 +229,7 @@ def test_a_right_answer_is_evidence_and_cues_during_the_challenge_are_not():
 def test_always_asks_even_when_a_cue_fired():
     checker = LivenessChecker(_quiet(challenge="always"), None, challenge_action=LEFT)
     verdicts = _observe(checker, [head()] * 10 + [closed(head())] * 3 + [head()] * 5, fps=15)
-    assert verdicts[-1].evidence_t is None and verdicts[-1].challenge == "turn your head left"
+    assert verdicts[-1].evidence_t is None and verdicts[-1].challenge == "turn left"
 
 
 def test_a_nod_is_no_answer_but_looking_up_when_asked_to_turn_is_a_wrong_one():
@@ -266,7 +266,7 @@ REST = [head()] * 5
 def test_a_sequence_is_asked_one_step_at_a_time_and_passes_in_order():
     seq, texts = _sequence((LEFT, UP), REST + LEFT_TURN + REST + UP_LOOK)
     assert seq.state == PASSED and seq.outcome() == "asked left, saw left; asked up, saw up"
-    assert texts[0] == "turn your head left" and texts[12] == "look up"  # step 2 asked once step 1 passed
+    assert texts[0] == "turn left" and texts[12] == "look up"  # step 2 asked once step 1 passed
 
 
 def test_the_right_actions_in_the_wrong_order_fail():
@@ -293,7 +293,7 @@ def test_each_step_has_its_own_deadline_from_its_own_ask():
 def test_a_repeated_action_needs_the_head_back_at_rest_first():
     held = REST + [head(yaw_deg=40)] * 30  # turned once and held: one answer, not two
     seq, texts = _sequence((LEFT, LEFT), held)
-    assert seq.state == RUNNING and len(seq.steps) == 2 and texts[-1] == "again, turn your head left"
+    assert seq.state == RUNNING and len(seq.steps) == 2 and texts[-1] == "again, turn left"
     seq, _ = _sequence((LEFT, LEFT), REST + LEFT_TURN + REST + LEFT_TURN)
     assert seq.state == PASSED
 

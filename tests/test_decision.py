@@ -236,6 +236,33 @@ def test_a_running_challenge_keeps_the_attempt_pending():
     assert events(out) == [("unlock", "kian")]
 
 
+def test_a_challenge_left_unanswered_when_the_face_leaves_is_a_failed_attempt():
+    """Taking the phone away and back draws a new challenge: each such draw counts toward the lockout."""
+    dec = decider(lockout=LockoutConfig(failures=2, window_s=60.0, cooloff_s=30.0))
+    asking = lambda t: LiveVerdict(None, "no blink", challenge="look up")  # noqa: E731
+    out = []
+    for k in range(2):  # two tracks of kian, each asked and gone before answering
+        t0 = 5.0 * k
+        out += feed(dec, t0, track(10 + k, t0), [kian()] * 10, live=asking)
+        out += dec.observe(t0 + 3.0, [], {})  # 2 s later (past the 1 s track timeout): nobody in view
+    assert [(d.event, d.track, d.detail) for d in out] == [
+        ("denied", 10, "challenge not answered: the face left (look up)"),
+        ("denied", 11, "challenge not answered: the face left (look up)"),
+        ("alarm", 11, "2 failed attempts within 60 s: unlocks refused for 30 s")]
+    assert out[0].name == "kian"
+
+
+def test_a_track_that_ends_unasked_let_in_or_never_named_is_no_failure():
+    dec = decider(lockout=LockoutConfig(failures=1, window_s=60.0, cooloff_s=30.0))
+    asking = lambda t: LiveVerdict(None, "no blink", challenge="look up")  # noqa: E731
+    passed = lambda t: LiveVerdict(0.05, "challenge passed", 0.05)  # noqa: E731
+    out = feed(dec, 0.0, track(1), [kian()] * 5, live=passed)  # let in, then gone
+    out += feed(dec, 0.0, track(2), [stranger(), stranger()], live=asking)  # asked, named nobody yet, gone
+    out += feed(dec, 0.0, track(3), [kian()] * 2)  # named kian, no challenge asked (liveness off), gone
+    out += dec.observe(5.0, [], {})
+    assert events(out) == [("unlock", "kian")] and not dec.locked_out(5.0)
+
+
 # ---- seam 5: repeated failed attempts ------------------------------------------------------------
 
 

@@ -111,7 +111,17 @@ def test_challenge_event_is_shown_while_a_face_is_in_view_and_cleared_by_the_ver
     assert model.status(10.5, [KNOWN]).state == HOLD
 
 
+def test_an_unanswered_challenge_of_a_track_that_ended_does_not_hide_the_new_ask():
+    """The tracker split a live person's track mid-answer: the old one is denied, the new one asked again."""
+    model = StatusModel(message_s=4.0)
+    model.feed(ev(DENIED, 5.0, "alex", detail="challenge not answered: the face left (turn left)"))
+    asked = FaceView(7, KNOWN.box, "alex", 0.5, challenge="turn right")
+    assert model.status(5.5, [asked]).text == "Turn your head right"
+    assert model.status(5.5, [KNOWN]).text == "Challenge not passed"  # nobody asked: the denial is shown
+
+
 @pytest.mark.parametrize("key,text", [("left", "Turn your head left"), ("Turn Right", "Turn your head right"),
+                                      ("turn left", "Turn your head left"),  # the spoken instruction
                                       ("blink", "Blink"), ("raise_your_eyebrows", "Raise your eyebrows"),
                                       ("Turn your head left", "Turn your head left")])
 def test_challenge_text(key, text):
@@ -266,11 +276,13 @@ def test_a_denial_says_why_in_words_and_a_stranger_hears_only_not_recognised():
     for t, detail in enumerate(("unknown face (closest: alex 0.91)", "no liveness: none", "spoof (screen light)",
                                 "spoof (challenge failed (asked right, saw left))",
                                 "conflict: one track named alex and lin", "policy: outside hours (08:00-18:00)",
-                                "locked out for 50 s after repeated failed attempts", "something new")):
+                                "locked out for 50 s after repeated failed attempts",
+                                "challenge not answered: the face left (look up)", "something new")):
         model.feed(ev(DENIED, 10.0 * t, detail=detail))
         said[detail.split()[0]] = model.status(10.0 * t + 0.5, [FACE]).text
     assert said == {"unknown": "Not recognised", "no": "Not live: blink or turn your head",
                     "spoof": "Challenge not passed", "conflict:": "One person at a time, please",
-                    "policy:": "No access at this time", "locked": "Try again later", "something": "Not recognised"}
+                    "policy:": "No access at this time", "locked": "Try again later",
+                    "challenge": "Challenge not passed", "something": "Not recognised"}
     model.feed(ev(DENIED, 100.0, detail="spoof (screen light)"))
     assert model.status(100.5, [FACE]).text == "Photo or screen: denied"

@@ -178,7 +178,7 @@ def test_a_real_head_turn_confirms_by_3d_parallax(shapes_of):
 def test_a_real_head_turn_answers_the_challenge_for_its_own_side_only(shapes_of):
     shapes = shapes_of(LIVE / "genuine/g03_tranvanluyt_selfie_headturn.mp4", max_s=6.5)
     asked_left = _play(shapes, LivenessConfig(challenge="always"), action=LEFT)[1]
-    assert asked_left[5].challenge is None and asked_left[20].challenge == "turn your head left"  # asked at 0.5 s
+    assert asked_left[5].challenge is None and asked_left[20].challenge == "turn left"  # asked at 0.5 s
     assert asked_left[-1].evidence_t is not None and asked_left[-1].cue == "challenge passed (asked left, saw left)"
     asked_right = _play(shapes, LivenessConfig(challenge="always"), action=RIGHT)[1]
     assert asked_right[-1].evidence_t is None
@@ -202,8 +202,8 @@ def test_the_shipped_default_asks_two_steps_and_g03_passes_the_ones_he_performs(
     assert SHIPPED.challenge == "always" and SHIPPED.challenge_steps == 2
     shapes = shapes_of(LIVE / "genuine/g03_tranvanluyt_selfie_headturn.mp4", max_s=9.0)
     track, verdicts = _play(shapes, SHIPPED, action=(LEFT, RIGHT))
-    assert verdicts[20].challenge == "turn your head left"
-    second = [v for v in verdicts if v.challenge == "turn your head right"]
+    assert verdicts[20].challenge == "turn left"
+    second = [v for v in verdicts if v.challenge == "turn right"]
     assert second and all(v.evidence_t is None for v in verdicts[:verdicts.index(second[0])])
     assert verdicts[-1].cue == "challenge passed (asked left, saw left; asked right, saw right)"
     assert verdicts[-1].evidence_t is not None and 7.5 < verdicts[-1].first_wait_s < 8.5  # from first sight

@@ -14,7 +14,9 @@ face cannot borrow its blink. The rules, each closing a way in:
 - liveness evidence counts only if seen at or after the first vote naming the person; a
   DENY cue (`LiveVerdict.spoof`) denies the track once and it never unlocks; while a
   challenge runs the attempt is pending, otherwise no evidence within `liveness.timeout_s`
-  is one `denied: no liveness`;
+  is one `denied: no liveness`; a track that named a person and ends (the face left, or
+  the tracker lost it) with its challenge unanswered is a failed attempt too, so walking the
+  phone away and back to draw another challenge counts toward the lockout;
 - after `lockout.failures` denials within `lockout.window_s`, an `alarm` and no unlock for
   `lockout.cooloff_s` (`locked_out_until`); while failures go on (no gap of `window_s` without
   one), each further lockout doubles the one before, up to `lockout.max_cooloff_s`, each with
@@ -81,9 +83,15 @@ class Decider:
             self.tracks[track.id] = track
             if liveness and track.id in liveness:
                 track.live = liveness[track.id]
-        self.tracks = {i: tr for i, tr in self.tracks.items()
-                       if t - tr.last_seen <= self.track_timeout_s and not tr.split_requested}
         decisions: list[Decision] = []
+        kept = {}
+        for i, tr in self.tracks.items():
+            if t - tr.last_seen <= self.track_timeout_s and not tr.split_requested:
+                kept[i] = tr
+            elif _abandoned(tr):
+                self._fail(t, decisions, Decision(DENIED, tr.id, tr.identity, _best(tr),
+                                                  f"challenge not answered: the face left ({tr.live.challenge})"))
+        self.tracks = kept
         for track in seen:
             if track.split_requested:  # frames in flight from before the split: the old track is over
                 continue
@@ -210,6 +218,12 @@ class Decider:
             return self.allow(name, self.wall_clock())
         except Exception as exc:
             return f"door policy failed: {type(exc).__name__}: {exc}"
+
+
+def _abandoned(track: Track) -> bool:
+    """The track named a person and was being asked an action when it ended, with nothing decided."""
+    return (track.identity is not None and track.live is not None and track.live.challenge is not None
+            and not (track.decided or track.denied))
 
 
 def _best(track: Track) -> float | None:

@@ -58,6 +58,7 @@ def challenge_text(challenge: str) -> str:
 
 _DENIALS = (  # a denial's detail (decision.py) -> what the person at the door is told; first prefix wins
     ("spoof (challenge", "Challenge not passed"),
+    ("challenge not answered", "Challenge not passed"),
     ("spoof", "Photo or screen: denied"),
     ("no liveness", "Not live: blink or turn your head"),
     ("conflict", "One person at a time, please"),
@@ -94,7 +95,8 @@ class StatusModel:
     """What the status line says: fed each event (any thread), asked at render time.
 
     Priority: camera lost (until it is back) > "Try again later" (a lockout alarm) > the latest of
-    "Welcome NAME" / the denial in words (`denial_text`) > the challenge asked of a face > "Hold still" (a face is
+    "Welcome NAME" / the denial in words (`denial_text`; not an unanswered challenge's, over a new ask: the
+    person is still there) > the challenge asked of a face > "Hold still" (a face is
     recognised, the vote or liveness is pending) > "Look at the camera" (a face, no match yet) > idle.
     Messages from events stay up for `message_s`; times are the pipeline clock's (Event.t).
     """
@@ -128,12 +130,13 @@ class StatusModel:
             return Status(NO_CAMERA, "Camera lost", RED)
         if alarm_t is not None and now - alarm_t < self.message_s:
             return Status(LOCKOUT, "Try again later", RED)
-        if verdict is not None and now - verdict.t < self.message_s:
+        asked = next((f.challenge for f in faces if f.challenge), None)
+        gone = verdict is not None and (verdict.detail or "").startswith("challenge not answered")
+        if verdict is not None and now - verdict.t < self.message_s and not (gone and asked):
             if verdict.event == UNLOCK:
                 shown = verdict.display_name or readable_name(verdict.name or "")
                 return Status(WELCOME, f"Welcome {shown}".strip(), GREEN)
             return Status(NOT_RECOGNISED, denial_text(verdict.detail or ""), RED)
-        asked = next((f.challenge for f in faces if f.challenge), None)
         if asked is None and faces and challenge is not None and now - challenge.t < self.message_s:
             asked = challenge.detail or challenge.name
         if asked:

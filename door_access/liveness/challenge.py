@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 LEFT, RIGHT, UP, BLINK_TWICE = "left", "right", "up", "blink twice"
 DOWN = "down"  # never asked, and no wrong answer either (people nod while they listen)
 ACTIONS = (LEFT, RIGHT, UP, BLINK_TWICE)
-SPOKEN = {LEFT: "turn your head left", RIGHT: "turn your head right", UP: "look up", BLINK_TWICE: "blink twice"}
+# Said short (voiced in 0.5-0.9 s: the person waits less); the kiosk shows "Turn your head left".
+SPOKEN = {LEFT: "turn left", RIGHT: "turn right", UP: "look up", BLINK_TWICE: "blink twice"}
 NOTHING = "nothing"
 
 RUNNING, PASSED, FAILED = "running", "passed", "failed"
