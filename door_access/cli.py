@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("folder", type=Path, help="folder with truth.csv (file, kind[, subkind, client]) and its "
                                              "frame folders or videos of live people and attacks at this door")
-    p.add_argument("--bpcer", type=float, default=0.05,
-                   help="fraction of genuine frames (cross-validated) the threshold may call attacks (default 0.05)")
+    p.add_argument("--bpcer", type=float,
+                   help="fraction of genuine tracks (cross-validated) the threshold may call attacks "
+                        "(default 0.03, learn_attacks.BPCER)")
     p.add_argument("--out", type=Path, help="where to write the model (default: spoof.site_model)")
 
     p = sub.add_parser("soak", help="run the door for long on a looped clip: memory, threads, files, lost events")
@@ -523,11 +524,11 @@ def cmd_eval_liveness(args, cfg: Config) -> int:
 
 def cmd_learn_attacks(args, cfg: Config) -> int:
     from door_access.liveness.spoof import site_model_path
-    from door_access.tools.learn_attacks import format_report, learn
+    from door_access.tools.learn_attacks import BPCER, format_report, learn
 
-    if not 0.0 < args.bpcer < 0.5:
+    if args.bpcer is not None and not 0.0 < args.bpcer < 0.5:
         raise UsageError("--bpcer must be between 0 and 0.5")
-    result = learn(cfg, args.folder, args.out or site_model_path(cfg), bpcer=args.bpcer)
+    result = learn(cfg, args.folder, args.out or site_model_path(cfg), bpcer=args.bpcer or BPCER)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
