@@ -72,5 +72,5 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         pipeline.attach_mqtt(MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
             lambda: pipeline.notify(UNLOCK, detail="source: remote"),
             lambda: pipeline.door.lock("remote lock"),
-            pipeline.reload_gallery), base_dir=cfg.base_dir))
+            pipeline.reload_gallery), base_dir=cfg.base_dir, enrolled=lambda: pipeline.recognizer.people))
     return pipeline

@@ -14,7 +14,7 @@ import pytest
 from mqtt_broker import Listener, broker_or_skip
 
 from door_access.config import AccessLogConfig, DoorConfig, LivenessConfig, MqttConfig, TtsConfig
-from door_access.core import RELOCK, UNLOCK, Event, Notice
+from door_access.core import GALLERY, RELOCK, UNLOCK, Event, Notice
 from door_access.door.access_log import AccessLog
 from door_access.door.actions import Actions, Speaker
 from door_access.door.mqtt import MqttBridge, Topics, door_commands, parse_command
@@ -194,3 +194,26 @@ def test_a_broker_that_is_down_at_start_is_logged_and_never_blocks_the_door(capl
         assert "dropping the oldest" in caplog.text
     finally:
         bridge.stop(0.5)
+
+
+def test_the_retained_last_person_is_cleared_when_they_leave_the_gallery(broker):
+    """`forget obama` on a running door: the broker must not keep serving "obama" as the last person."""
+    enrolled = ["biden", "obama"]
+    bridge = MqttBridge(mqtt_cfg(broker), "front", on_command=lambda c: None, enrolled=lambda: list(enrolled))
+    topics = bridge.topics
+    bridge.start()
+    try:
+        bridge.publish(Event(UNLOCK, 1.0, 0.0, "obama"))
+        bridge.publish(Event(GALLERY, 2.0, 0.0, detail="2 people"))  # obama still enrolled: kept
+        late = Listener(broker.port, topics.person)  # a subscriber arriving now gets the retained name
+        assert wait_for(lambda: late.on(topics.person) == ["obama"], 10)
+        enrolled.remove("obama")
+        bridge.publish(Event(GALLERY, 3.0, 0.0, detail="1 people"))
+        assert wait_for(lambda: late.on(topics.person) == ["obama", ""], 10)  # deleted
+        later = Listener(broker.port, topics.person)
+        bridge.publish(Event(UNLOCK, 4.0, 0.0, "biden"))
+        assert wait_for(lambda: later.on(topics.person) == ["biden"], 10)  # nothing retained before biden
+        late.close()
+        later.close()
+    finally:
+        bridge.stop()

@@ -4,7 +4,7 @@ Topics, under `<prefix>/<door.id>/` (prefix `door-access` by default):
 
     event         every event as JSON (the `--events-json` record + "door" and an ISO "time"), QoS 1
     state         "locked" / "unlocked" (retained), derived from the events: unlock -> unlocked, relock -> locked
-    person        the last person let in (retained)
+    person        the last person let in (retained); cleared when they leave the gallery (`forget`)
     denied        {"event_type": "denied", "name", "reason", "time"} for each denial (a Home Assistant event)
     availability  "online" / "offline" (retained; "offline" is also the last will)
     command       in: "unlock", "lock" or "reload_gallery" (plain text, or JSON {"command": ...})
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from door_access.config import MqttConfig
-from door_access.core import DENIED, RELOCK, UNLOCK, Event
+from door_access.core import DENIED, GALLERY, RELOCK, UNLOCK, Event
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,13 @@ def discovery_configs(topics: Topics, door_id: str) -> dict[str, dict]:
 class MqttBridge:
     """One door's MQTT link. `publish(event)` is the event sink; `on_command(name)` gets remote commands."""
 
-    def __init__(self, cfg: MqttConfig, door_id: str, on_command: Callable[[str], None], base_dir=None):
+    def __init__(self, cfg: MqttConfig, door_id: str, on_command: Callable[[str], None], base_dir=None,
+                 enrolled: Callable[[], list[str]] | None = None):
+        """`enrolled()`: who is in the gallery now, asked at each `gallery` event, so that the retained
+        last person is cleared once they are removed (a broker must not keep a forgotten name)."""
         self.cfg = cfg
+        self.enrolled = enrolled
+        self._last_person: str | None = None  # the retained `person`, as published
         self.door_id = door_id
         self.on_command = on_command
         self.topics = Topics(cfg, door_id)
@@ -134,10 +139,15 @@ class MqttBridge:
                 self._lock_state = UNLOCKED
                 messages.append((self.topics.state, UNLOCKED, True))
                 if event.name:
+                    self._last_person = event.name
                     messages.append((self.topics.person, event.name, True))
             elif event.event == RELOCK:
                 self._lock_state = LOCKED
                 messages.append((self.topics.state, LOCKED, True))
+            elif event.event == GALLERY and self._last_person and self.enrolled is not None \
+                    and self._last_person not in self.enrolled():
+                self._last_person = None
+                messages.append((self.topics.person, "", True))  # an empty retained message deletes it
             elif event.event == DENIED:
                 messages.append((self.topics.denied, json.dumps(
                     {"event_type": "denied", "name": event.name, "reason": event.detail,
