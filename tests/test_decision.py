@@ -259,6 +259,7 @@ def test_a_track_that_ends_unasked_let_in_or_never_named_is_no_failure():
     out = feed(dec, 0.0, track(1), [kian()] * 5, live=passed)  # let in, then gone
     out += feed(dec, 0.0, track(2), [stranger(), stranger()], live=asking)  # asked, named nobody yet, gone
     out += feed(dec, 0.0, track(3), [kian()] * 2)  # named kian, no challenge asked (liveness off), gone
+    out += feed(dec, 1.0, track(4, 1.0), [kian()] * 2, live=asking)  # kian again, just let in: asked, gone
     out += dec.observe(5.0, [], {})
     assert events(out) == [("unlock", "kian")] and not dec.locked_out(5.0)
 

@@ -16,7 +16,8 @@ face cannot borrow its blink. The rules, each closing a way in:
   challenge runs the attempt is pending, otherwise no evidence within `liveness.timeout_s`
   is one `denied: no liveness`; a track that named a person and ends (the face left, or
   the tracker lost it) with its challenge unanswered is a failed attempt too, so walking the
-  phone away and back to draw another challenge counts toward the lockout;
+  phone away and back to draw another challenge counts toward the lockout (unless that person
+  was let in within the cooldown: someone turning away after walking in is asked again);
 - after `lockout.failures` denials within `lockout.window_s`, an `alarm` and no unlock for
   `lockout.cooloff_s` (`locked_out_until`); while failures go on (no gap of `window_s` without
   one), each further lockout doubles the one before, up to `lockout.max_cooloff_s`, each with
@@ -88,7 +89,7 @@ class Decider:
         for i, tr in self.tracks.items():
             if t - tr.last_seen <= self.track_timeout_s and not tr.split_requested:
                 kept[i] = tr
-            elif _abandoned(tr):
+            elif _abandoned(tr) and not t < self.last_unlock.get(tr.identity, float("-inf")) + self.cooldown_s:
                 self._fail(t, decisions, Decision(DENIED, tr.id, tr.identity, _best(tr),
                                                   f"challenge not answered: the face left ({tr.live.challenge})"))
         self.tracks = kept
