@@ -481,10 +481,9 @@ def cmd_calibrate(args, cfg: Config) -> int:
 
 
 def cmd_eval(args, cfg: Config) -> int:
-    from door_access.faces.detection import FaceDetector
     from door_access.faces.facenet import FaceEncoder
     from door_access.recognition.gallery import EmbeddingCache
-    from door_access.tools.evaluation import evaluate_pairs, make_lfw_embedder, photo_searchers
+    from door_access.tools.evaluation import evaluate_pairs, make_lfw_embedder, photo_detectors
 
     if args.open_set is not None:
         return _eval_open_set(args, cfg)
@@ -496,10 +495,9 @@ def cmd_eval(args, cfg: Config) -> int:
         raise UsageError(f"--folds must be comma-separated numbers, got {args.folds!r}") from None
     if not args.pairs.is_file():
         raise UsageError(f"pairs file {args.pairs} not found")
-    detectors = [FaceDetector(cfg.detection, cfg.path("weights")) for _ in range(photo_searchers())]
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
     cache = EmbeddingCache(cfg.path("cache") / "eval.sqlite", encoder.weights_id)
-    embed = make_lfw_embedder(cfg, detectors, encoder, cache)
+    embed = make_lfw_embedder(cfg, photo_detectors(cfg), encoder, cache)
     result = evaluate_pairs(args.pairs, args.root, embed, folds, args.plot)
     if args.json:
         print(json.dumps(result))
@@ -534,10 +532,9 @@ def cmd_learn_attacks(args, cfg: Config) -> int:
 
 
 def _eval_open_set(args, cfg: Config) -> int:
-    from door_access.faces.detection import FaceDetector
     from door_access.faces.facenet import FaceEncoder
     from door_access.recognition.gallery import EmbeddingCache
-    from door_access.tools.evaluation import evaluate_open_set, make_lfw_records, photo_searchers
+    from door_access.tools.evaluation import evaluate_open_set, make_lfw_records, photo_detectors
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -550,9 +547,8 @@ def _eval_open_set(args, cfg: Config) -> int:
     if args.enroll < 1 or args.probe_frames < 1:
         raise UsageError("--enroll and --probe-frames must be at least 1")
     r = cfg.recognition
-    detectors = [FaceDetector(cfg.detection, cfg.path("weights")) for _ in range(photo_searchers())]
     encoder = FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
-    records = make_lfw_records(cfg, detectors, encoder, EmbeddingCache(cfg.path("cache") / "eval.sqlite",
+    records = make_lfw_records(cfg, photo_detectors(cfg), encoder, EmbeddingCache(cfg.path("cache") / "eval.sqlite",
                                                                       encoder.weights_id))
     threshold = r.threshold if args.threshold is None else args.threshold
     try:

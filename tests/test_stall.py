@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -91,45 +92,63 @@ def test_a_stage_that_blocks_forever_relocks_records_a_fault_and_stops_the_door(
     assert pipeline.watchdog.stalled[1] >= STALL_S
 
 
-def test_a_detector_process_frozen_with_sigstop_makes_the_door_exit_3_relocked(tmp_path, clip):
-    site = write_site(tmp_path, f"""
-door:
-  relock_command: {json.dumps([sys.executable, "-c", RECORD_HOOK, str(tmp_path / "relocked.jsonl")])}
-  unlock_seconds: 1.0
+def _start_door(tmp_path, clip, settings: str, **env) -> tuple[subprocess.Popen, Path]:
+    """The real door as a process on `clip` in real time, its site config the common part plus
+    `settings` (YAML); stderr goes to a file (returned) so a test can read it while the door runs."""
+    site = write_site(tmp_path, """
 tts:
   enabled: false
 access_log:
   path: log.sqlite
 liveness:
   enabled: false   # the clip is made of still photos
-watchdog:
-  stall_s: {STALL_S}
-""")
-    notify = Datagrams(str(tmp_path / "notify"))
+""" + settings)
     err_path = tmp_path / "stderr.log"
     with open(err_path, "w") as err:
         proc = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
                                  "--realtime", "--headless", "--events-json"], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env=dict(CLI_ENV, NOTIFY_SOCKET=str(tmp_path / "notify")), cwd=site)
+                                text=True, env=dict(CLI_ENV, **env), cwd=site)
+    return proc, err_path
+
+
+def _detector_pids(err_path: Path) -> list[int]:
+    """The detector processes' pids, from the door's "detection: 2 HOG processes, pids A B" line."""
+    line = next(x for x in err_path.read_text().splitlines() if "HOG processes" in x)
+    return [int(p) for p in line.split("pids ")[1].split()]
+
+
+def _left_behind(pid: int | None) -> bool:
+    """Kill `pid` if the app left it running (the bug these tests guard); whether it was."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_a_detector_process_frozen_with_sigstop_makes_the_door_exit_3_relocked(tmp_path, clip):
+    notify = Datagrams(str(tmp_path / "notify"))  # listening before the door can say READY
+    proc, err_path = _start_door(tmp_path, clip, f"""
+door:
+  relock_command: {json.dumps([sys.executable, "-c", RECORD_HOOK, str(tmp_path / "relocked.jsonl")])}
+  unlock_seconds: 1.0
+watchdog:
+  stall_s: {STALL_S}
+""", NOTIFY_SOCKET=str(tmp_path / "notify"))
     frozen = None
     try:
         while (line := proc.stdout.readline()) and json.loads(line)["event"] == "relock":
             pass  # the start-up relock; then the first decision: the app is fully up
         assert line, err_path.read_text()[-3000:]
-        pids = [int(p) for p in next(x for x in err_path.read_text().splitlines() if "HOG processes" in x)
-                .split("pids ")[1].split()]
         assert "READY=1" in notify.messages() and "WATCHDOG=1" in notify.messages()
-        frozen = pids[0]
+        frozen = _detector_pids(err_path)[0]
         os.kill(frozen, signal.SIGSTOP)
         out, _ = proc.communicate(timeout=BOUND_S)
     finally:
         proc.kill()
-        if frozen is not None:
-            try:
-                os.kill(frozen, signal.SIGKILL)  # only if the app left it behind (the bug this test guards)
-                left_behind = True
-            except ProcessLookupError:
-                left_behind = False
+        left_behind = _left_behind(frozen)
         notify.close()
     stderr = err_path.read_text()
     assert proc.returncode == EXIT_STALLED, stderr[-3000:]
@@ -147,37 +166,21 @@ watchdog:
 
 def test_sigterm_with_a_frozen_detector_process_still_exits_and_kills_it(tmp_path, clip):
     """The hang this replaces: a frozen child kept the app from exiting after "stopped"."""
-    site = write_site(tmp_path, """
-tts:
-  enabled: false
-access_log:
-  path: log.sqlite
-liveness:
-  enabled: false   # the clip is made of still photos
+    proc, err_path = _start_door(tmp_path, clip, """
 watchdog:
   stall_s: 600.0   # the watchdog stays out of this: the stop itself must not hang
 """)
-    err_path = tmp_path / "stderr.log"
-    with open(err_path, "w") as err:
-        proc = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
-                                 "--realtime", "--headless", "--events-json"], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env=CLI_ENV, cwd=site)
     frozen = None
     try:
         assert wait_for(lambda: "ready:" in err_path.read_text(), 300), err_path.read_text()[-3000:]  # models load
-        frozen = int(next(x for x in err_path.read_text().splitlines() if "HOG processes" in x).split("pids ")[1]
-                     .split()[1])
+        frozen = _detector_pids(err_path)[1]
         os.kill(frozen, signal.SIGSTOP)
         time.sleep(1.0)  # a search is sent to it and never answered
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=BOUND_S)
     finally:
         proc.kill()
-        try:
-            os.kill(frozen, signal.SIGKILL)
-            left_behind = True
-        except (ProcessLookupError, TypeError):
-            left_behind = False
+        left_behind = _left_behind(frozen)
     assert proc.returncode == 0, err_path.read_text()[-3000:]  # stopped on request, the door locked
     assert not left_behind, "the frozen detector process outlived the app"
     assert "killing it" in err_path.read_text()

@@ -89,7 +89,7 @@ class Decider:
         for i, tr in self.tracks.items():
             if t - tr.last_seen <= self.track_timeout_s and not tr.split_requested:
                 kept[i] = tr
-            elif _abandoned(tr) and not t < self.last_unlock.get(tr.identity, float("-inf")) + self.cooldown_s:
+            elif self._abandoned(t, tr):
                 self._fail(t, decisions, Decision(DENIED, tr.id, tr.identity, _best(tr),
                                                   f"challenge not answered: the face left ({tr.live.challenge})"))
         self.tracks = kept
@@ -208,6 +208,13 @@ class Decider:
             return Decision(DENIED, track.id, None, closest.distance, f"unknown face (closest: {closest.closest})")
         return None
 
+    def _abandoned(self, t: float, track: Track) -> bool:
+        """The ended track named a person and was being asked an action, nothing decided, and that
+        person was not let in within the cooldown (someone turning away after walking in)."""
+        return (track.identity is not None and track.live is not None and track.live.challenge is not None
+                and not (track.decided or track.denied)
+                and t >= self.last_unlock.get(track.identity, float("-inf")) + self.cooldown_s)
+
     def _live_for(self, t: float, track: Track, live: LiveVerdict) -> bool:
         """Evidence seen on this face at or after the first vote naming the person, and recent enough."""
         e = live.evidence_t
@@ -219,12 +226,6 @@ class Decider:
             return self.allow(name, self.wall_clock())
         except Exception as exc:
             return f"door policy failed: {type(exc).__name__}: {exc}"
-
-
-def _abandoned(track: Track) -> bool:
-    """The track named a person and was being asked an action when it ended, with nothing decided."""
-    return (track.identity is not None and track.live is not None and track.live.challenge is not None
-            and not (track.decided or track.denied))
 
 
 def _best(track: Track) -> float | None:

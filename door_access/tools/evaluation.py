@@ -46,9 +46,9 @@ CENTRAL_BOX = 110 / 250  # LFW crops are 250 px with the face around the central
 EmbedFn = Callable[[list[Path]], tuple[np.ndarray, list[bool]]]
 
 
-def photo_searchers() -> int:
-    """How many photos `make_lfw_records` searches at once: one per core, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+def photo_detectors(cfg: Config) -> list[FaceDetector]:
+    """One detector per photo `make_lfw_records` searches at once: one per core, at most 4."""
+    return [FaceDetector(cfg.detection, cfg.path("weights")) for _ in range(max(1, min(4, os.cpu_count() or 1)))]
 
 
 def far_key(far: float) -> str:
