@@ -27,7 +27,7 @@ MARK = "[redacted]"
 MIN_SECRET = 4  # a shorter configured secret is not searched for: it would blank ordinary words
 _URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://([^\s/?#'\"<>]*)([^\s'\"<>]*)")
 _KEYED = re.compile(r"(?i)\b(password|passwd|token|secret|api[_-]?key|access[_-]?key|authorization)"
-                    r"(\s*[=:]\s*)((?:bearer|basic)\s+)?(?!\[redacted\])[^\s&,;'\"]+")
+                    r"(\s*[=:]\s*)(?!(?:(?:bearer|basic)\s+)?\[redacted\])((?:bearer|basic)\s+)?[^\s&,;'\"]+")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+(?!\[redacted\])[A-Za-z0-9._~+/=-]{8,}")
 
 
