@@ -10,12 +10,14 @@ unguessable client id.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Listener, broker_or_skip
+from mqtt_broker import Broker, Listener, broker_or_skip, find_mosquitto
 
 from door_access.config import ConfigError, LockoutConfig, MqttConfig, VotingConfig, load_config
 from door_access.core import DENIED, RELOCK, UNLOCK, Box, Event, Match, Notice
@@ -25,7 +27,7 @@ from door_access.door.decision import Decider
 from door_access.door.mqtt import MqttBridge, door_commands
 from door_access.door.tracking import Track
 
-from conftest import wait_for
+from conftest import REPO, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +174,68 @@ def test_a_remote_unlock_during_the_lockout_is_refused_and_logged_and_obeyed_aft
     assert door.logged()[:2] == [
         (DENIED, "source: mqtt: unlock refused: locked out after repeated failed attempts"), (UNLOCK, "source: mqtt")]
     door.log.close()
+
+
+def documented_block(after: str) -> str:
+    """The first fenced block in docs/mqtt.md after the line holding `after`."""
+    text = (REPO / "docs" / "mqtt.md").read_text()
+    rest = text[text.index(after):]
+    start = rest.index("```text\n") + len("```text\n")
+    return rest[start:rest.index("```", start)]
+
+
+def test_the_documented_acl_lets_home_assistant_command_the_door_and_nobody_else(tmp_path_factory):
+    """A real mosquitto with docs/mqtt.md's password file and ACL: the door publishes its events to Home
+    Assistant and obeys its unlock; a client without a password cannot connect; another broker user, and
+    the door's own user, cannot command it, and the other user reads nothing."""
+    import paho.mqtt.client as mqtt
+
+    binary, passwd_tool = find_mosquitto(), shutil.which("mosquitto_passwd")
+    if binary is None or passwd_tool is None:
+        pytest.skip("mosquitto and mosquitto_passwd are needed (apt-get install mosquitto)")
+    folder = tmp_path_factory.mktemp("acl")
+    users = {"door-front": "door-pw-1", "homeassistant": "ha-pw-2", "guest": "guest-pw-3"}
+    for user, password in users.items():
+        subprocess.run([passwd_tool, "-b", *(["-c"] if user == "door-front" else []), str(folder / "passwd"),
+                        user, password], check=True, capture_output=True)
+    (folder / "acl").write_text(documented_block("`/etc/mosquitto/acl`"))
+    conf = documented_block("`/etc/mosquitto/conf.d/door-access.conf`").splitlines()
+    assert conf[0].startswith("listener ")  # the test broker has its own loopback listener
+    access = "".join(line.replace("/etc/mosquitto/", f"{folder}/") + "\n" for line in conf[1:])
+    broker = Broker(binary, folder, access)
+    broker.start()
+    tmp = folder / "door"
+    tmp.mkdir()
+    cfg = load_config(write_config(tmp, broker.port, "  commands: [unlock, lock]\n  username: door-front\n"
+                                                     "  password: door-pw-1\n"))
+    cfg = dataclasses.replace(cfg, door=dataclasses.replace(cfg.door, id="front"))
+    try:
+        refused = []
+        anonymous = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        anonymous.on_connect = lambda c, u, f, reason, p: refused.append(reason.is_failure)
+        anonymous.connect_async("127.0.0.1", broker.port)
+        anonymous.loop_start()
+        assert wait_for(lambda: refused, 10) and refused[0]  # no password, no connection
+        anonymous.loop_stop()
+
+        hub = Listener(broker.port, "door-access/#", username="homeassistant", password="ha-pw-2")
+        guest = Listener(broker.port, "door-access/#", username="guest", password="guest-pw-3")
+        itself = Listener(broker.port, "nothing", username="door-front", password="door-pw-1")
+        with Door(cfg) as door:
+            command = door.bridge.topics.command
+            assert wait_for(lambda: hub.on(door.bridge.topics.state) == ["locked"], 10), hub.messages
+            for intruder in (guest, itself):  # accepted by the broker (QoS 1 acknowledged), never delivered
+                intruder.client.publish(command, "unlock", qos=1).wait_for_publish(5)
+            hub.client.publish(command, "lock", qos=1).wait_for_publish(5)  # after the intruders', in order
+            assert wait_for(lambda: any(e.detail == "remote lock" for e in door.events), 10), door.events
+            assert not (tmp / "opened").exists() and not any(e.event in (UNLOCK, DENIED) for e in door.events)
+            hub.client.publish(command, "unlock", qos=1).wait_for_publish(5)
+            assert wait_for(lambda: (tmp / "opened").exists(), 10), door.events
+            assert wait_for(lambda: "unlocked" in hub.on(door.bridge.topics.state), 10), hub.messages
+        assert [(e.event, e.detail) for e in door.events if e.event == UNLOCK] == [(UNLOCK, "source: mqtt")]
+        assert any(t == door.bridge.topics.event for t, _p, _r in hub.messages) and guest.messages == []
+        door.log.close()
+        for listener in (hub, guest, itself):
+            listener.close()
+    finally:
+        broker.kill()
