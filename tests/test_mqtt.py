@@ -14,7 +14,7 @@ import pytest
 from mqtt_broker import Listener, broker_or_skip
 
 from door_access.config import AccessLogConfig, DoorConfig, LivenessConfig, MqttConfig, TtsConfig
-from door_access.core import GALLERY, RELOCK, UNLOCK, Event, Notice
+from door_access.core import DENIED, GALLERY, RELOCK, UNLOCK, Event, Notice
 from door_access.door.access_log import AccessLog
 from door_access.door.actions import Actions, Speaker
 from door_access.door.mqtt import MqttBridge, Topics, door_commands, parse_command
@@ -170,6 +170,10 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
         # the app's own wiring of a remote unlock: the door opens, and it is logged as remote
         hub.client.publish(topics.command, "unlock", qos=1).wait_for_publish(5)
         assert wait_for(lambda: any(e.event == UNLOCK and e.detail == "source: mqtt" for e in events), 10)
+        # ...and it asks the decider's lockout on the clock of the frames it decided on
+        pipeline.decider.locked_out_until = pipeline.latest.frame.t + 60.0  # as after repeated failures
+        hub.client.publish(topics.command, "unlock", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: any(e.event == DENIED and "locked out" in e.detail for e in events), 10), events
     finally:
         pipeline.stop()
         hub.close()
