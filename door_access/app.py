@@ -7,6 +7,7 @@ this is called (see `runner.open_capture`), so a missing camera is reported befo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 
 from door_access.config import Config
-from door_access.core import UNLOCK, Event
+from door_access.core import Event
 from door_access.faces.capture import Capture
 from door_access.quiet import native_stderr_silenced
 
@@ -70,7 +71,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         from door_access.door.mqtt import MqttBridge, door_commands
 
         pipeline.attach_mqtt(MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
-            lambda: pipeline.notify(UNLOCK, detail="source: remote"),
-            lambda: pipeline.door.lock("remote lock"),
-            pipeline.reload_gallery), base_dir=cfg.base_dir, enrolled=lambda: pipeline.recognizer.people))
+            cfg.mqtt.commands, pipeline.notify, lambda: pipeline.door.lock("remote lock"), pipeline.reload_gallery,
+            lambda: pipeline.decider.locked_out(time.monotonic())),  # frame times are monotonic clock times
+            base_dir=cfg.base_dir, enrolled=lambda: pipeline.recognizer.people))
     return pipeline

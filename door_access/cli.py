@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from door_access.config import Config, ConfigError, load_config
 from door_access.files import PRIVATE_UMASK, private_dir
 from door_access.quiet import quiet_libraries
+from door_access.redaction import Redactor, install_log_filter
 from door_access.watchdog import EXIT_STALLED
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
         )
         cfg = _config(args)
+        install_log_filter(Redactor.from_config(cfg))  # no URL, password or token in any log line
         return COMMANDS[args.command](args, cfg) or 0
     except (UsageError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -182,6 +182,8 @@ class MqttConfig:
     reconnect_min_s: float = meta(1.0, lo=0.1, hi=600.0)
     reconnect_max_s: float = meta(60.0, lo=0.1, hi=3600.0)
     queue_size: int = meta(1000, lo=1, hi=1_000_000)
+    # the commands taken from <prefix>/<door.id>/command; "unlock" only over an authenticated or TLS connection
+    commands: tuple[str, ...] = meta(("lock",), choices=("unlock", "lock", "reload_gallery"))
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ class Config:
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     base_dir: Path = field(default=Path("."), compare=False)
+    file: Path | None = field(default=None, compare=False)  # the config file read (`check` looks at its mode)
 
     def path(self, name: str) -> Path:
         """A `paths.*` entry, resolved against the config file's folder."""
@@ -254,8 +257,8 @@ def load_config(path: Path | None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
     node = compose_yaml(text, path)
-    values = _build(Config, node, "", path, skip={"base_dir"}) if node is not None else {}
-    cfg = Config(**values, base_dir=path.resolve().parent)
+    values = _build(Config, node, "", path, skip={"base_dir", "file"}) if node is not None else {}
+    cfg = Config(**values, base_dir=path.resolve().parent, file=path.resolve())
     if cfg.voting.required > cfg.voting.window:
         raise ConfigError(f"{path}: 'voting.required' ({cfg.voting.required}) exceeds 'voting.window' "
                           f"({cfg.voting.window})")
@@ -264,6 +267,12 @@ def load_config(path: Path | None) -> Config:
                           f"level), got {cfg.door.id!r}")
     if cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
         raise ConfigError(f"{path}: 'mqtt.reconnect_max_s' is below 'mqtt.reconnect_min_s'")
+    m = cfg.mqtt
+    if "unlock" in m.commands and m.username is None and not (m.tls and not m.tls_insecure):
+        raise ConfigError(f"{path}{_line_of(node, 'mqtt', 'commands')}: 'mqtt.commands' allows 'unlock', but the "
+                          f"broker connection is anonymous and without verified TLS: anyone who reaches the broker "
+                          f"could open the door. Set 'mqtt.username' (a broker user with an ACL, see docs/mqtt.md) "
+                          f"or 'mqtt.tls: true', or take 'unlock' out of 'mqtt.commands'")
     if 2 * cfg.voting.required <= cfg.voting.window:
         raise ConfigError(f"{path}{_line_of(node, 'voting', 'required')}: 'voting.required' ({cfg.voting.required}) "
                           f"must be a strict majority of "
@@ -336,6 +345,8 @@ def _scalar(f, hint, node, dotted: str, line: int, path: Path):
         (item_type, *_) = typing.get_args(base) or (str,)
         if not isinstance(value, list) or not all(isinstance(v, item_type) for v in value):
             raise ConfigError(f"{where} must be a list of {item_type.__name__}, got {value!r}")
+        if f.metadata.get("choices") and (bad := [v for v in value if v not in f.metadata["choices"]]):
+            raise ConfigError(f"{where}: {', '.join(map(repr, bad))} not among {', '.join(f.metadata['choices'])}")
         return tuple(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

@@ -38,10 +38,11 @@ def free_port() -> int:
 class Broker:
     """mosquitto with persistence, so a restart keeps the subscribers' sessions (like a real install)."""
 
-    def __init__(self, binary: str, folder: Path):
+    def __init__(self, binary: str, folder: Path, access: str = "allow_anonymous true\n"):
+        """`access`: the conf lines on who may connect (e.g. a password file and an ACL)."""
         self.binary, self.folder, self.port = binary, folder, free_port()
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{access}persistence true\n"
                              f"persistence_location {folder}/\nuser {getpass.getuser()}\n")
         self.proc: subprocess.Popen | None = None
 
@@ -69,13 +70,16 @@ class Broker:
 class Listener:
     """A subscriber, e.g. Home Assistant: collects (topic, payload text, retained) per message."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "", persistent: bool = False):
+    def __init__(self, port: int, topic: str, client_id: str = "", persistent: bool = False,
+                 username: str | None = None, password: str | None = None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, str, bool]] = []
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=not persistent)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.reconnect_delay_set(0.2, 0.5)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()

@@ -23,6 +23,7 @@ def _site(root, camera=str(CLIP), weights=REPO / "weights", hooks="", extra=""):
         f"paths:\n  weights: {weights}\n  cache: cache\ncamera:\n  source: {json.dumps(camera)}\n"
         f"tts:\n  enabled: false\naccess_log:\n  path: logs/log.sqlite\ndoor:\n{hooks or '  unlock_seconds: 5.0'}\n"
         f"{extra}")
+    os.chmod(root / "config.yaml", 0o600)  # it may hold secrets; see test_a_config_holding_a_secret_*
     return root / "config.yaml"
 
 
@@ -37,7 +38,7 @@ def test_a_ready_machine_is_all_ok(capsys, tmp_path):
     result = json.loads(out)
     assert code == 0 and result["ok"] is True, out
     checks = {c["name"]: c for c in result["checks"]}
-    assert list(checks) == ["camera", "speaker", "models", "gallery", "hooks", "log", "privacy"]
+    assert list(checks) == ["camera", "speaker", "models", "gallery", "hooks", "log", "privacy", "secrets"]
     assert checks["camera"]["detail"].endswith("640x360")  # a frame was read
     assert "1 people, 1 photos" in checks["gallery"]["detail"]
     assert all(c["ok"] and c["fix"] == "" for c in checks.values())
@@ -67,7 +68,7 @@ def test_each_problem_comes_with_its_fix(capsys, tmp_path):
     assert code == 1
     lines = text.splitlines()
     assert [x.split()[0] for x in lines if not x.startswith(" ")] == ["PROBLEM", "ok", "PROBLEM", "PROBLEM",
-                                                                       "PROBLEM", "PROBLEM", "ok"]
+                                                                       "PROBLEM", "PROBLEM", "ok", "ok"]
     assert sum("fix:" in x for x in lines) == 5
 
 
@@ -118,3 +119,27 @@ def test_privacy_reports_files_others_can_read_and_notes_a_group_shared_folder(c
     assert not p["ok"] and "3 file(s)" in p["detail"], p
     assert all(str(f) in p["detail"] for f in (photo, wal, snapshot))
     assert "chmod o-rwx" in p["fix"]
+
+
+def test_a_config_holding_a_secret_that_others_can_read_is_a_problem_with_its_fix(capsys, tmp_path):
+    """A real config file with real modes: each kind of secret makes a group- or world-readable file a problem."""
+    def secrets(config):
+        code, out = _check(capsys, config, "--json")
+        return code, next(c for c in json.loads(out)["checks"] if c["name"] == "secrets")
+
+    plain = _site(tmp_path / "plain", hooks="  webhook_url: https://door.example/")  # a host alone is no secret
+    os.chmod(plain, 0o644)
+    assert secrets(plain)[1]["ok"]
+    for key, door, extra in (
+            ("door.webhook_url", "  webhook_url: http://ha.local:8123/api/webhook/front-door-8f3k2", ""),
+            ("door.webhook_secret", "  webhook_secret: s3cret-signing-key", ""),
+            ("door.unlock_command", "  unlock_command: [curl, 'https://relay.local/open?token=abc123']", ""),
+            ("mqtt.password", "", "mqtt:\n  username: door\n  password: hunter22\n")):
+        config = _site(tmp_path / key, hooks=door, extra=extra)
+        code, ok = secrets(config)
+        assert ok["ok"] and key in ok["detail"], ok  # _site writes it 0600
+        for mode in (0o640, 0o604, 0o620):
+            os.chmod(config, mode)
+            code, check = secrets(config)
+            assert code == 1 and not check["ok"] and key in check["detail"] and f"{mode:04o}" in check["detail"]
+            assert check["fix"] == f"chmod 600 {config.resolve()}"

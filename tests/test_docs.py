@@ -242,7 +242,7 @@ def comment_lines_per_key(text: str) -> dict[str, int]:
 
 
 def config_keys() -> list[str]:
-    return [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) if s.name != "base_dir"
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) if s.name not in ("base_dir", "file")
             for f in dataclasses.fields(s.default_factory())]
 
 

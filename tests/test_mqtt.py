@@ -14,7 +14,7 @@ import pytest
 from mqtt_broker import Listener, broker_or_skip
 
 from door_access.config import AccessLogConfig, DoorConfig, LivenessConfig, MqttConfig, TtsConfig
-from door_access.core import GALLERY, RELOCK, UNLOCK, Event, Notice
+from door_access.core import DENIED, GALLERY, RELOCK, UNLOCK, Event, Notice
 from door_access.door.access_log import AccessLog
 from door_access.door.actions import Actions, Speaker
 from door_access.door.mqtt import MqttBridge, Topics, door_commands, parse_command
@@ -81,14 +81,14 @@ def test_remote_unlock_opens_the_door_is_logged_and_lock_relocks_at_once(broker,
                                                 unlock_seconds=60.0, id="side"),
                       tts=TtsConfig(enabled=False),
                       access_log=AccessLogConfig(path=str(tmp_path / "log.sqlite"), snapshots_dir=None),
-                      mqtt=mqtt_cfg(broker))
+                      mqtt=mqtt_cfg(broker, username="door", commands=("unlock", "lock", "reload_gallery")))
     log = AccessLog(tmp_path / "log.sqlite", door_id="side")
     events: list[Event] = []
     actions = Actions(cfg, log, Speaker(cfg.tts, None), emit=events.append)
     reloads = []
     bridge = MqttBridge(cfg.mqtt, "side", door_commands(
-        lambda: actions.submit(Notice(Event(UNLOCK, 0.0, 0.0, detail="source: remote"))),
-        lambda: actions.door.lock("remote lock"), lambda: reloads.append(1)))
+        cfg.mqtt.commands, lambda kind, detail: actions.submit(Notice(Event(kind, 0.0, 0.0, detail=detail))),
+        lambda: actions.door.lock("remote lock"), lambda: reloads.append(1), lambda: False))
     actions.emit = lambda e: (events.append(e), bridge.publish(e))
     topics = bridge.topics
     # a retained "unlock" left on the command topic must not open the door when it connects
@@ -112,7 +112,7 @@ def test_remote_unlock_opens_the_door_is_logged_and_lock_relocks_at_once(broker,
         sender.close()
     logged = [(e.event, e.detail, door) for e, door in log.query()]
     log.close()
-    assert logged == [(UNLOCK, "source: remote", "side"), (RELOCK, "remote lock", "side")]
+    assert logged == [(UNLOCK, "source: mqtt", "side"), (RELOCK, "remote lock", "side")]
 
 
 @pytest.mark.model
@@ -134,7 +134,7 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
     cfg = make_config(tmp_path, door=DoorConfig(unlock_seconds=0.5, cooldown_seconds=0.0, id="lobby"),
                       tts=TtsConfig(enabled=False), liveness=LivenessConfig(enabled=False),
                       access_log=AccessLogConfig(path=str(tmp_path / "log.sqlite"), snapshots_dir=None),
-                      mqtt=mqtt_cfg(broker))
+                      mqtt=mqtt_cfg(broker, username="door", commands=("unlock", "lock")))
     cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, images=str(tmp_path / "images")))
     hub = Listener(broker.port, "door-access/lobby/#", client_id="test-hub", persistent=True)
     topics = Topics(cfg.mqtt, "lobby")
@@ -169,12 +169,16 @@ def test_clip_unlocks_reach_mqtt_and_survive_a_broker_restart(broker, tmp_path, 
 
         # the app's own wiring of a remote unlock: the door opens, and it is logged as remote
         hub.client.publish(topics.command, "unlock", qos=1).wait_for_publish(5)
-        assert wait_for(lambda: any(e.event == UNLOCK and e.detail == "source: remote" for e in events), 10)
+        assert wait_for(lambda: any(e.event == UNLOCK and e.detail == "source: mqtt" for e in events), 10)
+        # ...and it asks the decider's lockout on the clock of the frames it decided on
+        pipeline.decider.locked_out_until = pipeline.latest.frame.t + 60.0  # as after repeated failures
+        hub.client.publish(topics.command, "unlock", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: any(e.event == DENIED and "locked out" in e.detail for e in events), 10), events
     finally:
         pipeline.stop()
         hub.close()
     log = AccessLog(tmp_path / "log.sqlite")
-    remote = [(e.event, door) for e, door in log.query(person=None) if e.detail == "source: remote"]
+    remote = [(e.event, door) for e, door in log.query(person=None) if e.detail == "source: mqtt"]
     log.close()
     assert remote == [(UNLOCK, "lobby")]
 

@@ -37,6 +37,7 @@ from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Not
 from door_access.door.access_log import AccessLog
 from door_access.door.controller import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
 from door_access.files import private_dir, write_private
+from door_access.redaction import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class Actions:
         self.emit = emit
         t0 = time.monotonic()
         self.clock = clock or (lambda: (time.monotonic() - t0, time.time()))
+        self._redact = Redactor.from_config(cfg)  # every event is redacted where it is recorded and emitted
         self.door = DoorController(cfg.door, self.publish, self.clock)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
@@ -218,7 +220,8 @@ class Actions:
         self.door.start()
         d = self.cfg.door
         if d.webhook_url:
-            self._webhook = _WebhookSender(d.webhook_url, d.webhook_secret, d.hook_timeout_s, self._webhook_failed)
+            self._webhook = _WebhookSender(d.webhook_url, d.webhook_secret, d.hook_timeout_s, self._webhook_failed,
+                                           self._redact)
             self._webhook.start()
         self._thread = threading.Thread(target=self._run, name="actions", daemon=True)
         self._thread.start()
@@ -261,7 +264,9 @@ class Actions:
         return self._thread is not None and not self._queue.empty()
 
     def publish(self, event: Event) -> None:
-        """Queue `event` for the access log, then `emit` it (the `--events-json` line); from any thread."""
+        """Queue `event` for the access log, then `emit` it (the `--events-json` line, MQTT); from any thread.
+        Its detail is redacted first: a hook's stderr or an error may quote a URL or a password."""
+        event = self._redact.event(event)
         with self._publishing:
             self.access_log.record(event)  # spooled and queued: never waits on the database
             if self.emit is None:
@@ -282,7 +287,7 @@ class Actions:
             self.handled += 1
 
     def _handle(self, notice: Notice) -> None:
-        event = notice.event
+        event = self._redact.event(notice.event)  # the webhook posts it too
         try:
             self.publish(event)
             if event.event == UNLOCK and not self._stopping.is_set():  # no door opening while the app exits
@@ -377,8 +382,10 @@ class _WebhookSender:
 
     MAX_PENDING = 16
 
-    def __init__(self, url: str, secret: str | None, timeout_s: float, report: Callable[[Event, str], None]):
+    def __init__(self, url: str, secret: str | None, timeout_s: float, report: Callable[[Event, str], None],
+                 redactor: Redactor):
         self.url = url
+        self.redactor = redactor  # the URL is often the secret itself (a Home Assistant webhook id)
         self.secret = secret
         self.timeout_s = timeout_s
         self.report = report
@@ -419,6 +426,6 @@ class _WebhookSender:
             response.read(65536)
 
     def _failed(self, event: Event, reason: str) -> None:
-        detail = f"webhook {self.url} failed for {event.event}: {reason}"
+        detail = self.redactor.text(f"webhook {self.url} failed for {event.event}: {reason}")
         log.warning("actions: %s", detail)
         self.report(event, detail)

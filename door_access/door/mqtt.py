@@ -7,7 +7,8 @@ Topics, under `<prefix>/<door.id>/` (prefix `door-access` by default):
     person        the last person let in (retained); cleared when they leave the gallery (`forget`)
     denied        {"event_type": "denied", "name", "reason", "time"} for each denial (a Home Assistant event)
     availability  "online" / "offline" (retained; "offline" is also the last will)
-    command       in: "unlock", "lock" or "reload_gallery" (plain text, or JSON {"command": ...})
+    command       in: "unlock", "lock" or "reload_gallery" (plain text, or JSON {"command": ...}); only
+                  those in `mqtt.commands` are obeyed (default: "lock"), each refusal is a `denied` event
 
 Nothing here can hold up the door: `publish()` only appends to a bounded in-memory queue; a
 thread hands the queue to paho-mqtt while connected. paho's own thread connects and reconnects
@@ -17,7 +18,11 @@ oldest dropped first) go out when it is back. QoS 1 messages in flight when the 
 drops are resent by paho on reconnect.
 
 A retained message on the command topic is ignored: otherwise anyone who once published a
-retained "unlock" would open the door on every reconnect.
+retained "unlock" would open the door on every reconnect. A remote unlock obeys the lockout
+(`door_commands`), and "unlock" may be allowed only over an authenticated or TLS connection
+(checked at config load). The client id is the door's id, this host's name and a random suffix,
+new at each start: another client cannot guess it, so it cannot take the door's session over
+(a broker drops the older of two connections with one client id).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import collections
 import json
 import logging
 import re
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +56,12 @@ def iso_time(wall: float) -> str:
 def event_record(event: Event, door_id: str) -> dict:
     """The `--events-json` record plus the door and an ISO time."""
     return {**json.loads(event.to_json()), "door": door_id, "time": iso_time(event.wall)}
+
+
+def client_id(door_id: str) -> str:
+    """`door-access-<door.id>-<host>-<48 random bits>`: readable in the broker's log, unique, unguessable."""
+    door, host = (re.sub(r"[^A-Za-z0-9_-]", "_", text)[:40] for text in (door_id, socket.gethostname()))
+    return f"door-access-{door}-{host}-{secrets.token_hex(6)}"
 
 
 def parse_command(payload: bytes) -> str | None:
@@ -118,6 +131,7 @@ class MqttBridge:
         self.door_id = door_id
         self.on_command = on_command
         self.topics = Topics(cfg, door_id)
+        self.client_id = client_id(door_id)  # kept across reconnects (a clean session: no state to resume)
         self.base_dir = base_dir
         self._pending: collections.deque[tuple[str, str, bool]] = collections.deque()
         self._cond = threading.Condition()
@@ -179,7 +193,7 @@ class MqttBridge:
         import paho.mqtt.client as mqtt
 
         c = self.cfg
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"door-access-{self.door_id}",
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              clean_session=True)
         client.enable_logger(logging.getLogger(__name__ + ".paho"))
         if c.username is not None:
@@ -201,7 +215,7 @@ class MqttBridge:
         client.loop_start()  # paho's thread: connects, and reconnects with backoff, on its own
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._thread.start()
-        log.info("mqtt: connecting to %s:%d as door %r", c.host, c.port, self.door_id)
+        log.info("mqtt: connecting to %s:%d as door %r (client id %s)", c.host, c.port, self.door_id, self.client_id)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Send what is queued and "offline" (while connected), disconnect; bounded by `timeout`."""
@@ -264,7 +278,6 @@ class MqttBridge:
         if command is None:
             log.warning("mqtt: unknown command %r on %s", msg.payload[:80], msg.topic)
             return
-        log.info("mqtt: remote command %r", command)
         try:
             self.on_command(command)
         except Exception:
@@ -293,9 +306,24 @@ class MqttBridge:
             # MQTT_ERR_NO_CONN: paho keeps a QoS 1 message and resends it once reconnected
 
 
-def door_commands(submit_unlock: Callable[[], None], lock_now: Callable[[], None],
-                  reload_gallery: Callable[[], None]) -> Callable[[str], None]:
-    """Map remote commands onto the door. Today: an UNLOCK notice to Actions (`source: remote`), an
-    immediate relock, a gallery reload; at merge these point at the DoorController."""
-    table = {"unlock": submit_unlock, "lock": lock_now, "reload_gallery": reload_gallery}
-    return lambda command: table[command]()
+def door_commands(allowed: tuple[str, ...], notify: Callable[..., None], lock_now: Callable[[], None],
+                  reload_gallery: Callable[[], None], locked_out: Callable[[], bool]) -> Callable[[str], None]:
+    """Remote commands as the door obeys them: only those `allowed` (`mqtt.commands`); an unlock goes the
+    door's own way (an UNLOCK notice, detail `source: mqtt`) and only while the door is not `locked_out()`
+    after repeated failed attempts. `notify(kind, detail=...)` records an event (access log, MQTT,
+    `--events-json`): each remote unlock, and each refusal as a `denied` (no payload text, only the command)."""
+
+    def run(command: str) -> None:
+        if command not in allowed:
+            refused = f"source: mqtt: command {command!r} refused: not in mqtt.commands"
+        elif command == "unlock" and locked_out():
+            refused = "source: mqtt: unlock refused: locked out after repeated failed attempts"
+        else:
+            log.info("mqtt: remote command %r", command)
+            {"unlock": lambda: notify(UNLOCK, detail="source: mqtt"), "lock": lock_now,
+             "reload_gallery": reload_gallery}[command]()
+            return
+        log.warning("mqtt: %s", refused)
+        notify(DENIED, detail=refused)
+
+    return run

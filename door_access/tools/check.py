@@ -2,7 +2,8 @@
 
 Quick and model-free (no TensorFlow, no dlib): it looks at files, programs and devices only,
 so an installer can run it first. It also reports any photo, template, snapshot or log file that
-other users of the machine can read. `door-access gallery` checks the photos' faces in depth.
+other users of the machine can read, and a config file holding a secret that others can read.
+`door-access gallery` checks the photos' faces in depth.
 """
 
 from __future__ import annotations
@@ -219,9 +220,39 @@ def check_privacy(cfg: Config, images_dir: Path) -> Check:
     return Check("privacy", True, detail)
 
 
+def config_secrets(cfg: Config) -> list[str]:
+    """The keys in `cfg` that hold a secret: the webhook's signing key, the broker password, and a webhook
+    URL or hook argument the redactor would change (a URL's path or query is often a token, `password=`)."""
+    from door_access.redaction import Redactor
+
+    d, shown = cfg.door, Redactor().text
+    held = [key for key, value in (("door.webhook_secret", d.webhook_secret), ("mqtt.password", cfg.mqtt.password))
+            if value]
+    for key, texts in (("door.webhook_url", [d.webhook_url or ""]), ("door.unlock_command", d.unlock_command),
+                       ("door.relock_command", d.relock_command)):
+        if any(shown(text) != text for text in texts):
+            held.append(key)
+    return held
+
+
+def check_secrets(cfg: Config) -> Check:
+    """A config file holding a secret must be readable by its owner only (mode 0600)."""
+    held = config_secrets(cfg)
+    if cfg.file is None or not held:  # the defaults (no config file) hold none
+        return Check("secrets", True, "the config holds no secret")
+    try:
+        mode = stat.S_IMODE(cfg.file.stat().st_mode)
+    except OSError as exc:
+        return Check("secrets", False, f"cannot read the mode of {cfg.file}: {exc}", f"check {cfg.file}")
+    if mode & 0o077:
+        return Check("secrets", False, f"{cfg.file} holds secrets ({', '.join(held)}) and its group or other users "
+                     f"have access to it (mode {mode:04o})", f"chmod 600 {cfg.file}")
+    return Check("secrets", True, f"{cfg.file} holds secrets ({', '.join(held)}) and only its owner can read it")
+
+
 def run_checks(cfg: Config, images_dir: Path) -> list[Check]:
     checks = [check_camera, check_speaker, check_models, lambda c: check_gallery(images_dir), check_hooks, check_log,
-              lambda c: check_privacy(c, images_dir)]
+              lambda c: check_privacy(c, images_dir), check_secrets]
     return [check(cfg) for check in checks]
 
 
