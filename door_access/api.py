@@ -89,8 +89,9 @@ class Door:
         from door_access.recognition.recognizer import Recognizer
 
         with self._lock:
-            a = self._one_face(image_a, "image_a")
-            b = self._one_face(image_b, "image_b")
+            rgb_a, rgb_b = self.read(image_a), self.read(image_b)  # a bad file is named before any detection
+            a = self._one_face(rgb_a, image_a, "image_a")
+            b = self._one_face(rgb_b, image_b, "image_b")
         enrolled = Recognizer(Gallery(names=["b"], photos=[Path("b")], embeddings=b[None]),
                               self.cfg.recognition.threshold)
         distance, same = enrolled.verify(a, "b")
@@ -101,8 +102,9 @@ class Door:
         or `images/<name>/*.jpg`, as the door enrolls them), by the door's 1:K rule: name is None when
         nobody is close enough, or two people are too close to tell; distance is to the closest person."""
         with self._lock:
-            probe = self._one_face(image, "image")
-            [match] = self.recognizer(images_dir).identify(probe[None])
+            rgb = self.read(image)
+            recognizer = self.recognizer(images_dir)
+            [match] = recognizer.identify(self._one_face(rgb, image, "image")[None])
         return match.name, match.distance
 
     # ---- the pieces the verbs (and the CLI) share ----------------------------------------------
@@ -176,9 +178,10 @@ class Door:
             return np.zeros((0, EMBEDDING_SIZE), np.float32)
         return self.encoder.encode(np.stack(chips))
 
-    def _one_face(self, image: Image, label: str) -> np.ndarray:
-        """The embedding of the one face in `image`; ValueError naming the photo when it shows none or several."""
-        found, embeddings = self.faces(image)
+    def _one_face(self, rgb: np.ndarray, image: Image, label: str) -> np.ndarray:
+        """The embedding of the one face in `rgb` (read from `image`); ValueError naming the photo (its path, or
+        `label` for an array) when it shows none or several."""
+        found, embeddings = self.faces(rgb)
         if len(found) != 1:
             name = str(image) if isinstance(image, (str, Path)) else label
             what = "no face" if not found else f"{len(found)} faces"
