@@ -1,19 +1,9 @@
-"""The door's recognition as five plain verbs on photos, for scripts and integrations (docs/api.md).
+"""The door's recognition as plain verbs on photos, for scripts and integrations (docs/api.md).
 
-    from door_access import api
-    door = api.load()                                  # or api.load("config.yaml"), or api.load(cfg)
-    boxes = door.find_faces("photo.jpg")               # [Box(x, y, w, h), ...]
-    embeddings = door.encode("photo.jpg", boxes)       # (n, 128) unit vectors
-    same, distance = door.verify("a.jpg", "b.jpg")     # one face each, under the door's threshold?
-    name, distance = door.identify("c.jpg", "images/") # the door's 1:K rule; name None for nobody
-
-Nothing here is a second implementation: photos go through the door's photo detector
-(`FaceDetector.photo_faces`, with its CNN second look), its 5-point alignment and FaceNet, a folder of
-people through the door's `GalleryBuilder` (and its embedding cache) and the answers come from the
-door's `Recognizer` (threshold and margin from the config). The CLI's `identify` and `verify` use the
-same `Door`. The models load on first use, once per `load()`; importing this module loads none.
-A `Door` serves one call at a time (dlib's detector is not thread-safe): calls from several threads wait
-their turn.
+No second implementation: photos go through the door's photo detector, alignment and FaceNet, a folder of
+people through its `GalleryBuilder` and embedding cache, and answers come from its `Recognizer`, so a
+script and the door agree. The CLI's `identify` and `verify` use the same `Door`. Importing this module
+loads no model; a `Door` loads them on first use, once.
 """
 
 from __future__ import annotations
@@ -34,7 +24,6 @@ if TYPE_CHECKING:
     from door_access.recognition.recognizer import Recognizer
 
 REPO = Path(__file__).resolve().parents[1]  # config=None: the defaults, with weights/ and .cache/ of this checkout
-FACENET_WEIGHTS = "facenet_keras3.weights.h5"
 
 Image = str | Path | np.ndarray  # a photo file, or an RGB uint8 array (H, W, 3)
 
@@ -122,7 +111,7 @@ class Door:
         if self._encoder is None:
             from door_access.faces import facenet
 
-            self._encoder = facenet.FaceEncoder(self.cfg.path("weights") / FACENET_WEIGHTS)
+            self._encoder = facenet.FaceEncoder(self.cfg.path("weights") / "facenet_keras3.weights.h5")
         return self._encoder
 
     def read(self, image: Image) -> np.ndarray:
@@ -157,18 +146,19 @@ class Door:
         from door_access.recognition.gallery import GalleryBuilder, apply_update
         from door_access.recognition.recognizer import Recognizer
 
-        key = Path(images_dir).resolve()
-        if not key.is_dir():
-            raise FileNotFoundError(f"images folder {images_dir} does not exist")
+        folder = Path(images_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"images folder {folder} does not exist")
+        key = folder.resolve()
         with self._lock:
             if key not in self._galleries:
                 builder = GalleryBuilder(self.cfg, self.detector, self.encoder)
-                gallery = builder.build(key)
+                gallery = builder.build(folder)
                 r = self.cfg.recognition
                 self._galleries[key] = builder, Recognizer(gallery, r.threshold, r.margin)
                 return self._galleries[key][1]
             builder, recognizer = self._galleries[key]
-            change = builder.update(key)
+            change = builder.update(folder)
             if change:
                 apply_update(recognizer, change)
             return recognizer
