@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -222,3 +223,20 @@ def test_the_example_in_the_docs_prints_what_it_says(site, shared_encoder, monke
     with contextlib.redirect_stdout(out):
         exec(compile(example, "docs/api.md", "exec"), {"__name__": "example"})
     assert len(expected) == 5 and out.getvalue().splitlines() == expected
+
+
+def test_the_identify_command_answers_through_the_same_door(site, shared_encoder, monkeypatch, tmp_path, capsys):
+    """`door-access identify` goes through `Door.faces` and `Door.recognizer`, and says what `identify` says."""
+    from door_access.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"paths:\n  images: {site.path('images')}\n  weights: {REPO / 'weights'}\n"
+                      f"  cache: {site.path('cache')}\n")
+    used = []
+    faces = api.Door.faces
+    monkeypatch.setattr(api.Door, "faces", lambda self, image: used.append(image) or faces(self, image))
+    assert main(["identify", "--config", str(config), "--json", str(FR_IMAGES / "obama2.jpg")]) == 0
+    [face] = json.loads(capsys.readouterr().out)["faces"]
+    assert used == [FR_IMAGES / "obama2.jpg"]
+    name, distance = api.load(config).identify(FR_IMAGES / "obama2.jpg", site.path("images"))
+    assert face["name"] == name == "obama" and face["distance"] == round(distance, 4)
