@@ -276,19 +276,20 @@ def cmd_setup(args, cfg: Config) -> int:
 
 
 def cmd_identify(args, cfg: Config) -> int:
-    from door_access.faces.photos import PhotoError, load_rgb
+    from door_access import api
+    from door_access.faces.photos import PhotoError
 
-    models = load_models(cfg, _images_dir(args, cfg))
+    door = api.load(cfg)
+    recognizer = door.recognizer(_images_dir(args, cfg))
     failed = 0
     for image in args.image:
         try:
-            rgb = load_rgb(image, cfg.photo.max_pixels)
-        except PhotoError as exc:
-            print(f"error: {image}: {exc}", file=sys.stderr)
+            faces, embeddings = door.faces(image)
+        except (PhotoError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        faces = models.detector.photo_faces(rgb)
-        matches = models.recognizer.identify(models.encoder.encode([f.chip for f in faces])) if faces else []
+        matches = recognizer.identify(embeddings) if faces else []
         result = {
             "image": str(image),
             "faces": [
@@ -307,17 +308,17 @@ def cmd_identify(args, cfg: Config) -> int:
 
 
 def cmd_verify(args, cfg: Config) -> int:
-    from door_access.faces.photos import load_rgb
+    from door_access import api
 
-    models = load_models(cfg, _images_dir(args, cfg))
-    if args.name not in models.recognizer.people:
-        raise UsageError(f"'{args.name}' is not enrolled (known: {', '.join(models.recognizer.people) or 'nobody'})")
-    rgb = load_rgb(args.image, cfg.photo.max_pixels)
-    faces = models.detector.photo_faces(rgb)
+    door = api.load(cfg)
+    recognizer = door.recognizer(_images_dir(args, cfg))
+    if args.name not in recognizer.people:
+        raise UsageError(f"'{args.name}' is not enrolled (known: {', '.join(recognizer.people) or 'nobody'})")
+    faces, embeddings = door.faces(args.image)
     if not faces:
         raise UsageError(f"{args.image}: no face found")
-    largest = max(faces, key=lambda f: f.box.w * f.box.h)
-    distance, match = models.recognizer.verify(models.encoder.encode([largest.chip])[0], args.name)
+    largest = max(range(len(faces)), key=lambda i: faces[i].box.w * faces[i].box.h)
+    distance, match = recognizer.verify(embeddings[largest], args.name)
     result = {"name": args.name, "distance": round(distance, 4), "match": match}
     if args.json:
         print(json.dumps(result))

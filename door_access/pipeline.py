@@ -40,6 +40,7 @@ from door_access.door.decision import Decider
 from door_access.door.policy import PolicyFile
 from door_access.door.tracking import Track, Tracker, fuse
 from door_access.faces.capture import END, Capture, Frame
+from door_access.faces.crop import grown_crop
 from door_access.faces.detection import FaceDetector
 from door_access.faces.facenet import FaceEncoder
 from door_access.faces.parallel_detection import DetectedFrames
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 V4L2_READ_S = 10.0  # OpenCV's V4L2 backend waits this long for a frame before a webcam's read() fails
 POLL_S = 0.1  # how often blocked stages look at the stop flag: bounds shutdown time
+SNAPSHOT_GROW = 0.3  # a snapshot is the face box grown by this much on each side: who was at the door, and how
 
 
 @dataclass
@@ -378,7 +380,8 @@ class Pipeline:
                                              {f.track: f.live for f in item.faces if f.live is not None}, fused)
             for d in decisions:
                 face = next((f for f in item.faces if f.track == d.track), None)
-                snapshot = _crop(item.frame.image, face.box) if d.event in ("denied", "unlock") and face else None
+                keep = d.event in ("denied", "unlock") and face
+                snapshot = grown_crop(item.frame.image, face.box, SNAPSHOT_GROW) if keep else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
             for observer in self.observers:
                 observer(item, decisions)
@@ -461,11 +464,3 @@ def fan_out(*sinks: Callable[[Event], None] | None) -> Callable[[Event], None] |
 
 class _Stopped(Exception):
     """Raised inside a stage when the app is stopping; ends the stage quietly."""
-
-
-def _crop(image: np.ndarray, box: Box, grow: float = 0.3) -> np.ndarray:
-    h, w = image.shape[:2]
-    gx, gy = int(box.w * grow), int(box.h * grow)
-    x0, y0 = max(0, box.x - gx), max(0, box.y - gy)
-    x1, y1 = min(w, box.x + box.w + gx), min(h, box.y + box.h + gy)
-    return image[y0:y1, x0:x1].copy()

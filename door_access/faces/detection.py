@@ -81,6 +81,10 @@ class FaceDetector:
         box = _clipped_box(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1, rgb.shape)
         return Face(box=box, chip=np.ascontiguousarray(chip), landmarks=points)
 
+    def align_box(self, rgb: np.ndarray, box: Box) -> Face:
+        """`align` on a face box (one from `photo_faces`, or the caller's own): the chip the door encodes."""
+        return self.align(rgb, box_rect(box))
+
     def video_chip(self, bgr: np.ndarray, rect: dlib.rectangle) -> np.ndarray:
         """The aligned RGB chip of a face in a BGR video frame, without converting the whole frame:
         dlib's landmarks read a pixel's intensity as (r + g + b) / 3, the same in either order, so
@@ -159,6 +163,11 @@ def scale_rects(rects, scale: float) -> list[dlib.rectangle]:
         edges = (r.left(), r.top(), r.right(), r.bottom()) if isinstance(r, dlib.rectangle) else r
         out.append(dlib.rectangle(*(round(v * scale) for v in edges)) if scale > 1.0 else dlib.rectangle(*edges))
     return out
+
+
+def box_rect(box: Box) -> dlib.rectangle:
+    """dlib's rectangle of a face box: the inverse of the box a `Face` carries (dlib's right and bottom are inside)."""
+    return dlib.rectangle(box.x, box.y, box.x + box.w - 1, box.y + box.h - 1)
 
 
 def load_dlib_model(loader, path: Path):

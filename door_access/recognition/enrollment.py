@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from door_access.config import Config, EnrollConfig
+from door_access.faces.crop import grown_crop
 from door_access.files import PRIVATE_DIR, PRIVATE_FILE, private_dir
 from door_access.recognition.enroll_prompt import EnrollError, EnrollPrompt, safe_name
 
@@ -155,7 +156,7 @@ class Enroller:
 
     def shot(self, rgb: np.ndarray, rect, q: Quality, pose: str, source: str = "") -> Shot:
         face = self.detector.align(rgb, rect)
-        return Shot(pose, _grown_crop(rgb, face.box), face.chip, q, source)
+        return Shot(pose, grown_crop(rgb, face.box, CROP_GROW), face.chip, q, source)
 
     # ---- the sweep ------------------------------------------------------------------------
 
@@ -196,18 +197,17 @@ class Enroller:
 
     def from_photo(self, rgb: np.ndarray, source: str) -> Shot:
         """A photo file's one face, checked like a camera frame (pose not asked); EnrollError if it fails."""
-        import dlib
+        from door_access.faces.detection import box_rect
 
         faces = self.detector.photo_faces(rgb)
         if len(faces) != 1:
             raise EnrollError(f"{source}: {'no face' if not faces else f'{len(faces)} faces'} found: "
                               "a photo must show exactly one face")
         face = faces[0]
-        rect = dlib.rectangle(face.box.x, face.box.y, face.box.x + face.box.w - 1, face.box.y + face.box.h - 1)
-        q, rect = self.check(rgb, [rect])
+        q, rect = self.check(rgb, [box_rect(face.box)])
         if not q.ok:
             raise EnrollError(f"{source}: {q.problem}")
-        return Shot("photo", _grown_crop(rgb, face.box), face.chip, q, source)
+        return Shot("photo", grown_crop(rgb, face.box, CROP_GROW), face.chip, q, source)
 
     def from_frame(self, rgb: np.ndarray, source: str = "camera") -> Shot:
         """The face in one video frame, checked (pose not asked); EnrollError if it fails."""
@@ -283,14 +283,6 @@ def write_photos(images_dir: Path, name: str, shots: list[Shot]) -> list[Path]:
             raise
         written.append(path)
     return written
-
-
-def _grown_crop(rgb: np.ndarray, box) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    gx, gy = int(box.w * CROP_GROW), int(box.h * CROP_GROW)
-    x0, y0 = max(0, box.x - gx), max(0, box.y - gy)
-    x1, y1 = min(w, box.x + box.w + gx), min(h, box.y + box.h + gy)
-    return np.ascontiguousarray(rgb[y0:y1, x0:x1])
 
 
 def snapshot_id_ok(value: str) -> bool:
