@@ -23,11 +23,10 @@ import numpy as np
 from door_access.config import Config
 from door_access.core import Box
 from door_access.liveness.attack_model import SiteModel, texture_features
-from door_access.tools.liveness_eval import read_truth
+from door_access.tools.liveness_eval import FRAME_SUFFIXES, check_truth
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TRACK_FRAMES = 6  # judged frames of a short track (0.36 s at spoof.measure_every_s) and of a Replay-Attack folder
 BPCER = 0.03  # default share of genuine tracks (out of fold) the threshold may call attacks: 0.05 left 6.7% of
 # genuine clips of unseen people denied, 0.03 5.0% (Replay-Attack train, docs/liveness.md)
@@ -47,7 +46,7 @@ class Samples:
 def _frames(path: Path, every_s: float, max_frames: int):
     """BGR frames of a frame folder, or of a video sampled every `every_s` seconds."""
     if path.is_dir():
-        for p in sorted(q for q in path.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]:
+        for p in sorted(q for q in path.iterdir() if q.suffix.lower() in FRAME_SUFFIXES)[:max_frames]:
             bgr = cv2.imread(str(p))
             if bgr is not None:
                 yield bgr
@@ -74,8 +73,8 @@ def collect(cfg: Config, folder: Path, every_s: float = 0.2, max_frames: int = 3
     """Texture features of the largest face of each frame (faces under spoof.min_face_px skipped)."""
     from door_access.faces.detection import FaceDetector
 
+    rows = check_truth(folder)
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
-    rows = read_truth(folder)
     feats, attack, person, clip, kind = [], [], [], [], []
     for row in rows:
         who = row.get("client") or row.get("person") or row.get("person_photo") or row["file"]
