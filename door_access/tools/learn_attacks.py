@@ -23,6 +23,7 @@ import numpy as np
 from door_access.config import Config
 from door_access.core import Box
 from door_access.liveness.attack_model import SiteModel, texture_features
+from door_access.quiet import progress
 from door_access.tools.liveness_eval import FRAME_SUFFIXES, check_truth
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def collect(cfg: Config, folder: Path, every_s: float = 0.2, max_frames: int = 3
     rows = check_truth(folder)
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
     feats, attack, person, clip, kind = [], [], [], [], []
-    for row in rows:
+    for row in progress(rows, "learn-attacks", unit="clip"):
         who = row.get("client") or row.get("person") or row.get("person_photo") or row["file"]
         n = 0
         for bgr in _frames(Path(folder) / row["file"], every_s, max_frames):
@@ -95,7 +96,11 @@ def collect(cfg: Config, folder: Path, every_s: float = 0.2, max_frames: int = 3
             clip.append(row["file"])
             kind.append(row.get("subkind") or row["kind"])
             n += 1
-        log.info("learn-attacks: %s: %d frames with a face to learn from", row["file"], n)
+        if n:
+            log.debug("learn-attacks: %s: %d frames with a face to learn from", row["file"], n)
+        else:
+            log.warning("learn-attacks: %s: no frame with a face of at least spoof.min_face_px (%d px)", row["file"],
+                        cfg.spoof.min_face_px)
     if not feats:
         raise ValueError(f"{folder}: no frame with a face of at least spoof.min_face_px ({cfg.spoof.min_face_px} px)")
     return Samples(np.array(feats), np.array(attack), np.array(person), np.array(clip), np.array(kind))

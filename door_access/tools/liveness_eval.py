@@ -43,7 +43,7 @@ from door_access.core import UNLOCK, Box
 from door_access.liveness.challenge import ACTIONS, PASSED, Sample, asked_at, judge_trace, response_times
 from door_access.liveness.cues import HISTORY_S, NEUTRAL_S
 from door_access.liveness.spoof import ATTACK, SITE_ATTACK, SpoofChecker, load_scorers
-from door_access.quiet import native_stderr_silenced
+from door_access.quiet import native_stderr_silenced, progress
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
     checker = SpoofChecker(cfg.spoof, load_scorers(cfg)) if cfg.spoof.enabled else None
     encoder = None
     clips = []
-    for row in rows:
+    for row in progress(rows, "eval-liveness", unit="clip"):
         path = folder / row["file"]
-        log.info("eval-liveness: %s", row["file"])
+        log.debug("eval-liveness: %s", row["file"])
         if path.is_dir():
             if checker is None:
                 raise ValueError("frame folders measure the DENY cues: eval-liveness needs spoof.enabled: true")
