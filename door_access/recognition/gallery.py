@@ -250,6 +250,7 @@ class GalleryBuilder:
         self._seen: dict[Path, tuple[str, int, int]] = {}  # photo -> (name, size, mtime_ns) at the last look
         self._digests: dict[Path, str] = {}  # photo -> content hash, of the photos in the folder at the last look
         self._unusable: set[Path] = set()  # photos among those that were refused (no face, unreadable...)
+        self._refused: set[Path] = set()  # entries the scan refused (not a photo, an unsafe name), already logged
         self._lock = threading.Lock()  # the watcher's update() and a remote reload's build() take turns
 
     def update(self, images_dir: Path) -> GalleryChange:
@@ -259,6 +260,10 @@ class GalleryBuilder:
 
     def _update(self, images_dir: Path) -> GalleryChange:
         found, not_photos = scan_images(images_dir)
+        for s in not_photos:  # dropped in while the door runs: named once, like at a build
+            if s.path not in self._refused:
+                log.warning("skipped photo %r: %s", str(s.path), s.reason)
+        self._refused = {s.path for s in not_photos}
         now = {}
         for name, photo in found:
             try:
@@ -288,6 +293,7 @@ class GalleryBuilder:
 
     def _build(self, images_dir: Path) -> Gallery:
         found, skipped = scan_images(images_dir)
+        self._refused = {s.path for s in skipped}
         self._seen, self._digests = {}, {}
         for name, photo in found:
             try:
