@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from door_access.config import Config, ConfigError, load_config
 from door_access.files import PRIVATE_UMASK, private_dir
-from door_access.quiet import quiet_libraries
+from door_access.quiet import progress, quiet_libraries
 from door_access.redaction import Redactor, install_log_filter
 from door_access.watchdog import EXIT_STALLED
 
@@ -667,7 +667,7 @@ def cmd_enroll(args, cfg: Config) -> int:
                              f"{cfg.access_log.snapshots_keep} in {cfg.access_log.snapshots_dir})")
         args.photos = [attempt.snapshot]
     if args.photos:
-        for photo in args.photos:
+        for photo in progress(args.photos, "enroll", unit="photo"):
             try:
                 shots.append(enroller.from_photo(load_rgb(photo, cfg.photo.max_pixels), str(photo)))
             except (PhotoError, EnrollError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 import urllib.parse
@@ -281,7 +282,51 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: 'lockout.max_cooloff_s' is below 'lockout.cooloff_s'")
     if cfg.liveness.reopen_ratio <= cfg.liveness.blink_ratio:
         raise ConfigError(f"{path}: 'liveness.reopen_ratio' must be above 'liveness.blink_ratio'")
+    for key in ("unlock_command", "relock_command"):
+        problem = hook_problem(getattr(cfg.door, key))
+        if problem:
+            raise ConfigError(f"{path}{_line_of(node, 'door', key)}: 'door.{key}' {problem}")
     return cfg
+
+
+PLACEHOLDER = re.compile(r"\{(?:name|distance)\}")
+# Programs that run text as code, or hand a command line to a shell (env -S, sudo -s, su -c, ssh, watch...).
+# A hook template holding `{name}` or `{distance}` may name none of them anywhere in its argv.
+CODE_RUNNERS = frozenset("""
+    sh bash rbash dash ash zsh ksh mksh pdksh oksh lksh yash posh csh tcsh fish rc es elvish nu xonsh pwsh powershell
+    cmd busybox toybox python pythonw pypy perl ruby irb jruby node nodejs deno bun php lua luajit tclsh wish expect
+    awk gawk mawk nawk sed gsed osascript rscript julia guile racket sbcl clisp ocaml ghci runghc runhaskell scala
+    groovy jshell kotlin elixir erl escript swift dc gdb m4 vi vim nvim ex ed emacs make gmake
+    env sudo doas su runuser pkexec sg ssh rsh sshpass watch script flock tmux screen xargs parallel find eval exec
+""".split())
+
+
+def _program(word: str) -> str:
+    """The program a word names: its file name, lowercased, less `.exe` and a version (python3.11 -> python)."""
+    base = word.replace("\\", "/").rsplit("/", 1)[-1].lower().removesuffix(".exe")
+    return re.sub(r"[\d.\-]+$", "", base)
+
+
+def hook_problem(argv: tuple[str, ...]) -> str | None:
+    """Why a hook template could turn a name into a command, or None.
+
+    A placeholder may reach only a program that treats it as data: not argv[0], and not when any
+    argument names a shell, an interpreter or a command runner (CODE_RUNNERS) -- by its first word,
+    or the first word of an `--option=value` -- wherever it stands, so wrappers (`env sh -c`,
+    `sudo sh -c`, `timeout 5 bash -c`) are caught too. The name is always in `DOOR_NAME`."""
+    if not any(PLACEHOLDER.search(arg) for arg in argv):
+        return None
+    if PLACEHOLDER.search(argv[0]):
+        return f"has a placeholder in its program ({argv[0]!r}): the program must be fixed"
+    for arg in argv:
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else ""
+        for text in (arg, value):
+            word = (text.split() or [""])[0].strip("'\"")
+            if _program(word) in CODE_RUNNERS:
+                return (f"hands {{name}} or {{distance}} to {word!r}, a shell, interpreter or command runner that "
+                        "could run a name as code: call the program that opens the door directly, with the name "
+                        "as an argument, or let it read DOOR_NAME from its environment")
+    return None
 
 
 def _line_of(node, *keys: str) -> str:

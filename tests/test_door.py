@@ -42,7 +42,11 @@ def clip(tmp_path_factory, detector):
 
 
 def hook(root, *args):
-    return [sys.executable, "-c", HOOK, str(root / "hook.jsonl"), *args]
+    """A hook program of its own (a name may not reach an interpreter's argv: test_names.py)."""
+    program = root / "record-hook"
+    program.write_text(f"#!{sys.executable}\n{HOOK}\n")
+    program.chmod(0o755)
+    return [str(program), str(root / "hook.jsonl"), *args]
 
 
 def make_site(root, unlock_command, hook_timeout=5.0, relock_command=None, unlock_seconds=0.5):

@@ -42,7 +42,8 @@ def test_safe_names_are_kept(name):
     assert safe_name(f"  {name} ") == name
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "$(reboot)", "x;rm -rf", "a" * 65, "a..b", "tab\there"])
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "$(reboot)", "x;rm -rf", "a" * 65, "a..b", "tab\there",
+                                  "-rf", "--help"])
 def test_unsafe_names_are_refused(name):
     with pytest.raises(EnrollError):
         safe_name(name)

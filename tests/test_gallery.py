@@ -1,5 +1,6 @@
 """The images/ folder as a gallery: layouts, the embedding cache, and every kind of bad photo."""
 
+import logging
 import shutil
 
 import cv2
@@ -93,7 +94,7 @@ def test_bad_photos_are_listed_with_reasons_and_the_rest_enrolls(tmp_path, detec
 
 
 @pytest.mark.parametrize("name", [
-    "Zoë Saldaña", "o'brien \"the\" man", "$(touch pwned)", "a;rm -rf x", "-leading dash", "name with spaces",
+    "Zoë Saldaña", "o'brien \"the\" man", "$(touch pwned)", "a;rm -rf x", "name with spaces", "trailing dash-",
 ])
 def test_awkward_names_are_kept_verbatim(tmp_path, builder, name):
     images = tmp_path / "images"
@@ -102,6 +103,21 @@ def test_awkward_names_are_kept_verbatim(tmp_path, builder, name):
     gallery = builder.build(images)
     assert gallery.people() == {name: 1}
     assert not (tmp_path / "pwned").exists() and not (images.parent / "pwned").exists()
+
+
+def test_a_name_that_reads_as_an_option_dropped_in_while_running_is_named_once_and_not_enrolled(tmp_path, builder,
+                                                                                                 caplog):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FR_IMAGES / "obama.jpg", images / "obama.jpg")
+    assert builder.build(images).people() == {"obama": 1}
+    shutil.copy(FR_IMAGES / "biden.jpg", images / "--exec=reboot.jpg")
+    with caplog.at_level(logging.WARNING):
+        change = builder.update(images)
+        again = builder.update(images)
+    assert not change.added and change.skipped_total == 1 and not again.added
+    named = [r.getMessage() for r in caplog.records if "--exec=reboot.jpg" in r.getMessage()]
+    assert len(named) == 1 and "starts with '-'" in named[0], named
 
 
 # ---- hot enroll without races, and a cache that is only a cache -------------------------------------

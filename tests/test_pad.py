@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import stat
 
 import cv2
@@ -107,19 +108,25 @@ def test_the_site_model_is_saved_private_and_read_back_the_same(tmp_path, detect
 
 @needs_pad
 @pytest.mark.model
-def test_learn_attacks_on_a_small_folder_then_eval_liveness_uses_it(tmp_path, capsys):
+def test_learn_attacks_on_a_small_folder_then_eval_liveness_uses_it(tmp_path, capsys, caplog):
     """Three clients' genuine, print and screen clips (real Replay-Attack frames): learn-attacks
     cross-validates with people kept apart, prints APCER/BPCER and writes the model (0600) where
     spoof.site_model points; eval-liveness on a fourth client then judges with it instead of the
-    general model."""
+    general model. Its log says what goes wrong, not one INFO line per clip (a progress bar counts
+    clips on a terminal)."""
     from door_access.cli import main
 
-    train = _write_truth(tmp_path / "train", _pad_rows({"client001", "client002", "client004"}))
+    rows = _pad_rows({"client001", "client002", "client004"})
+    train = _write_truth(tmp_path / "train", rows)
     test = _write_truth(tmp_path / "test", _pad_rows({"client007"}))
     config = tmp_path / "config.yaml"
     config.write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: {tmp_path / 'cache'}\n")
+    caplog.set_level(logging.DEBUG, logger="door_access")
     assert main(["learn-attacks", str(train), "--config", str(config), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    per_clip = [r for r in caplog.records if any(row["file"] in r.getMessage() for row in rows)]
+    assert not [r.getMessage() for r in per_clip if r.levelno == logging.INFO]
+    assert sum(r.levelno == logging.DEBUG for r in per_clip) == len(rows)  # still there with --verbose
     model = tmp_path / "cache" / "site_attack_model.npz"
     assert report["model"] == str(model) and stat.S_IMODE(model.stat().st_mode) == 0o600
     cv = report["cross_validated"]

@@ -179,9 +179,9 @@ def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, encoder, t
     """Two short real clips through the real pipeline (eval-liveness's own code): the phone photo
     (a02, the whole 2.6 s) gets the learned model's DENY and no unlock; a live man blinking (g06,
     its first 2.5 s, he blinks at 0.6 s) unlocks with no DENY cue."""
-    from door_access.tools.liveness_eval import _quiet, eval_video, read_truth
+    from door_access.tools.liveness_eval import _quiet, check_truth, eval_video
 
-    rows = {r["file"]: r for r in read_truth(LIVE)}
+    rows = {r["file"]: r for r in check_truth(LIVE)}
     run_cfg = _quiet(cfg)  # the passive path (a blink lets him in): not the shipped `always`
     run_cfg = dataclasses.replace(run_cfg, liveness=dataclasses.replace(run_cfg.liveness, challenge="on_doubt"))
 
@@ -207,10 +207,10 @@ def test_a_track_let_in_is_tracked_but_no_longer_checked_for_liveness(cfg, encod
     from door_access.app import build_pipeline
     from door_access.core import UNLOCK
     from door_access.faces.capture import Capture
-    from door_access.tools.liveness_eval import _quiet, read_truth
+    from door_access.tools.liveness_eval import _quiet, check_truth
 
     name = "genuine/g06_repeating_selfie_blink.mp4"
-    photo = LIVE / {r["file"]: r for r in read_truth(LIVE)}[name]["person_photo"]
+    photo = LIVE / {r["file"]: r for r in check_truth(LIVE)}[name]["person_photo"]
     (tmp_path / "images").mkdir()
     shutil.copy(photo, tmp_path / "images" / ("person" + photo.suffix.lower()))
     run_cfg = _quiet(cfg)

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from door_access.core import EMBEDDING_SIZE, INPUT_SIZE
+from door_access.files import sha256_file
+from door_access.quiet import native_stderr_silenced, tf_log_level
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import layers  # noqa: E402
-
-from door_access.core import EMBEDDING_SIZE, INPUT_SIZE  # noqa: E402
-from door_access.files import sha256_file  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", tf_log_level())
+with native_stderr_silenced():  # the import prints its GPU probe and oneDNN notices before any log level applies
+    import keras
+    import tensorflow as tf
+    from keras import layers
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,20 @@ class EnrollError(ValueError):
     """Enrollment cannot go on; the message says why and what to do."""
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` (a file or folder name under images/) cannot be a person's name, or None.
+
+    The name reaches hooks as an argument: one starting with '-' would read as an option, a
+    control character could forge a log line. Other characters are kept verbatim."""
+    if not name:
+        return "the name is empty"
+    if name.startswith("-"):
+        return f"the name {name!r} starts with '-' (a hook could take it for an option)"
+    if not name.isprintable() or "/" in name:
+        return f"the name {name!r} holds a control character or '/'"
+    return None
+
+
 def safe_name(name: str) -> str:
     """`name` if it can be a folder under images/ (letters, digits, space, . _ -; no path parts), else EnrollError.
 
@@ -44,9 +58,9 @@ def safe_name(name: str) -> str:
     name = unicodedata.normalize("NFC", str(name)).strip()
     if not name or len(name) > MAX_NAME:
         raise EnrollError(f"the name must be 1 to {MAX_NAME} characters")
-    if name.startswith(".") or not all(c.isalnum() or c in " ._-" for c in name) or ".." in name:
+    if name.startswith((".", "-")) or not all(c.isalnum() or c in " ._-" for c in name) or ".." in name:
         raise EnrollError(f"{name!r} is not a usable name: use letters, digits, spaces, '.', '_' or '-' "
-                          "(not starting with '.')")
+                          "(not starting with '.' or '-')")
     return name
 
 

@@ -28,6 +28,7 @@ from door_access.config import Config
 from door_access.core import EMBEDDING_SIZE
 from door_access.faces.photos import PhotoError, is_photo, load_rgb
 from door_access.files import PRIVATE_FILE, private_dir, private_file, sha256_file
+from door_access.recognition.enroll_prompt import name_problem
 from door_access.recognition.recognizer import Recognizer
 
 if TYPE_CHECKING:  # the models are handed in: scanning the folder and the cache (`forget`) loads neither
@@ -64,7 +65,8 @@ class Gallery:
 
 
 def scan_images(images_dir: Path) -> tuple[list[tuple[str, Path]], list[SkippedPhoto]]:
-    """(name, photo) pairs found in `images_dir`, and the entries that are not photos."""
+    """(name, photo) pairs found in `images_dir`, and the entries that are not photos or whose name
+    cannot be a person's (`name_problem`: skipped with the reason, so the door keeps running)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder {images_dir} does not exist")
@@ -78,7 +80,7 @@ def scan_images(images_dir: Path) -> tuple[list[tuple[str, Path]], list[SkippedP
     for name, photo in candidates:
         if photo.name.startswith(".") or name.startswith("."):
             continue
-        problem = _photo_problem(photo)
+        problem = name_problem(name) or _photo_problem(photo)
         if problem:
             skipped.append(SkippedPhoto(photo, problem))
         else:
@@ -248,6 +250,7 @@ class GalleryBuilder:
         self._seen: dict[Path, tuple[str, int, int]] = {}  # photo -> (name, size, mtime_ns) at the last look
         self._digests: dict[Path, str] = {}  # photo -> content hash, of the photos in the folder at the last look
         self._unusable: set[Path] = set()  # photos among those that were refused (no face, unreadable...)
+        self._refused: set[Path] = set()  # entries the scan refused (not a photo, an unsafe name), already logged
         self._lock = threading.Lock()  # the watcher's update() and a remote reload's build() take turns
 
     def update(self, images_dir: Path) -> GalleryChange:
@@ -257,6 +260,10 @@ class GalleryBuilder:
 
     def _update(self, images_dir: Path) -> GalleryChange:
         found, not_photos = scan_images(images_dir)
+        for s in not_photos:  # dropped in while the door runs: named once, like at a build
+            if s.path not in self._refused:
+                log.warning("skipped photo %r: %s", str(s.path), s.reason)
+        self._refused = {s.path for s in not_photos}
         now = {}
         for name, photo in found:
             try:
@@ -286,6 +293,7 @@ class GalleryBuilder:
 
     def _build(self, images_dir: Path) -> Gallery:
         found, skipped = scan_images(images_dir)
+        self._refused = {s.path for s in skipped}
         self._seen, self._digests = {}, {}
         for name, photo in found:
             try:

@@ -34,6 +34,7 @@ from door_access.faces.detection import FaceDetector
 from door_access.faces.facenet import FaceEncoder
 from door_access.faces.photos import PhotoError, load_rgb
 from door_access.files import sha256_file
+from door_access.quiet import progress_bar
 from door_access.recognition.gallery import EmbeddingCache, Gallery, chip_settings
 from door_access.recognition.recognizer import Recognizer
 
@@ -569,34 +570,36 @@ def make_lfw_records(cfg: Config, detector: FaceDetector | Sequence[FaceDetector
                 todo.append(sha)
         log.info("LFW: %d images, %d from the cache, %d to detect and encode", len(paths), len(by_digest) - len(todo),
                  len(todo))
-        for start in range(0, len(todo), batch_size):
-            chips, digests, info, rows = [], [], [], []
-            shas = todo[start:start + batch_size]
-            batch_paths = [paths[by_digest[sha][0]] for sha in shas]
-            found = pool.map(chip, batch_paths) if pool else map(chip, batch_paths)
-            for sha, path, result in zip(shas, batch_paths, found):
-                if isinstance(result, PhotoError):
-                    log.warning("LFW image %s is unusable: %s", path, result)
-                    rows.append((sha, None, str(result)))
-                    continue
-                c, n, dominance = result
-                if not n:
-                    log.info("LFW image %s: no face found, aligned on the central box", path)
-                chips.append(c)
-                digests.append(sha)
-                info.append((n, dominance))
-            if chips:
-                batch = np.stack(chips)
-                emb = encoder.encode(np.concatenate([batch, batch[:, :, ::-1]]) if mirrored else batch)
-                unmirrored = np.full(EMBEDDING_SIZE, np.nan)
-                for k, (sha, (n, dominance)) in enumerate(zip(digests, info)):
-                    mirror = emb[len(chips) + k] if mirrored else unmirrored
-                    record = np.concatenate([emb[k], mirror, [n, dominance]]).astype(np.float32)
-                    store(sha, record)
-                    rows.append((sha, record, None))
-            if store_cache is not None:
-                store_cache.put(rows)
-            log.info("LFW: encoded %d/%d", min(start + batch_size, len(todo)), len(todo))
+        with progress_bar("eval: detect and encode", len(todo), unit="photo") as bar:
+            for start in range(0, len(todo), batch_size):
+                chips, digests, info, rows = [], [], [], []
+                shas = todo[start:start + batch_size]
+                batch_paths = [paths[by_digest[sha][0]] for sha in shas]
+                found = pool.map(chip, batch_paths) if pool else map(chip, batch_paths)
+                for sha, path, result in zip(shas, batch_paths, found):
+                    if isinstance(result, PhotoError):
+                        log.warning("LFW image %s is unusable: %s", path, result)
+                        rows.append((sha, None, str(result)))
+                        continue
+                    c, n, dominance = result
+                    if not n:
+                        log.info("LFW image %s: no face found, aligned on the central box", path)
+                    chips.append(c)
+                    digests.append(sha)
+                    info.append((n, dominance))
+                if chips:
+                    batch = np.stack(chips)
+                    emb = encoder.encode(np.concatenate([batch, batch[:, :, ::-1]]) if mirrored else batch)
+                    unmirrored = np.full(EMBEDDING_SIZE, np.nan)
+                    for k, (sha, (n, dominance)) in enumerate(zip(digests, info)):
+                        mirror = emb[len(chips) + k] if mirrored else unmirrored
+                        record = np.concatenate([emb[k], mirror, [n, dominance]]).astype(np.float32)
+                        store(sha, record)
+                        rows.append((sha, record, None))
+                if store_cache is not None:
+                    store_cache.put(rows)
+                bar.update(len(shas))
+                log.debug("LFW: encoded %d/%d", min(start + batch_size, len(todo)), len(todo))
         faces = np.nan_to_num(out[:, 2 * EMBEDDING_SIZE], nan=0.0).astype(int)
         return PhotoRecords(out[:, :EMBEDDING_SIZE], out[:, EMBEDDING_SIZE:2 * EMBEDDING_SIZE], faces,
                             out[:, 2 * EMBEDDING_SIZE + 1], [bool(f > 0) for f in faces])

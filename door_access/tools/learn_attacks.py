@@ -23,11 +23,11 @@ import numpy as np
 from door_access.config import Config
 from door_access.core import Box
 from door_access.liveness.attack_model import SiteModel, texture_features
-from door_access.tools.liveness_eval import read_truth
+from door_access.quiet import progress
+from door_access.tools.liveness_eval import FRAME_SUFFIXES, check_truth
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TRACK_FRAMES = 6  # judged frames of a short track (0.36 s at spoof.measure_every_s) and of a Replay-Attack folder
 BPCER = 0.03  # default share of genuine tracks (out of fold) the threshold may call attacks: 0.05 left 6.7% of
 # genuine clips of unseen people denied, 0.03 5.0% (Replay-Attack train, docs/liveness.md)
@@ -47,7 +47,7 @@ class Samples:
 def _frames(path: Path, every_s: float, max_frames: int):
     """BGR frames of a frame folder, or of a video sampled every `every_s` seconds."""
     if path.is_dir():
-        for p in sorted(q for q in path.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]:
+        for p in sorted(q for q in path.iterdir() if q.suffix.lower() in FRAME_SUFFIXES)[:max_frames]:
             bgr = cv2.imread(str(p))
             if bgr is not None:
                 yield bgr
@@ -74,10 +74,10 @@ def collect(cfg: Config, folder: Path, every_s: float = 0.2, max_frames: int = 3
     """Texture features of the largest face of each frame (faces under spoof.min_face_px skipped)."""
     from door_access.faces.detection import FaceDetector
 
+    rows = check_truth(folder)
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
-    rows = read_truth(folder)
     feats, attack, person, clip, kind = [], [], [], [], []
-    for row in rows:
+    for row in progress(rows, "learn-attacks", unit="clip"):
         who = row.get("client") or row.get("person") or row.get("person_photo") or row["file"]
         n = 0
         for bgr in _frames(Path(folder) / row["file"], every_s, max_frames):
@@ -96,7 +96,11 @@ def collect(cfg: Config, folder: Path, every_s: float = 0.2, max_frames: int = 3
             clip.append(row["file"])
             kind.append(row.get("subkind") or row["kind"])
             n += 1
-        log.info("learn-attacks: %s: %d frames with a face to learn from", row["file"], n)
+        if n:
+            log.debug("learn-attacks: %s: %d frames with a face to learn from", row["file"], n)
+        else:
+            log.warning("learn-attacks: %s: no frame with a face of at least spoof.min_face_px (%d px)", row["file"],
+                        cfg.spoof.min_face_px)
     if not feats:
         raise ValueError(f"{folder}: no frame with a face of at least spoof.min_face_px ({cfg.spoof.min_face_px} px)")
     return Samples(np.array(feats), np.array(attack), np.array(person), np.array(clip), np.array(kind))

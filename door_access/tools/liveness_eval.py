@@ -43,6 +43,7 @@ from door_access.core import UNLOCK, Box
 from door_access.liveness.challenge import ACTIONS, PASSED, Sample, asked_at, judge_trace, response_times
 from door_access.liveness.cues import HISTORY_S, NEUTRAL_S
 from door_access.liveness.spoof import ATTACK, SITE_ATTACK, SpoofChecker, load_scorers
+from door_access.quiet import native_stderr_silenced, progress
 
 log = logging.getLogger(__name__)
 
@@ -52,37 +53,94 @@ SUBKINDS = ("attack_print", "attack_screen_photo", "attack_screen_video")
 MEASURES = (ATTACK, SITE_ATTACK)
 
 
-def read_truth(folder: Path) -> list[dict]:
-    path = Path(folder) / "truth.csv"
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class TruthError(ValueError):
+    """A truth.csv that cannot be used; the message lists every problem with its line and column."""
+
+
+def check_truth(folder: Path, photo_max_pixels: int | None = None) -> list[dict]:
+    """The rows of FOLDER's truth.csv, every one checked before any model loads or clip plays.
+
+    A row needs a `file` that is a video that opens or a folder holding frames, a known `kind` (and
+    `subkind`, if given) and, when `photo_max_pixels` is given (eval-liveness enrolls it for each
+    video), a readable `person_photo` for every video. TruthError names each problem's line and column."""
+    folder = Path(folder)
+    path = folder / "truth.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: eval-liveness needs a truth.csv (file, kind, person_photo, ...)")
+        raise FileNotFoundError(f"{path} not found: a truth.csv (file, kind, person_photo, ...) is needed")
+    problems, rows = [], []
     with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for i, row in enumerate(rows, start=2):
-        if not row.get("file") or row.get("kind") not in KINDS:
-            raise ValueError(f"{path} line {i}: needs a file and a kind in {', '.join(KINDS)}")
-        if row.get("subkind") and row["subkind"] not in SUBKINDS + ("genuine",):
-            raise ValueError(f"{path} line {i}: subkind must be one of {', '.join(SUBKINDS)} (or empty)")
+        reader = csv.DictReader(f)
+        missing = [c for c in ("file", "kind") if c not in (reader.fieldnames or ())]
+        if missing:
+            raise TruthError(f"{path} line 1: no column {' or '.join(missing)} (columns: "
+                             f"{', '.join(reader.fieldnames or ()) or 'none'})")
+        for row in reader:
+            line = reader.line_num - sum(str(v).count("\n") for v in row.values() if v)  # a note may span lines
+            problems += [f"line {line}, column {column}: {what}"
+                         for column, what in _row_problems(folder, row, photo_max_pixels)]
+            rows.append(row)
+    if problems:
+        raise TruthError(f"{path}: {len(problems)} problem(s), nothing was run:\n  " + "\n  ".join(problems))
     return rows
+
+
+def _row_problems(folder: Path, row: dict, photo_max_pixels: int | None):
+    """(column, problem) of one truth.csv row."""
+    from door_access.faces.photos import PhotoError, load_rgb
+
+    name, kind, subkind = row.get("file") or "", row.get("kind") or "", row.get("subkind") or ""
+    if kind not in KINDS:
+        yield "kind", f"{kind!r} is not one of {', '.join(KINDS)}"
+    if subkind and subkind not in SUBKINDS + ("genuine",):
+        yield "subkind", f"{subkind!r} is not one of {', '.join(SUBKINDS)} (or empty)"
+    clip = folder / name
+    if not name:
+        yield "file", "empty"
+    elif clip.is_dir():
+        if not any(p.suffix.lower() in FRAME_SUFFIXES for p in clip.iterdir()):
+            yield "file", f"folder {name} holds no {'/'.join(FRAME_SUFFIXES)} frame"
+    elif not clip.is_file():
+        yield "file", f"{name} not found"
+    else:
+        with native_stderr_silenced():  # FFmpeg's own complaint; the problem is named below
+            cap = cv2.VideoCapture(str(clip))
+        if not cap.isOpened():
+            yield "file", f"{name} cannot be opened as a video"
+        cap.release()
+        photo = row.get("person_photo") or ""
+        if photo_max_pixels is None:
+            return
+        if not photo:
+            yield "person_photo", f"empty, but {name} is a video: the photo of its person is enrolled to judge it"
+        elif not (folder / photo).is_file():
+            yield "person_photo", f"{photo} not found"
+        else:
+            try:
+                load_rgb(folder / photo, photo_max_pixels)
+            except PhotoError as exc:
+                yield "person_photo", f"{photo}: {exc}"
 
 
 def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | None = None,
                 challenges: bool = False) -> dict:
     """Every clip of FOLDER's truth.csv (or those whose file contains `only`); per clip and totals.
     `challenges`: each video is also judged against every challenge the config can ask."""
+    folder = Path(folder)
+    rows = [r for r in check_truth(folder, cfg.photo.max_pixels) if not only or only in r["file"]]
     from door_access.faces.detection import FaceDetector
     from door_access.faces.facenet import FaceEncoder
 
-    folder = Path(folder)
-    rows = [r for r in read_truth(folder) if not only or only in r["file"]]
     cfg = _quiet(cfg)
     detector = FaceDetector(cfg.detection, cfg.path("weights"))
     checker = SpoofChecker(cfg.spoof, load_scorers(cfg)) if cfg.spoof.enabled else None
     encoder = None
     clips = []
-    for row in rows:
+    for row in progress(rows, "eval-liveness", unit="clip"):
         path = folder / row["file"]
-        log.info("eval-liveness: %s", row["file"])
+        log.debug("eval-liveness: %s", row["file"])
         if path.is_dir():
             if checker is None:
                 raise ValueError("frame folders measure the DENY cues: eval-liveness needs spoof.enabled: true")
@@ -212,7 +270,7 @@ def eval_frames(cfg: Config, detector, checker: SpoofChecker, folder: Path, row:
     evidence = checker.evidence()
     frames = no_face = too_small = attack_frames = 0
     cue_frames = dict.fromkeys(thresholds, 0)  # frames each model alone calls an attack
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES):
         bgr = cv2.imread(str(path))
         if bgr is None:
             continue

@@ -28,6 +28,7 @@ import cv2
 
 from door_access.config import Config
 from door_access.core import RELOCK, UNLOCK, Event
+from door_access.quiet import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -171,23 +172,25 @@ def soak(cfg: Config, images: Path, clip: Path, hot_photo: Path, duration_s: flo
     try:
         next_sample = next_toggle = time.monotonic()
         next_toggle += enroll_every_s
-        while not pipeline.stop_event.is_set():
-            now = time.monotonic()
-            if now - started >= duration_s:
-                break
-            if now >= next_sample:
-                samples.append(sample(now - started, pipeline.detected.pids()))
-                log.info("soak: %s", json.dumps(samples[-1]))
-                next_sample += sample_s
-            if now >= next_toggle:
-                if hot_target.exists():
-                    shutil.rmtree(hot_target.parent)
-                else:
-                    hot_target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(hot_photo, hot_target)
-                toggles += 1
-                next_toggle += enroll_every_s
-            time.sleep(min(0.2, max(0.0, min(next_sample, next_toggle) - time.monotonic())))
+        with progress_bar("soak", round(duration_s), unit="s") as bar:
+            while not pipeline.stop_event.is_set():
+                now = time.monotonic()
+                bar.update(min(int(now - started), round(duration_s)) - bar.n)
+                if now - started >= duration_s:
+                    break
+                if now >= next_sample:
+                    samples.append(sample(now - started, pipeline.detected.pids()))
+                    log.info("soak: %s", json.dumps(samples[-1]))
+                    next_sample += sample_s
+                if now >= next_toggle:
+                    if hot_target.exists():
+                        shutil.rmtree(hot_target.parent)
+                    else:
+                        hot_target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(hot_photo, hot_target)
+                    toggles += 1
+                    next_toggle += enroll_every_s
+                time.sleep(min(0.2, max(0.0, min(next_sample, next_toggle) - time.monotonic())))
         samples.append(sample(time.monotonic() - started, pipeline.detected.pids()))
     finally:
         pipeline.stop()
