@@ -49,18 +49,20 @@ def xvfb(tmp_path_factory):
         missing = [tool for tool in X_TOOLS if not shutil.which(tool)]
         if missing:
             pytest.skip(f"could not install {', '.join(missing)} with apt-get")
-    number = next(n for n in range(150, 400)
-                  if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists())
+    # Xvfb picks a free display itself and writes its number to the pipe (no race with another
+    # Xvfb, e.g. a parallel test worker's)
     log = tmp_path_factory.mktemp("xvfb") / "xvfb.log"
+    read_fd, write_fd = os.pipe()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
-                                 "-nolisten", "tcp"], stdout=out, stderr=out)
-    deadline = time.monotonic() + 20
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip(f"Xvfb did not start: {log.read_text()[-500:]}")
-        time.sleep(0.05)
+        proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0",
+                                 f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+                                stdout=out, stderr=out, pass_fds=(write_fd,))
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        number = pipe.readline().strip()  # empty when Xvfb exits without starting
+    if not number.isdigit():
+        proc.kill()
+        pytest.skip(f"Xvfb did not start: {log.read_text()[-500:]}")
     yield f":{number}"
     proc.terminate()
     proc.wait(10)
