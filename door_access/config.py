@@ -111,6 +111,7 @@ class LockoutConfig:
     window_s: float = meta(120.0, lo=1.0)
     cooloff_s: float = meta(60.0, lo=0.0)
     max_cooloff_s: float = meta(600.0, lo=0.0)
+    person_daily_failures: int = meta(7, lo=0, hi=1000)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class LivenessConfig:
     challenge_deadline_s: float = meta(6.0, lo=0.5, hi=60.0)
     challenge_turn: float = meta(0.3, lo=0.05, hi=1.0)
     challenge_look_up: float = meta(0.08, lo=0.02, hi=1.0)
+    challenge_open_mouth: float = meta(0.3, lo=0.05, hi=2.0)
+    challenge_smile: float = meta(0.2, lo=0.05, hi=1.0)
     challenge_hold_s: float = meta(0.2, lo=0.0, hi=5.0)
 
 
