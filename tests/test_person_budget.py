@@ -110,6 +110,19 @@ def test_a_failure_before_the_track_named_anyone_counts_once_it_does():
     assert [(d.event, d.name) for d in named] == [(ALARM, "kian")] and ledger.suspended("kian")
 
 
+def test_a_track_that_named_two_people_counts_against_neither():
+    """A conflict (a tracker swap between two residents, or photos swapped) names nobody for sure."""
+    ledger = PersonLedger(None)
+    dec = decider(ledger, Clock(), budget=1)
+    tr = Track(1, BOX, 0.0, 0.0)
+    out = []
+    for i, m in enumerate([Match("kian", 0.5, "kian")] * 3 + [Match("ana", 0.5, "ana")] * 3):
+        tr.last_seen = 0.1 * i
+        out += dec.observe(0.1 * i, [tr], {tr.id: m}, None, {tr.id: m})
+    assert [d.detail for d in out if d.event == DENIED] == ["conflict: one track named kian and ana"]
+    assert ledger.failed("kian", 1.0) == 1 and ledger.failed("ana", 1.0) == 1  # each the first counted
+
+
 def test_the_budget_is_per_person_and_over_a_sliding_24_hours():
     clock = Clock()
     ledger = PersonLedger(None)

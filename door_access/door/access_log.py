@@ -464,14 +464,15 @@ class PersonLedger:
                 return db.execute("SELECT COUNT(*) FROM person_failures WHERE name = ? AND wall > ?",
                                   (_text(name), wall - self.window_s)).fetchone()[0]
 
-            counted = self._db(count)
+            counted = self._db(count, write=True)
             return len(mine) if counted is None else int(counted)
 
     def suspend(self, name: str, wall: float, detail: str) -> None:
         with self._lock:
             self._suspended[name] = detail
             self._db(lambda db: db.execute("INSERT OR REPLACE INTO suspensions(name, wall, door, detail) "
-                                           "VALUES (?, ?, ?, ?)", (_text(name), wall, self.door_id, detail)))
+                                           "VALUES (?, ?, ?, ?)", (_text(name), wall, self.door_id, detail)),
+                     write=True)
 
     def suspended(self, name: str) -> str | None:
         """Why `name` is suspended, or None. A database that cannot be read leaves what this process knows."""
@@ -496,7 +497,7 @@ class PersonLedger:
                 was = db.execute("DELETE FROM suspensions WHERE name = ?", (_text(name),)).rowcount
                 return was, db.execute("DELETE FROM person_failures WHERE name = ?", (_text(name),)).rowcount
 
-            done = self._db(clear)
+            done = self._db(clear, write=True)
             if done is None:
                 raise AccessLogError(f"cannot release {name}: the access log {self.path} cannot be written")
             self._suspended.pop(name, None)
@@ -515,8 +516,9 @@ class PersonLedger:
                 self._conn.close()
                 self._conn = None
 
-    def _db(self, work):
-        """`work(connection)` in one transaction; None (logged once) when the database fails."""
+    def _db(self, work, write: bool = False):
+        """`work(connection)`, in one write transaction when `write` (a read takes no lock: the decider
+        asks at each vote); None (logged once) when the database fails."""
         try:
             if self._conn is None:
                 if self.path is not None:
@@ -527,14 +529,17 @@ class PersonLedger:
                 for statement in _LEDGER_SCHEMA:
                     conn.execute(statement)
                 self._conn = conn
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            if not write:
                 out = work(self._conn)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+            else:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = work(self._conn)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
         except (sqlite3.Error, OSError) as exc:
             if not self._failing:
                 log.error("access log %s: cannot keep the per-person failure counts (%s: %s); this process "

@@ -136,7 +136,7 @@ class Decider:
         decisions.append(denial)
         if denial.name is not None:
             self._count_against(denial.name, denial.track, decisions)
-        else:
+        elif denial.track in self.tracks and self.tracks[denial.track].identity is None:  # not a conflict's
             self._unnamed.add(denial.track)
         n, window = self.lockout.failures, self.lockout.window_s
         if n <= 0:
