@@ -290,3 +290,32 @@ def test_the_door_says_why_a_suspended_person_is_refused_and_a_release_tells_the
     assert model.status(2.0, []).text == "Step up to the camera"
     model.feed(Event(ALARM, 3.0, 0.0, "kian", detail="suspended after 7 failed attempts within 24 h"))
     assert model.status(4.0, []).text == "Try again later"
+
+
+@pytest.mark.model
+def test_the_real_door_refuses_a_suspended_person_across_a_restart(tmp_path, detector, shared_encoder, capsys,
+                                                                   monkeypatch):
+    """The app's own wiring (app.build_pipeline): a suspension in the log's database, made before this
+    run, denies obama's face with the reason and no unlock (without it the same clip opens: test_privacy)."""
+    import io
+    import sys
+
+    from door_access.tools.democlip import Segment, write_clip
+
+    from conftest import FR_IMAGES
+
+    site = write_site(tmp_path, "tts:\n  enabled: false\nliveness:\n  enabled: false\naccess_log:\n"
+                                "  path: log.sqlite\n  snapshots_dir: null\n")
+    ledger = PersonLedger(site / "log.sqlite")
+    ledger.suspend("obama", time.time(), "suspended after 7 failed attempts within 24 h")
+    ledger.close()
+    monkeypatch.setattr(sys, "stdin", io.StringIO())
+    clip = write_clip(detector, [Segment(FR_IMAGES / "obama2.jpg", 2.5), Segment(None, 0.5)], tmp_path / "door.mp4",
+                      fps=15.0)
+
+    capsys.readouterr()
+    assert main(["run", "--source", str(clip), "--headless", "--events-json", "--config",
+                 str(site / "config.yaml")]) == 0
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [(e["event"], e["name"], e["detail"]) for e in events if e["event"] in (UNLOCK, DENIED)] == [
+        (DENIED, "obama", "suspended after repeated failed attempts: an admin must release them")]
