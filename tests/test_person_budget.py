@@ -166,6 +166,23 @@ def test_a_database_that_fails_keeps_the_suspension_in_the_running_door(tmp_path
     assert ledger.failed("ana", 1.0) == 1 and ledger.failed("ana", 2.0) == 2  # counted in memory meanwhile
 
 
+def test_a_suspension_made_while_the_database_is_busy_is_written_later_not_lost(tmp_path):
+    """Another process holds the write lock when the 3rd failure suspends kian: the door keeps him suspended,
+    and once the lock is gone the suspension and the failures are in the file (a restart keeps them)."""
+    path = tmp_path / "log.sqlite"
+    ledger = PersonLedger(path, busy_timeout_s=0.05)
+    dec = decider(ledger, Clock())
+    replay(dec, BUDGET - 1)
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")  # a long `forget` rewrite, say
+        assert [e for e in replay(dec, 1, first_id=30) if e[0] == ALARM]  # counted in memory: still the 3rd
+        assert ledger.suspended("kian")  # the file cannot even be read now: what this door knows holds
+        other.execute("ROLLBACK")
+    assert attempt(dec, 50, 500.0, "kian", LIVE)[0][2].startswith("suspended")  # the file says nothing yet
+    restarted = PersonLedger(path)
+    assert restarted.suspended("kian") and restarted.failed("kian", Clock().wall) == BUDGET + 1
+
+
 def suspended_site(tmp_path, clock: Clock):
     site = write_site(tmp_path, "access_log:\n  path: log.sqlite\n")
     ledger, log = PersonLedger(site / "log.sqlite"), AccessLog(site / "log.sqlite")

@@ -439,7 +439,8 @@ class PersonLedger:
 
     The database is the authority; what this process did is also kept in memory, and used, fail closed,
     while the database cannot be read or written: a suspension seen or made here holds until the database
-    says it was released. `path=None` keeps everything in memory (tests)."""
+    says it was released, and what could not be written is written with the next write that works (a
+    busy database must not undo a suspension or lose a failure). `path=None` keeps everything in memory."""
 
     def __init__(self, path: Path | None, window_s: float = DAY_S, door_id: str | None = None,
                  busy_timeout_s: float = 0.5):
@@ -450,6 +451,7 @@ class PersonLedger:
         self._failing = False
         self._failures: dict[str, list[float]] = {}  # this process's, for when the database fails
         self._suspended: dict[str, str] = {}  # name -> detail: seen or made here
+        self._unsaved: list[tuple[str, float, str | None]] = []  # (name, wall, suspension detail or None: a failure)
 
     def failed(self, name: str, wall: float) -> int:
         """Count a failed attempt that named `name`; how many fell within the window up to now."""
@@ -459,20 +461,37 @@ class PersonLedger:
 
             def count(db):
                 db.execute("DELETE FROM person_failures WHERE wall <= ?", (wall - self.window_s,))
-                db.execute("INSERT INTO person_failures(name, wall, door) VALUES (?, ?, ?)",
-                           (_text(name), wall, self.door_id))
                 return db.execute("SELECT COUNT(*) FROM person_failures WHERE name = ? AND wall > ?",
                                   (_text(name), wall - self.window_s)).fetchone()[0]
 
-            counted = self._db(count, write=True)
+            counted = self._write((name, wall, None), count)
             return len(mine) if counted is None else int(counted)
 
     def suspend(self, name: str, wall: float, detail: str) -> None:
         with self._lock:
             self._suspended[name] = detail
-            self._db(lambda db: db.execute("INSERT OR REPLACE INTO suspensions(name, wall, door, detail) "
-                                           "VALUES (?, ?, ?, ?)", (_text(name), wall, self.door_id, detail)),
-                     write=True)
+            self._write((name, wall, detail))
+
+    def _write(self, row: tuple[str, float, str | None] | None = None, then=None):
+        """Write `row` and whatever earlier writes could not, then `then(db)`, in one transaction; None
+        when the database fails (the rows wait for the next write)."""
+        if row is not None:
+            self._unsaved.append(row)
+
+        def write(db):
+            for who, wall, detail in self._unsaved:
+                if detail is None:
+                    db.execute("INSERT INTO person_failures(name, wall, door) VALUES (?, ?, ?)",
+                               (_text(who), wall, self.door_id))
+                else:
+                    db.execute("INSERT OR REPLACE INTO suspensions(name, wall, door, detail) VALUES (?, ?, ?, ?)",
+                               (_text(who), wall, self.door_id, detail))
+            return then(db) if then is not None else True
+
+        out = self._db(write, write=True)
+        if out is not None:
+            self._unsaved.clear()
+        return out
 
     def suspended(self, name: str) -> str | None:
         """Why `name` is suspended, or None. A database that cannot be read leaves what this process knows."""
@@ -484,8 +503,11 @@ class PersonLedger:
             if row[0]:
                 self._suspended[name] = row[0]
                 return row[0]
-            if name in self._suspended:  # released by another process (`door-access release`)
-                del self._suspended[name]
+            if name in self._suspended:
+                if any(who == name and detail for who, _, detail in self._unsaved):  # never written yet
+                    self._write()
+                    return self._suspended[name]
+                del self._suspended[name]  # released by another process (`door-access release`)
                 self._failures.pop(name, None)
             return None
 
@@ -502,6 +524,7 @@ class PersonLedger:
                 raise AccessLogError(f"cannot release {name}: the access log {self.path} cannot be written")
             self._suspended.pop(name, None)
             self._failures.pop(name, None)
+            self._unsaved = [row for row in self._unsaved if row[0] != name]
             return bool(done[0]), int(done[1])
 
     def suspensions(self) -> dict[str, str]:
