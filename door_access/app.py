@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 
 from door_access.config import Config
-from door_access.core import Event
+from door_access.core import ALARM, Event
 from door_access.faces.capture import Capture
 from door_access.quiet import native_stderr_silenced
 
@@ -36,7 +36,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
 
         weights = cfg.path("weights") / "facenet_keras3.weights.h5"
         encoder = encoder or FaceEncoder(weights, cfg.pipeline.encoder_threads)
-    from door_access.door.access_log import AccessLog
+    from door_access.door.access_log import AccessLog, PersonLedger
     from door_access.door.actions import Speaker
     from door_access.door.policy import PolicyFile
     from door_access.faces.detection import FaceDetector
@@ -62,16 +62,21 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
                              snapshots_dir=cfg.resolve(cfg.access_log.snapshots_dir)
                              if cfg.access_log.snapshots_dir else None),
         speaker=Speaker(cfg.tts, cfg.resolve(cfg.tts.wav_dir) if cfg.tts.wav_dir else None),
+        ledger=PersonLedger(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id),
     )
     pipeline = Pipeline(cfg, capture, parts, emit)
     # the stages and detector processes already keep the cores busy: OpenCV's own worker threads
     # (a 1080p frame's resize spread over two) only add switching (measured: 4% fewer frames/s)
     cv2.setNumThreads(1)
     if cfg.mqtt.enabled:  # events out, commands in; the door never waits for the broker
+        from door_access.door.decision import release
         from door_access.door.mqtt import MqttBridge, door_commands
 
         pipeline.attach_mqtt(MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
             cfg.mqtt.commands, pipeline.notify, lambda: pipeline.door.lock("remote lock"), pipeline.reload_gallery,
-            lambda: pipeline.decider.locked_out(time.monotonic())),  # frame times are monotonic clock times
+            lambda: pipeline.decider.locked_out(time.monotonic()),  # frame times are monotonic clock times
+            lambda name: release(parts.ledger, name, lambda detail: pipeline.notify(ALARM, name=name, detail=detail),
+                                 "mqtt")),
             base_dir=cfg.base_dir, enrolled=lambda: pipeline.recognizer.people))
     return pipeline
+

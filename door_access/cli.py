@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the person's name, as enrolled (images/NAME/ or images/NAME.jpg)")
     p.add_argument("--yes", action="store_true", help="do not ask")
 
+    p = sub.add_parser("release", help="end a person's suspension after repeated failed attempts (an alarm in the log)")
+    _common(p)
+    p.add_argument("name", help="the person's name, as the access log names them")
+
     p = sub.add_parser("review", help="recent denied attempts with their snapshots (to enroll with --from-snapshot)")
     _common(p)
     p.add_argument("--last", type=int, default=20, help="how many of the newest attempts (default 20)")
@@ -736,6 +740,37 @@ def cmd_forget(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_release(args, cfg: Config) -> int:
+    """End NAME's suspension (lockout.person_daily_failures) and clear their counted failed attempts; the
+    release is an `alarm` event in the access log. A running door sees it at the person's next attempt."""
+    import time
+
+    from door_access.core import ALARM, Event
+    from door_access.door.access_log import AccessLog, PersonLedger
+    from door_access.door.decision import release
+
+    path = cfg.resolve(cfg.access_log.path)
+    if not path.is_file():
+        raise UsageError(f"no access log at {path} yet: nobody is suspended")
+    ledger = PersonLedger(path, door_id=cfg.door.id)
+    access_log = AccessLog(path, door_id=cfg.door.id)
+    said: list[str] = []
+
+    def alarm(detail: str) -> None:
+        said.append(detail)
+        access_log.record(Event(ALARM, 0.0, time.time(), name=args.name, detail=detail))
+
+    try:
+        released = release(ledger, args.name, alarm, "door-access release")
+    finally:
+        ledger.close()
+        access_log.close()
+    if not released:
+        raise UsageError(f"{args.name!r} is not suspended and has no failed attempt counted: nothing to release")
+    print(f"{args.name}: {said[0]}")
+    return 0
+
+
 def cmd_service(args, cfg: Config) -> int:
     from door_access.tools.service import install, next_steps, uninstall
 
@@ -808,6 +843,7 @@ COMMANDS = {
     "enroll": cmd_enroll,
     "review": cmd_review,
     "forget": cmd_forget,
+    "release": cmd_release,
     "soak": cmd_soak,
     "service": cmd_service,
     "eval-liveness": cmd_eval_liveness,

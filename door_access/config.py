@@ -112,6 +112,7 @@ class LockoutConfig:
     window_s: float = meta(120.0, lo=1.0)
     cooloff_s: float = meta(60.0, lo=0.0)
     max_cooloff_s: float = meta(600.0, lo=0.0)
+    person_daily_failures: int = meta(7, lo=0, hi=1000)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ class LivenessConfig:
     challenge_deadline_s: float = meta(6.0, lo=0.5, hi=60.0)
     challenge_turn: float = meta(0.3, lo=0.05, hi=1.0)
     challenge_look_up: float = meta(0.08, lo=0.02, hi=1.0)
+    challenge_open_mouth: float = meta(0.3, lo=0.05, hi=2.0)
+    challenge_smile: float = meta(0.2, lo=0.05, hi=1.0)
     challenge_hold_s: float = meta(0.2, lo=0.0, hi=5.0)
 
 
@@ -183,8 +186,9 @@ class MqttConfig:
     reconnect_min_s: float = meta(1.0, lo=0.1, hi=600.0)
     reconnect_max_s: float = meta(60.0, lo=0.1, hi=3600.0)
     queue_size: int = meta(1000, lo=1, hi=1_000_000)
-    # the commands taken from <prefix>/<door.id>/command; "unlock" only over an authenticated or TLS connection
-    commands: tuple[str, ...] = meta(("lock",), choices=("unlock", "lock", "reload_gallery"))
+    # the commands taken from <prefix>/<door.id>/command; "unlock" and "release" (it lifts a suspension) only
+    # over an authenticated or TLS connection
+    commands: tuple[str, ...] = meta(("lock",), choices=("unlock", "lock", "reload_gallery", "release"))
 
 
 @dataclass(frozen=True)
@@ -269,11 +273,12 @@ def load_config(path: Path | None) -> Config:
     if cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
         raise ConfigError(f"{path}: 'mqtt.reconnect_max_s' is below 'mqtt.reconnect_min_s'")
     m = cfg.mqtt
-    if "unlock" in m.commands and m.username is None and not (m.tls and not m.tls_insecure):
-        raise ConfigError(f"{path}{_line_of(node, 'mqtt', 'commands')}: 'mqtt.commands' allows 'unlock', but the "
-                          f"broker connection is anonymous and without verified TLS: anyone who reaches the broker "
-                          f"could open the door. Set 'mqtt.username' (a broker user with an ACL, see docs/mqtt.md) "
-                          f"or 'mqtt.tls: true', or take 'unlock' out of 'mqtt.commands'")
+    for risky, could in (("unlock", "open the door"), ("release", "lift a suspension after failed attempts")):
+        if risky in m.commands and m.username is None and not (m.tls and not m.tls_insecure):
+            raise ConfigError(f"{path}{_line_of(node, 'mqtt', 'commands')}: 'mqtt.commands' allows '{risky}', but the "
+                              f"broker connection is anonymous and without verified TLS: anyone who reaches the broker "
+                              f"could {could}. Set 'mqtt.username' (a broker user with an ACL, see docs/mqtt.md) "
+                              f"or 'mqtt.tls: true', or take '{risky}' out of 'mqtt.commands'")
     if 2 * cfg.voting.required <= cfg.voting.window:
         raise ConfigError(f"{path}{_line_of(node, 'voting', 'required')}: 'voting.required' ({cfg.voting.required}) "
                           f"must be a strict majority of "

@@ -34,7 +34,7 @@ from door_access.core import (
     Match,
     Notice,
 )
-from door_access.door.access_log import AccessLog
+from door_access.door.access_log import AccessLog, PersonLedger
 from door_access.door.actions import Actions, Speaker
 from door_access.door.decision import Decider
 from door_access.door.policy import PolicyFile
@@ -96,6 +96,7 @@ class Parts:
     recognizer: Recognizer
     access_log: AccessLog
     speaker: Speaker
+    ledger: PersonLedger | None = None  # per-person failed attempts and suspensions (decision.py)
 
 
 class Pipeline:
@@ -133,7 +134,7 @@ class Pipeline:
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
-                               allow=parts.policy.allow(cfg.door.id))
+                               allow=parts.policy.allow(cfg.door.id), ledger=parts.ledger)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
         self.mqtt = None
@@ -437,6 +438,8 @@ class Pipeline:
             self.mqtt.stop(1.0)  # after the actions: their last relock goes out first
         self.speaker.stop(0.5)
         self.access_log.close(1.0)  # what is not in SQLite by then stays in the spool, replayed at next start
+        if self.decider.ledger is not None:
+            self.decider.ledger.close()
 
     @property
     def labels(self) -> dict[int, tuple[str | None, float]]:

@@ -20,13 +20,16 @@ from door_access.liveness.challenge import (
     BLINK_TWICE,
     FAILED,
     LEFT,
+    OPEN_MOUTH,
     PASSED,
     RIGHT,
     RUNNING,
+    SMILE,
     UP,
     Challenge,
     ChallengeSequence,
     Sample,
+    Thresholds,
     Trace,
     choose_action,
     choose_actions,
@@ -34,6 +37,7 @@ from door_access.liveness.challenge import (
     judge_trace,
     pose_action,
     response_times,
+    scores,
 )
 from door_access.liveness.cues import LivenessChecker, eye_aspect_ratio, eye_distance, planar_residual
 
@@ -81,6 +85,7 @@ def closed(shape: np.ndarray, factor: float = 0.2) -> np.ndarray:
     return out
 
 
+TH = Thresholds.of(LivenessConfig())  # the shipped thresholds
 TILTED_PHOTO = np.array([[0.9, 0.08, 30], [-0.05, 1.0, 10], [3e-4, 1e-4, 1.0]])  # a photo turned ~25 degrees, close up
 
 
@@ -102,10 +107,52 @@ def test_a_photo_turned_as_a_whole_shows_no_head_turn():
 
 def test_pose_action_names_the_clear_movement_only():
     n = head_pose(head())
-    assert pose_action(head_pose(head(yaw_deg=35)), n, 0.3, 0.08) == LEFT
-    assert pose_action(head_pose(head(yaw_deg=-35)), n, 0.3, 0.08) == RIGHT
-    assert pose_action(head_pose(head(pitch_deg=25)), n, 0.3, 0.08) == UP
-    assert pose_action(head_pose(head(yaw_deg=8, pitch_deg=4)), n, 0.3, 0.08) is None
+    assert pose_action(head_pose(head(yaw_deg=35)), n, TH) == LEFT
+    assert pose_action(head_pose(head(yaw_deg=-35)), n, TH) == RIGHT
+    assert pose_action(head_pose(head(pitch_deg=25)), n, TH) == UP
+    assert pose_action(head_pose(head(yaw_deg=8, pitch_deg=4)), n, TH) is None
+
+
+def mouth_open(shape: np.ndarray, gap: float) -> np.ndarray:
+    """`shape` with the jaw dropped: the lower lip (55-59, 65-67) `gap` eye distances further down."""
+    out = shape.copy()
+    out[[55, 56, 57, 58, 59, 65, 66, 67], 1] += gap * ED
+    return out
+
+
+def smiling(shape: np.ndarray, wider: float) -> np.ndarray:
+    """`shape` with the mouth corners (48, 54 and the inner 60, 64) `wider` eye distances apart, and raised."""
+    out = shape.copy()
+    for corner, side in ((48, -1), (60, -1), (54, 1), (64, 1)):
+        out[corner] += (side * wider / 2 * ED, -wider / 3 * ED)
+    return out
+
+
+def test_an_open_mouth_and_a_smile_are_told_apart_from_each_other_and_from_head_actions():
+    n = head_pose(head())
+    assert pose_action(head_pose(mouth_open(head(), 0.4)), n, TH) == OPEN_MOUTH
+    assert pose_action(head_pose(smiling(head(), 0.3)), n, TH) == SMILE
+    assert pose_action(head_pose(mouth_open(head(), 0.15)), n, TH) is None  # talking opens it by up to 0.16
+    assert pose_action(head_pose(smiling(head(), 0.1)), n, TH) is None
+    assert pose_action(head_pose(smiling(head(yaw_deg=35), 0.3)), n, TH) == LEFT  # turned: no smile is judged
+
+
+def test_a_photo_moved_as_a_whole_shows_no_open_mouth_or_smile():
+    n = head_pose(FRONT)
+    for h in (TILTED_PHOTO, np.array([[1.3, 0.0, -40], [0.0, 1.3, -60], [0.0, 0.0, 1.0]]),
+              np.array([[0.97, -0.26, 80], [0.26, 0.97, -30], [0.0, 0.0, 1.0]])):  # tilted, closer, rotated 15 deg
+        s = scores(head_pose(photo(h)), n, TH)
+        assert s[OPEN_MOUTH] < 0.5 and s[SMILE] < 0.5, s
+
+
+def test_an_open_mouth_then_a_smile_passes_and_smiling_twice_needs_a_rest_between():
+    frames = REST + [mouth_open(head(), 0.4)] * 5 + REST + [smiling(head(), 0.3)] * 5
+    seq, texts = _sequence((OPEN_MOUTH, SMILE), frames)
+    assert seq.state == PASSED and texts[0] == "open your mouth" and texts[12] == "smile"
+    seq, texts = _sequence((SMILE, SMILE), REST + [smiling(head(), 0.3)] * 30)
+    assert seq.state == RUNNING and len(seq.steps) == 2 and texts[-1] == "again, smile"
+    seq, _ = _sequence((LEFT,), REST + [smiling(head(), 0.3)] * 5)
+    assert seq.state == FAILED and seq.outcome() == "asked left, saw smile"
 
 
 def test_the_asked_action_is_drawn_from_a_secure_source_and_covers_every_action():
@@ -117,7 +164,7 @@ def test_the_asked_action_is_drawn_from_a_secure_source_and_covers_every_action(
 
 
 def _run(action, shapes, fps=15.0, blinks=None):
-    c = Challenge(action, 0.0, 6.0, head_pose(head()), 0, turn=0.3, look_up=0.08, hold_s=0.2)
+    c = Challenge(action, 0.0, 6.0, head_pose(head()), 0, TH, hold_s=0.2)
     for i, shape in enumerate(shapes):
         c.update((i + 1) / fps, head_pose(shape), blinks[i] if blinks else 0)
     return c
@@ -249,7 +296,7 @@ def test_a_fixed_challenge_action_must_be_a_real_one():
 
 def _sequence(actions, frames, fps=10.0, deadline=6.0):
     """Feed `frames` ((shape, blinks) or shape) at `fps`; returns the sequence and the instruction at each frame."""
-    seq = ChallengeSequence(tuple(actions), 0.0, deadline, head_pose(head()), 0, turn=0.3, look_up=0.08, hold_s=0.2)
+    seq = ChallengeSequence(tuple(actions), 0.0, deadline, head_pose(head()), 0, TH, hold_s=0.2)
     texts = []
     for i, frame in enumerate(frames):
         shape, blinks = frame if isinstance(frame, tuple) else (frame, 0)
@@ -306,12 +353,13 @@ def test_blinks_before_a_blink_step_was_asked_do_not_count_for_it():
     assert seq.state == PASSED
 
 
-def test_sequences_are_drawn_with_secrets_and_cover_all_sixteen(monkeypatch):
+def test_sequences_are_drawn_with_secrets_and_cover_all_thirty_six(monkeypatch):
+    assert len(ACTIONS) == 6
     draws = collections.Counter(choose_actions(2) for _ in range(1000))
-    assert set(draws) == {(a, b) for a in ACTIONS for b in ACTIONS}  # P(one missing) < 16 * (15/16)**1000
+    assert set(draws) == {(a, b) for a in ACTIONS for b in ACTIONS}  # P(one missing) < 36 * (35/36)**1000
     calls = []
     monkeypatch.setattr(challenge_module.secrets, "choice", lambda seq: calls.append(tuple(seq)) or seq[-1])
-    assert choose_actions(3) == (BLINK_TWICE,) * 3 and calls == [ACTIONS] * 3
+    assert choose_actions(3) == (ACTIONS[-1],) * 3 and calls == [ACTIONS] * 3
 
 
 def test_one_pass_over_a_trace_judges_every_sequence_as_asking_each_would():
@@ -319,7 +367,7 @@ def test_one_pass_over_a_trace_judges_every_sequence_as_asking_each_would():
     samples = [Sample((i + 1) / 10, head_pose(s), 0, False) for i, s in enumerate(shapes)]
     trace = Trace(0.0, head_pose(head()), 0, samples)
     every = [(a, b) for a in ACTIONS for b in ACTIONS]
-    runs = judge_trace(trace, every, 6.0, 0.3, 0.08, 0.2)
+    runs = judge_trace(trace, every, 6.0, TH, 0.2)
     assert [seq for seq, run in runs.items() if run.state == PASSED] == [(LEFT, UP)]
     for seq in every:  # the same verdict as asking that one sequence
         assert runs[seq].state == _sequence(seq, shapes)[0].state
@@ -329,8 +377,8 @@ def test_response_time_runs_from_the_start_of_the_movement_to_the_pass():
     shapes = [head()] * 10 + [head(yaw_deg=a) for a in (10, 20, 30, 40)] + [head(yaw_deg=40)] * 5
     samples = [Sample(i / 10, head_pose(s), 0, False) for i, s in enumerate(shapes)]
     trace = Trace(0.0, head_pose(head()), 0, samples)
-    [(seq, run)] = judge_trace(trace, [(LEFT,)], 6.0, 0.3, 0.08, 0.2).items()
-    times = response_times(trace, {LEFT: run.done_t}, 0.3, 0.08)
+    [(seq, run)] = judge_trace(trace, [(LEFT,)], 6.0, TH, 0.2).items()
+    times = response_times(trace, {LEFT: run.done_t}, TH)
     assert run.state == PASSED and 0.3 <= times[LEFT] <= 0.6  # 10 degrees at 1.0 s; passed 0.2 s after 30 degrees
 
 

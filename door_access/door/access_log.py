@@ -418,3 +418,161 @@ def format_event(e: Event) -> str:
 def _one_line(text: str) -> str:
     """Control characters (a newline in a file name, say) escaped, so one event stays one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# ---- the per-person budget: failed attempts and suspensions, beside the events ----------------------
+
+_LEDGER_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS person_failures(id INTEGER PRIMARY KEY, name TEXT NOT NULL, wall REAL NOT NULL, "
+    "door TEXT)",
+    "CREATE INDEX IF NOT EXISTS person_failures_name ON person_failures(name, wall)",
+    "CREATE TABLE IF NOT EXISTS suspensions(name TEXT PRIMARY KEY, wall REAL NOT NULL, door TEXT, detail TEXT)",
+)
+DAY_S = 86400.0
+
+
+class PersonLedger:
+    """Failed attempts per person over the last `window_s` and the suspensions they led to, in two tables of
+    the access log's SQLite file: a restart or a crash keeps them, every door sharing the log shares each
+    person's budget, and `door-access release` (another process) ends a suspension the running door sees at
+    its next look. Written at once (a failed attempt is rare), never through the events' spool.
+
+    The database is the authority; what this process did is also kept in memory, and used, fail closed,
+    while the database cannot be read or written: a suspension seen or made here holds until the database
+    says it was released, and what could not be written is written with the next write that works (a
+    busy database must not undo a suspension or lose a failure). `path=None` keeps everything in memory."""
+
+    def __init__(self, path: Path | None, window_s: float = DAY_S, door_id: str | None = None,
+                 busy_timeout_s: float = 0.5):
+        self.path = Path(path) if path is not None else None
+        self.window_s, self.door_id, self.busy_timeout_s = window_s, door_id, busy_timeout_s
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._failing = False
+        self._failures: dict[str, list[float]] = {}  # this process's, for when the database fails
+        self._suspended: dict[str, str] = {}  # name -> detail: seen or made here
+        self._unsaved: list[tuple[str, float, str | None]] = []  # (name, wall, suspension detail or None: a failure)
+
+    def failed(self, name: str, wall: float) -> int:
+        """Count a failed attempt that named `name`; how many fell within the window up to now."""
+        with self._lock:
+            mine = [w for w in self._failures.get(name, []) if w > wall - self.window_s] + [wall]
+            self._failures[name] = mine
+
+            def count(db):
+                db.execute("DELETE FROM person_failures WHERE wall <= ?", (wall - self.window_s,))
+                return db.execute("SELECT COUNT(*) FROM person_failures WHERE name = ? AND wall > ?",
+                                  (_text(name), wall - self.window_s)).fetchone()[0]
+
+            counted = self._write((name, wall, None), count)
+            return len(mine) if counted is None else int(counted)
+
+    def suspend(self, name: str, wall: float, detail: str) -> None:
+        with self._lock:
+            self._suspended[name] = detail
+            self._write((name, wall, detail))
+
+    def _write(self, row: tuple[str, float, str | None] | None = None, then=None):
+        """Write `row` and whatever earlier writes could not, then `then(db)`, in one transaction; None
+        when the database fails (the rows wait for the next write)."""
+        if row is not None:
+            self._unsaved.append(row)
+
+        def write(db):
+            for who, wall, detail in self._unsaved:
+                if detail is None:
+                    db.execute("INSERT INTO person_failures(name, wall, door) VALUES (?, ?, ?)",
+                               (_text(who), wall, self.door_id))
+                else:
+                    db.execute("INSERT OR REPLACE INTO suspensions(name, wall, door, detail) VALUES (?, ?, ?, ?)",
+                               (_text(who), wall, self.door_id, detail))
+            return then(db) if then is not None else True
+
+        out = self._db(write, write=True)
+        if out is not None:
+            self._unsaved.clear()
+        return out
+
+    def suspended(self, name: str) -> str | None:
+        """Why `name` is suspended, or None. A database that cannot be read leaves what this process knows."""
+        with self._lock:
+            row = self._db(lambda db: db.execute("SELECT detail FROM suspensions WHERE name = ?",
+                                                 (_text(name),)).fetchone() or ("",))
+            if row is None:
+                return self._suspended.get(name)
+            if row[0]:
+                self._suspended[name] = row[0]
+                return row[0]
+            if name in self._suspended:
+                if any(who == name and detail for who, _, detail in self._unsaved):  # never written yet
+                    self._write()
+                    return self._suspended[name]
+                del self._suspended[name]  # released by another process (`door-access release`)
+                self._failures.pop(name, None)
+            return None
+
+    def release(self, name: str) -> tuple[bool, int]:
+        """End `name`'s suspension and clear their counted failures: (was suspended, failures cleared).
+        Raises AccessLogError when the database cannot be written (nothing is released then)."""
+        with self._lock:
+            def clear(db):
+                was = db.execute("DELETE FROM suspensions WHERE name = ?", (_text(name),)).rowcount
+                return was, db.execute("DELETE FROM person_failures WHERE name = ?", (_text(name),)).rowcount
+
+            done = self._db(clear, write=True)
+            if done is None:
+                raise AccessLogError(f"cannot release {name}: the access log {self.path} cannot be written")
+            self._suspended.pop(name, None)
+            self._failures.pop(name, None)
+            self._unsaved = [row for row in self._unsaved if row[0] != name]
+            return bool(done[0]), int(done[1])
+
+    def suspensions(self) -> dict[str, str]:
+        """Everyone suspended now (name -> detail)."""
+        with self._lock:
+            rows = self._db(lambda db: db.execute("SELECT name, detail FROM suspensions ORDER BY wall").fetchall())
+            return dict(rows) if rows is not None else dict(self._suspended)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _db(self, work, write: bool = False):
+        """`work(connection)`, in one write transaction when `write` (a read takes no lock: the decider
+        asks at each vote); None (logged once) when the database fails."""
+        try:
+            if self._conn is None:
+                if self.path is not None:
+                    private_file(self.path)  # 0600 before SQLite opens it, as the log's own writer does
+                conn = sqlite3.connect(self.path or ":memory:", timeout=self.busy_timeout_s,
+                                       check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                for statement in _LEDGER_SCHEMA:
+                    conn.execute(statement)
+                self._conn = conn
+            if not write:
+                out = work(self._conn)
+            else:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = work(self._conn)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+        except (sqlite3.Error, OSError) as exc:
+            if not self._failing:
+                log.error("access log %s: cannot keep the per-person failure counts (%s: %s); this process "
+                          "keeps its own meanwhile", self.path, type(exc).__name__, exc)
+                self._failing = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            return None
+        if self._failing:
+            log.info("access log %s: per-person failure counts are written again", self.path)
+            self._failing = False
+        return out

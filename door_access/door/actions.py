@@ -36,6 +36,7 @@ from door_access.config import Config, TtsConfig
 from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice, readable_name
 from door_access.door.access_log import AccessLog
 from door_access.door.controller import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
+from door_access.door.decision import RELEASED
 from door_access.files import private_dir, write_private
 from door_access.redaction import Redactor
 
@@ -294,8 +295,9 @@ class Actions:
                 self._unlock(event)
             if event.event in (DENIED, UNLOCK):  # unlock snapshots: the audit trail of who was let in
                 self._snapshot(event, notice.snapshot)
-            elif event.event == ALARM:  # one per lockout: said once, and posted
-                self.speaker.say(ALARM_TEXT)
+            elif event.event == ALARM:  # one per lockout or suspension (said once) or release; posted
+                if not event.detail.startswith(RELEASED):
+                    self.speaker.say(ALARM_TEXT)
                 if self._webhook is not None:
                     self._webhook.post(event)
             elif event.event == FAULT and self._webhook is not None:  # a stage failed or stalled: nobody

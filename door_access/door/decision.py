@@ -22,6 +22,11 @@ face cannot borrow its blink. The rules, each closing a way in:
   `lockout.cooloff_s` (`locked_out_until`); while failures go on (no gap of `window_s` without
   one), each further lockout doubles the one before, up to `lockout.max_cooloff_s`, each with
   its alarm: a scripted attacker gets ever fewer tries an hour. An unlock starts over;
+- a failed attempt that named a person (when it failed, or later on the same track) counts against
+  that person in the `ledger` (the access log's database: restarts keep it); at
+  `lockout.person_daily_failures` within 24 h the person is suspended, an `alarm`, and every track
+  naming them is denied ("suspended") until an admin releases them: the lockout's cool-off only
+  slows a patient attacker, the budget caps the tries at one person a day;
 - each track unlocks at most once, each person at most once per cooldown, and an optional
   per-person policy `allow(name, wall_time)` can refuse an unlock with a reason.
 """
@@ -32,11 +37,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from door_access.config import DoorConfig, LockoutConfig, VotingConfig
 from door_access.core import ALARM, DENIED, UNLOCK, LiveVerdict, Match
 from door_access.door.tracking import Track, vote
 
+if TYPE_CHECKING:
+    from door_access.door.access_log import PersonLedger
+
+SUSPENDED = "suspended"  # the detail of a suspended person's denial and of the alarm that suspends them
+RELEASED = "released"  # the detail of the alarm that ends a suspension (said and shown at the door: nothing)
 Allow = Callable[[str, float], "str | None"]  # (name, Unix time) -> why not, or None to let them in
 
 
@@ -53,7 +64,7 @@ class Decider:
     def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float,
                  liveness_timeout_s: float = float("inf"), liveness_window_s: float = float("inf"),
                  lockout: LockoutConfig | None = None, allow: Allow | None = None,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time, ledger: PersonLedger | None = None):
         self.window = voting.window
         self.required = voting.required
         self.cooldown_s = door.cooldown_seconds
@@ -69,6 +80,8 @@ class Decider:
         self._failures: deque[float] = deque()  # frame times of recent failed attempts
         self._streak = 0  # lockouts in a row while failures go on: the next cool-off is cooloff_s * 2**streak
         self._last_failure = float("-inf")
+        self.ledger = ledger  # per-person failed attempts and suspensions; None: no per-person budget
+        self._unnamed: set[int] = set()  # tracks that failed before naming anyone: counted once they do
 
     def locked_out(self, t: float) -> bool:
         return t < self.locked_out_until
@@ -93,6 +106,7 @@ class Decider:
                 self._fail(t, decisions, Decision(DENIED, tr.id, tr.identity, _best(tr),
                                                   f"challenge not answered: the face left ({tr.live.challenge})"))
         self.tracks = kept
+        self._unnamed &= kept.keys()
         for track in seen:
             if track.split_requested:  # frames in flight from before the split: the old track is over
                 continue
@@ -106,8 +120,12 @@ class Decider:
                 if fused and track.id in fused:
                     track.fused = fused[track.id]
                 decision = self._decide(t, track, match)
+                if track.identity is not None and track.id in self._unnamed:  # its failure named someone now
+                    self._unnamed.discard(track.id)
+                    self._count_against(track.identity, track.id, decisions)
                 if decision is not None:
-                    if decision.event == DENIED and not decision.detail.startswith(("locked out", "policy")):
+                    if decision.event == DENIED and not decision.detail.startswith(("locked out", "policy",
+                                                                                    SUSPENDED)):
                         self._fail(t, decisions, decision)
                     else:
                         decisions.append(decision)
@@ -116,6 +134,10 @@ class Decider:
     def _fail(self, t: float, decisions: list[Decision], denial: Decision) -> None:
         """A failed attempt: the denial, and the alarm when it is the N-th within the window."""
         decisions.append(denial)
+        if denial.name is not None:
+            self._count_against(denial.name, denial.track, decisions)
+        elif denial.track in self.tracks and self.tracks[denial.track].identity is None:  # not a conflict's
+            self._unnamed.add(denial.track)
         n, window = self.lockout.failures, self.lockout.window_s
         if n <= 0:
             return
@@ -135,6 +157,20 @@ class Decider:
             decisions.append(Decision(ALARM, denial.track, None, None,
                                       f"{n} failed attempts within {window:g} s: unlocks refused for "
                                       f"{cooloff:g} s{again}"))
+
+    def _count_against(self, name: str, track: int, decisions: list[Decision]) -> None:
+        """A failed attempt that named `name`, in the ledger; the one that reaches the daily budget suspends
+        them (an alarm). The detail never holds the name: `forget` renames the name column only."""
+        limit = self.lockout.person_daily_failures
+        if self.ledger is None or limit <= 0:
+            return
+        wall = self.wall_clock()
+        n = self.ledger.failed(name, wall)
+        if n >= limit and not self.ledger.suspended(name):
+            detail = (f"{SUSPENDED} after {n} failed attempts within 24 h: unlocks refused until an admin "
+                      f"releases them (door-access release)")
+            self.ledger.suspend(name, wall, detail)
+            decisions.append(Decision(ALARM, track, name, None, detail))
 
     def _decide(self, t: float, track: Track, match: Match) -> Decision | None:
         if match.name is None:
@@ -172,6 +208,12 @@ class Decider:
             cooled = self.last_unlock.get(name, float("-inf")) + self.cooldown_s
             if t < cooled:  # let in moments ago: this track is encoded at the settled rate till then
                 track.quiet_until = cooled
+            if self.ledger is not None and self.ledger.suspended(name):  # whatever the face shows
+                if track.denied:
+                    return None
+                track.denied = True
+                return Decision(DENIED, track.id, name, distance,
+                                f"{SUSPENDED} after repeated failed attempts: an admin must release them")
             live = track.live
             if live is not None and not self._live_for(t, track, live):
                 if live.challenge:  # the door asked for an action: the attempt is pending
@@ -230,3 +272,15 @@ class Decider:
 
 def _best(track: Track) -> float | None:
     return min((m.distance for _, m in track.votes), default=None)
+
+
+def release(ledger: PersonLedger, name: str, alarm: Callable[[str], None], source: str) -> bool:
+    """An admin's release of `name` (`door-access release`, the MQTT command `release`): their suspension
+    ends and their counted failures are cleared, an `alarm` through `alarm(detail)`; False (nothing
+    recorded) when they were neither suspended nor had a failure counted."""
+    was, cleared = ledger.release(name)
+    if not was and not cleared:
+        return False
+    alarm(f"{RELEASED} by an admin ({source}): {'suspension ended, ' if was else ''}"
+          f"{cleared} counted failed attempt(s) cleared")
+    return True

@@ -7,7 +7,8 @@ Topics, under `<prefix>/<door.id>/` (prefix `door-access` by default):
     person        the last person let in (retained); cleared when they leave the gallery (`forget`)
     denied        {"event_type": "denied", "name", "reason", "time"} for each denial (a Home Assistant event)
     availability  "online" / "offline" (retained; "offline" is also the last will)
-    command       in: "unlock", "lock" or "reload_gallery" (plain text, or JSON {"command": ...}); only
+    command       in: "unlock", "lock", "reload_gallery" (plain text, or JSON {"command": ...}), or
+                  "release NAME" / {"command": "release", "name": NAME} (end NAME's suspension); only
                   those in `mqtt.commands` are obeyed (default: "lock"), each refusal is a `denied` event
 
 Nothing here can hold up the door: `publish()` only appends to a bounded in-memory queue; a
@@ -43,7 +44,7 @@ from door_access.core import DENIED, GALLERY, RELOCK, UNLOCK, Event
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("unlock", "lock", "reload_gallery")
+COMMANDS = ("unlock", "lock", "reload_gallery", "release")
 LOCKED, UNLOCKED = "locked", "unlocked"
 ONLINE, OFFLINE = "online", "offline"
 
@@ -65,7 +66,8 @@ def client_id(door_id: str) -> str:
 
 
 def parse_command(payload: bytes) -> str | None:
-    """`unlock`, `lock` or `reload_gallery` from a plain or JSON payload; None for anything else."""
+    """`unlock`, `lock`, `reload_gallery` or `release` from a plain or JSON payload; None for anything else.
+    `release` names a person (`release_name`); the other commands take nothing after them."""
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -76,7 +78,18 @@ def parse_command(payload: bytes) -> str | None:
         except (ValueError, AttributeError):
             return None
     text = text.strip().lower()
-    return text if text in COMMANDS else None
+    word = text.split(maxsplit=1)[0] if text else ""
+    return text if text in COMMANDS else "release" if word == "release" else None
+
+
+def release_name(payload: bytes) -> str | None:
+    """The person a `release` command names: JSON {"command": "release", "name": NAME} or plain "release NAME"."""
+    try:
+        text = payload.decode("utf-8").strip()
+        name = json.loads(text).get("name") if text.startswith("{") else text.split(maxsplit=1)[1]
+    except (UnicodeDecodeError, ValueError, AttributeError, IndexError):
+        return None
+    return name.strip() or None if isinstance(name, str) else None
 
 
 class Topics:
@@ -278,8 +291,9 @@ class MqttBridge:
         if command is None:
             log.warning("mqtt: unknown command %r on %s", msg.payload[:80], msg.topic)
             return
+        args = (release_name(msg.payload),) if command == "release" else ()
         try:
-            self.on_command(command)
+            self.on_command(command, *args)
         except Exception:
             log.exception("mqtt: command %r failed", command)
 
@@ -307,19 +321,27 @@ class MqttBridge:
 
 
 def door_commands(allowed: tuple[str, ...], notify: Callable[..., None], lock_now: Callable[[], None],
-                  reload_gallery: Callable[[], None], locked_out: Callable[[], bool]) -> Callable[[str], None]:
+                  reload_gallery: Callable[[], None], locked_out: Callable[[], bool],
+                  release: Callable[[str], bool] | None = None) -> Callable[..., None]:
     """Remote commands as the door obeys them: only those `allowed` (`mqtt.commands`); an unlock goes the
     door's own way (an UNLOCK notice, detail `source: mqtt`) and only while the door is not `locked_out()`
-    after repeated failed attempts. `notify(kind, detail=...)` records an event (access log, MQTT,
-    `--events-json`): each remote unlock, and each refusal as a `denied` (no payload text, only the command)."""
+    after repeated failed attempts; `release(name)` ends a person's suspension (False: there was nothing to
+    release). `notify(kind, detail=...)` records an event (access log, MQTT, `--events-json`): each remote
+    unlock, and each refusal as a `denied` (no payload text, only the command)."""
 
-    def run(command: str) -> None:
+    def run(command: str, name: str | None = None) -> None:
         if command not in allowed:
             refused = f"source: mqtt: command {command!r} refused: not in mqtt.commands"
         elif command == "unlock" and locked_out():
             refused = "source: mqtt: unlock refused: locked out after repeated failed attempts"
+        elif command == "release" and (release is None or not name):
+            refused = "source: mqtt: release refused: it names nobody (release NAME)"
         else:
             log.info("mqtt: remote command %r", command)
+            if command == "release":
+                if not release(name):
+                    log.warning("mqtt: release: %r is not suspended and has no failed attempt counted", name)
+                return
             {"unlock": lambda: notify(UNLOCK, detail="source: mqtt"), "lock": lock_now,
              "reload_gallery": reload_gallery}[command]()
             return

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, CHALLENGE, DENIED, UNLOCK, Box, Event, readable_name
 from door_access.door.controller import LOCKED, RELOCK_FAILING, UNLOCKED
+from door_access.door.decision import RELEASED
 from door_access.recognition.enroll_prompt import ASK, BAD, CONFIRM, OK
 
 # BGR, as OpenCV draws
@@ -44,6 +45,7 @@ _CHALLENGES = {  # liveness challenge keys (LiveVerdict.challenge / challenge ev
     "right": "Turn your head right", "turn_right": "Turn your head right",
     "up": "Look up", "look_up": "Look up", "down": "Look down", "look_down": "Look down",
     "blink": "Blink", "smile": "Smile", "nod": "Nod", "open_mouth": "Open your mouth",
+    "open_your_mouth": "Open your mouth",
 }
 
 
@@ -63,6 +65,7 @@ _DENIALS = (  # a denial's detail (decision.py) -> what the person at the door i
     ("no liveness", "Not live: blink or turn your head"),
     ("conflict", "One person at a time, please"),
     ("locked out", "Try again later"),
+    ("suspended", "Suspended: ask an admin"),
     ("policy", "No access at this time"),
 )
 
@@ -115,7 +118,7 @@ class StatusModel:
                 self._camera_lost = True
             elif event.event == CAMERA_BACK:
                 self._camera_lost = False
-            elif event.event == ALARM:
+            elif event.event == ALARM and not event.detail.startswith(RELEASED):  # a release: nothing to tell
                 self._alarm_t = event.t
             elif event.event in (UNLOCK, DENIED):
                 self._verdict = event

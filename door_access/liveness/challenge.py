@@ -1,17 +1,20 @@
-"""The spoken liveness challenge: head pose from 68 landmarks, and the ask-and-verify state machine.
+"""The spoken liveness challenge: head pose and expression from 68 landmarks, and the ask-and-verify state machine.
 
 A recording cannot follow an instruction chosen at random after it started. The door asks for
-a sequence of `liveness.challenge_steps` actions, each drawn with `secrets` from four (turn the
-head left or right, look up, blink twice), one at a time, and checks each response against the
-track's own neutral pose within that step's own deadline. The right action held briefly passes
-the step; any other clear action, or nothing by the deadline, fails the whole challenge. With 2
-steps there are 16 equally likely sequences: a recording that happens to show some actions in
-some order passes at most the few that match it (`eval-liveness --challenges all` measures it).
+a sequence of `liveness.challenge_steps` actions, each drawn with `secrets` from six (turn the
+head left or right, look up, blink twice, open the mouth, smile), one at a time, and checks each
+response against the track's own neutral pose within that step's own deadline. The right action
+held briefly passes the step; any other clear action, or nothing by the deadline, fails the whole
+challenge. With 2 steps there are 36 equally likely sequences: a recording that happens to show
+some actions in some order passes at most the few that match it (`eval-liveness --challenges all`
+measures it; docs/liveness.md gives the measured chance and the thresholds).
 
 Directions are the person's own: "left" is their left, which is the image's right on a camera
-that does not mirror its picture (a door camera). Pose is measured as ratios of landmark
-positions, not angles: no camera model is needed, and a photo tilted or turned as a whole
-keeps its ratios (so it shows no head turn at all).
+that does not mirror its picture (a door camera). Pose and expression are measured as ratios of
+landmark positions, not angles: no camera model is needed, and a photo tilted or turned as a
+whole keeps its ratios (so it shows no head turn, open mouth or smile at all). A head tilt (roll)
+is not an action: a photo rotated in the hand shows one, and a replayed head turn rolls by up to
+18 degrees on its own.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 LEFT, RIGHT, UP, BLINK_TWICE = "left", "right", "up", "blink twice"
+OPEN_MOUTH, SMILE = "open mouth", "smile"
 DOWN = "down"  # never asked, and no wrong answer either (people nod while they listen)
-ACTIONS = (LEFT, RIGHT, UP, BLINK_TWICE)
+ACTIONS = (LEFT, RIGHT, UP, BLINK_TWICE, OPEN_MOUTH, SMILE)
+HELD = (LEFT, RIGHT, UP, OPEN_MOUTH, SMILE)  # actions shown by a pose held for `hold_s` (a blink is counted)
 # Said short (voiced in 0.5-0.9 s: the person waits less); the kiosk shows "Turn your head left".
-SPOKEN = {LEFT: "turn left", RIGHT: "turn right", UP: "look up", BLINK_TWICE: "blink twice"}
+SPOKEN = {LEFT: "turn left", RIGHT: "turn right", UP: "look up", BLINK_TWICE: "blink twice",
+          OPEN_MOUTH: "open your mouth", SMILE: "smile"}
 NOTHING = "nothing"
 
 RUNNING, PASSED, FAILED = "running", "passed", "failed"
@@ -38,11 +44,29 @@ KEEP = 0.7  # a head action once seen stays held while it keeps this fraction of
 
 @dataclass(frozen=True)
 class Pose:
-    """Head pose as landmark ratios: yaw > 0 when the nose points to the person's left (image right),
-    pitch grows when they look down. Yaw is about 0.2 for a 20 degree turn, pitch changes ~0.1."""
+    """Head pose and mouth as landmark ratios: yaw > 0 when the nose points to the person's left (image
+    right), pitch grows when they look down. Yaw is about 0.2 for a 20 degree turn, pitch changes ~0.1.
+    mouth: the lips' inner gap, smile: the mouth's width, both in eye distances (0.0 when not measured)."""
 
     yaw: float
     pitch: float
+    mouth: float = 0.0
+    smile: float = 0.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How far from the track's neutral pose each held action must go (`liveness.challenge_*`)."""
+
+    turn: float  # yaw
+    look_up: float  # pitch
+    open_mouth: float  # inner lip gap, eye distances
+    smile: float  # mouth width, eye distances
+
+    @classmethod
+    def of(cls, cfg) -> Thresholds:
+        """From a `LivenessConfig`."""
+        return cls(cfg.challenge_turn, cfg.challenge_look_up, cfg.challenge_open_mouth, cfg.challenge_smile)
 
 
 def head_pose(points: np.ndarray) -> Pose:
@@ -50,7 +74,9 @@ def head_pose(points: np.ndarray) -> Pose:
 
     yaw: the nose tip's (30) offset from the midpoint between the eyes, along the eye axis, in eye
     distances (inner points only: the face outline's points jump between two fits on a turned face);
-    pitch: the nose tip's drop below the eye line over the chin's (8) drop below it.
+    pitch: the nose tip's drop below the eye line over the chin's (8) drop below it; mouth: the mean
+    gap between the inner lips (61-67, 62-66, 63-65); smile: the distance between the mouth corners
+    (48, 54).
     """
     left_eye, right_eye = points[[36, 39]].mean(axis=0), points[[42, 45]].mean(axis=0)  # corners: lids move
     u = right_eye - left_eye
@@ -61,20 +87,32 @@ def head_pose(points: np.ndarray) -> Pose:
     yaw = (points[30] - mid) @ u / distance
     chin = (points[8] - mid) @ v
     pitch = float((points[30] - mid) @ v / chin) if chin > 1e-6 else 0.0
-    return Pose(float(yaw), pitch)
+    gap = np.linalg.norm(points[[61, 62, 63]] - points[[67, 66, 65]], axis=1).mean() / distance
+    width = np.linalg.norm(points[48] - points[54]) / distance
+    return Pose(float(yaw), pitch, float(gap), float(width))
 
 
 def neutral_pose(poses: list[Pose]) -> Pose:
     """The track's resting pose: the median of recent poses, so one glitchy frame cannot move it."""
-    return Pose(float(np.median([p.yaw for p in poses])), float(np.median([p.pitch for p in poses])))
+    return Pose(*(float(np.median([getattr(p, k) for p in poses])) for k in ("yaw", "pitch", "mouth", "smile")))
 
 
-def pose_action(pose: Pose, neutral: Pose, turn: float, look_up: float) -> str | None:
-    """The head action `pose` shows against `neutral`, if any clears its threshold; the strongest wins."""
+def scores(pose: Pose, neutral: Pose, th: Thresholds) -> dict[str, float]:
+    """Each held action's (and DOWN's) movement from `neutral` in units of its threshold. A smile counts
+    only with the face to the camera (yaw within half a turn): a turned head narrows the eye line more
+    than the mouth (g03's turns widen the mouth by up to 0.24 eye distances, his frontal frames 0.14)."""
     dyaw, dup = pose.yaw - neutral.yaw, neutral.pitch - pose.pitch
-    scores = {LEFT: dyaw / turn, RIGHT: -dyaw / turn, UP: dup / look_up, DOWN: -dup / look_up}
-    best = max(scores, key=scores.get)
-    return best if scores[best] >= 1.0 else None
+    frontal = abs(dyaw) < th.turn / 2
+    return {LEFT: dyaw / th.turn, RIGHT: -dyaw / th.turn, UP: dup / th.look_up, DOWN: -dup / th.look_up,
+            OPEN_MOUTH: (pose.mouth - neutral.mouth) / th.open_mouth,
+            SMILE: (pose.smile - neutral.smile) / th.smile if frontal else 0.0}
+
+
+def pose_action(pose: Pose, neutral: Pose, th: Thresholds) -> str | None:
+    """The held action `pose` shows against `neutral`, if any clears its threshold; the strongest wins."""
+    score = scores(pose, neutral, th)
+    best = max(score, key=score.get)
+    return best if score[best] >= 1.0 else None
 
 
 def choose_action() -> str:
@@ -83,7 +121,7 @@ def choose_action() -> str:
 
 
 def choose_actions(steps: int) -> tuple[str, ...]:
-    """`steps` independent draws (repeats allowed): 4**steps sequences, each as likely."""
+    """`steps` independent draws (repeats allowed): 6**steps sequences, each as likely."""
     return tuple(choose_action() for _ in range(steps))
 
 
@@ -94,24 +132,24 @@ class Challenge:
     RUNNING to PASSED (the asked action seen for `hold_s`) or FAILED (another action that could
     have been asked, held for `hold_s`, or nothing by the deadline). Blinks never fail a head-turn
     challenge and looking down fails nothing: people blink and nod while they listen.
-    `after`: the head action of the step before (a later step of a sequence): the head may still
-    show it, which answers nothing here, so head actions count only once it has been released (the
-    head back under half of it: turning left then right releases it on the way; left twice means
-    turning back first).
+    `after`: the held action of the step before (a later step of a sequence): the face may still
+    show it, which answers nothing here, so held actions count only once it has been released (back
+    under half of it: turning left then right releases it on the way; left twice, or smile twice,
+    means going back first).
     """
 
     def __init__(self, action: str, t: float, deadline_s: float, neutral: Pose, blinks: int,
-                 turn: float, look_up: float, hold_s: float, after: str | None = None):
+                 th: Thresholds, hold_s: float, after: str | None = None):
         if action not in ACTIONS:
             raise ValueError(f"unknown challenge action {action!r}")
         self.action, self.asked_t, self.deadline = action, t, t + deadline_s
         self.neutral, self.blinks_at_ask = neutral, blinks
-        self.turn, self.look_up, self.hold_s = turn, look_up, hold_s
+        self.th, self.hold_s = th, hold_s
         self.state = RUNNING
         self.seen = NOTHING
         self.done_t: float | None = None
-        self._held: tuple[str, float] | None = None  # (head action, since when)
-        self._after = after if after in (LEFT, RIGHT, UP) else None
+        self._held: tuple[str, float] | None = None  # (held action, since when)
+        self._after = after if after in HELD else None
 
     @property
     def text(self) -> str:
@@ -125,12 +163,12 @@ class Challenge:
             self.seen = "blink twice" if blinked >= 2 else "blink once"
         if self.action == BLINK_TWICE and blinked >= 2:
             return self._finish(t, PASSED)
-        head = pose_action(pose, self.neutral, self.turn, self.look_up) if pose is not None else None
+        head = pose_action(pose, self.neutral, self.th) if pose is not None else None
         if head is None and self._held is not None and pose is not None and \
-                _score(self._held[0], pose, self.neutral, self.turn, self.look_up) >= KEEP:
+                scores(pose, self.neutral, self.th)[self._held[0]] >= KEEP:
             head = self._held[0]  # still held: a turn hovering at its threshold does not restart the hold
         if self._after is not None and pose is not None and \
-                _score(self._after, pose, self.neutral, self.turn, self.look_up) < 0.5:
+                scores(pose, self.neutral, self.th)[self._after] < 0.5:
             self._after = None  # the step before's action released
         if self._after is not None:
             head = None
@@ -163,14 +201,14 @@ class ChallengeSequence:
     fails the sequence. `text` is the current step's instruction; it changes when a new step is asked."""
 
     def __init__(self, actions: tuple[str, ...], t: float, deadline_s: float, neutral: Pose, blinks: int,
-                 turn: float, look_up: float, hold_s: float):
+                 th: Thresholds, hold_s: float):
         if not actions:
             raise ValueError("a challenge needs at least one action")
         self.actions = tuple(actions)
         self._step_args = (deadline_s, neutral)
-        self._thresholds = (turn, look_up, hold_s)
+        self._thresholds = (th, hold_s)
         self.asked_t = t
-        self.steps = [Challenge(self.actions[0], t, deadline_s, neutral, blinks, turn, look_up, hold_s)]
+        self.steps = [Challenge(self.actions[0], t, deadline_s, neutral, blinks, th, hold_s)]
         self.state = RUNNING
         self.done_t: float | None = None
 
@@ -232,12 +270,12 @@ def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
     return Trace(after[0].t, neutral_pose(before), after[0].blinks, after)
 
 
-def judge_trace(trace: Trace, sequences, deadline_s: float, turn: float, look_up: float,
+def judge_trace(trace: Trace, sequences, deadline_s: float, th: Thresholds,
                 hold_s: float) -> dict[tuple[str, ...], ChallengeSequence]:
     """Each sequence of actions as if it had been asked at `trace.ask_t`: one pass over the samples
     serves them all (the steps after the first begin wherever each sequence's own step passed)."""
     runs = {tuple(seq): ChallengeSequence(tuple(seq), trace.ask_t, deadline_s, trace.neutral, trace.blinks,
-                                          turn, look_up, hold_s) for seq in sequences}
+                                          th, hold_s) for seq in sequences}
     running = list(runs.values())
     for sample in trace.samples:
         running = [run for run in running if run.update(sample.t, sample.pose, sample.blinks) == RUNNING]
@@ -246,11 +284,11 @@ def judge_trace(trace: Trace, sequences, deadline_s: float, turn: float, look_up
     return runs
 
 
-def response_times(trace: Trace, passed: dict[str, float], turn: float, look_up: float,
+def response_times(trace: Trace, passed: dict[str, float], th: Thresholds,
                    rest: float = 0.25) -> dict[str, float]:
     """For each one-step challenge passed at time t (`passed`: action -> t), how long the verifier took
     from the start of the movement that answered it: the last sample before t at which the head was
-    within `rest` of the step's threshold from neutral (head actions), or the first closed-eye sample
+    within `rest` of the step's threshold from neutral (held actions), or the first closed-eye sample
     of the first blink counted after the ask (blink twice). What a person answering costs, in seconds."""
     out: dict[str, float] = {}
     for action, done in passed.items():
@@ -258,13 +296,9 @@ def response_times(trace: Trace, passed: dict[str, float], turn: float, look_up:
         if action == BLINK_TWICE:
             onset = next((s.t for s in before if s.eyes_closed and s.blinks == trace.blinks), None)
         else:
-            scores = [(s.t, _score(action, s.pose, trace.neutral, turn, look_up)) for s in before if s.pose]
-            onset = next((t for t, score in reversed(scores) if score < rest), None)
+            moved = [(s.t, scores(s.pose, trace.neutral, th)[action]) for s in before if s.pose]
+            onset = next((t for t, score in reversed(moved) if score < rest), None)
         if onset is not None:
             out[action] = round(done - onset, 2)
     return out
 
-
-def _score(action: str, pose: Pose, neutral: Pose, turn: float, look_up: float) -> float:
-    dyaw, dup = pose.yaw - neutral.yaw, neutral.pitch - pose.pitch
-    return {LEFT: dyaw / turn, RIGHT: -dyaw / turn, UP: dup / look_up}[action]

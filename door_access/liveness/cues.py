@@ -36,6 +36,7 @@ from door_access.liveness.challenge import (
     ChallengeSequence,
     Pose,
     Sample,
+    Thresholds,
     choose_actions,
     head_pose,
     neutral_pose,
@@ -227,7 +228,7 @@ class LivenessChecker:
         neutral = neutral_pose([pose for _, _, pose in s.shapes])
         actions = self.challenge_actions or choose_actions(cfg.challenge_steps)
         s.challenge = ChallengeSequence(actions, t, cfg.challenge_deadline_s, neutral, s.blinks,
-                                        cfg.challenge_turn, cfg.challenge_look_up, cfg.challenge_hold_s)
+                                        Thresholds.of(cfg), cfg.challenge_hold_s)
         log.info("challenge asked of track %d: %d step(s), first %r", track, len(actions), s.challenge.text)
 
     def _trace(self, track: int, s: _TrackLiveness, t: float, pose: Pose) -> None:

@@ -82,8 +82,13 @@ def survey(cfg: Config, images_dir: Path, name: str) -> Erasure:
                 e.events = sum(1 for row in db.execute("SELECT name, detail FROM events WHERE name = ? OR "
                                                        "instr(detail, ?) > 0", (name, name))
                                if _names(row, name))
+                suspended = _has_table(db, "suspensions") and db.execute(
+                    "SELECT 1 FROM suspensions WHERE name = ?", (name,)).fetchone()
         except sqlite3.Error as exc:
             raise AccessLogError(f"cannot read access log {log_path}: {exc}") from exc
+        if suspended:  # forgetting and enrolling again must not lift it unseen
+            raise ForgetError(f"{name} is suspended after repeated failed attempts: release them first "
+                              f"(`door-access release {name}`, recorded as an alarm), then forget them")
     people = cfg.path("people")
     e.policy = people.is_file() and name in parse_policy(people.read_text(encoding="utf-8"), people).rules
     e.door_running = _spool_held(spool_path(log_path))
@@ -168,9 +173,15 @@ def _rewrite_log(cfg: Config, e: Erasure) -> None:
                     for snap in sorted(snapshots.glob(snapshot_pattern(Event(kind, t, wall, track=track)))):
                         snap.unlink(missing_ok=True)
                         e.snapshots.append(snap)
+            if _has_table(db, "person_failures"):  # their counted failed attempts: renamed with their events
+                db.execute("UPDATE person_failures SET name = ? WHERE name = ?", (e.pseudonym, e.name))
             db.execute("COMMIT")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL's copies of the old pages are gone too
     e.spooled = _rewrite_spool(spool_path(path), e.name, e.pseudonym)
+
+
+def _has_table(db: sqlite3.Connection, table: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
 
 
 def _spool_held(spool: Path) -> bool:

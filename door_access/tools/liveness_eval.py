@@ -40,7 +40,15 @@ import numpy as np
 
 from door_access.config import Config, LivenessConfig
 from door_access.core import UNLOCK, Box
-from door_access.liveness.challenge import ACTIONS, PASSED, Sample, asked_at, judge_trace, response_times
+from door_access.liveness.challenge import (
+    ACTIONS,
+    PASSED,
+    Sample,
+    Thresholds,
+    asked_at,
+    judge_trace,
+    response_times,
+)
 from door_access.liveness.cues import HISTORY_S, NEUTRAL_S
 from door_access.liveness.spoof import ATTACK, SITE_ATTACK, SpoofChecker, load_scorers
 from door_access.quiet import native_stderr_silenced, progress
@@ -375,7 +383,7 @@ def totals(clips: list[dict]) -> dict:
 def challenge_report(live: LivenessConfig, tracks: list[list[Sample]]) -> dict:
     """Per clip, from each track's frames (`LivenessChecker.traces`), asked as the door asks (`NEUTRAL_S`
     after first sight): `challenge_results` (each action as a one-step challenge -> passed), `pass_rate`
-    (the fraction of the 4**challenge_steps sequences passed), the sequences passed, and `response_s`
+    (the fraction of the 6**challenge_steps sequences passed), the sequences passed, and `response_s`
     (per action passed, seconds from the start of the movement to the verifier's pass: what answering
     costs). A replay can be started at any moment, so the same is asked every `ASK_EVERY_S` along the
     track: `pass_rate_worst_start` is the best an attacker who picks the moment can get, by luck, from
@@ -384,8 +392,7 @@ def challenge_report(live: LivenessConfig, tracks: list[list[Sample]]) -> dict:
     singles = [(a,) for a in ACTIONS]
 
     def judge(trace, asked):
-        runs = judge_trace(trace, asked, live.challenge_deadline_s, live.challenge_turn, live.challenge_look_up,
-                           live.challenge_hold_s)
+        runs = judge_trace(trace, asked, live.challenge_deadline_s, Thresholds.of(live), live.challenge_hold_s)
         return {seq: run.done_t for seq, run in runs.items() if run.state == PASSED}
 
     single_passed: dict[str, float] = {}
@@ -401,7 +408,7 @@ def challenge_report(live: LivenessConfig, tracks: list[list[Sample]]) -> dict:
             passed = judge(door, singles + sequences)
             door_passed |= {seq for seq in passed if len(seq) == live.challenge_steps}
             done = {seq[0]: t for seq, t in passed.items() if len(seq) == 1}
-            for action, wait in response_times(door, done, live.challenge_turn, live.challenge_look_up).items():
+            for action, wait in response_times(door, done, Thresholds.of(live)).items():
                 response.setdefault(action, wait)
             for action, t in done.items():
                 single_passed.setdefault(action, t)
