@@ -216,24 +216,30 @@ def _first_seconds(src, out, seconds: float):
 @pytest.mark.model
 @needs_data
 def test_the_door_denies_a_phone_photo_and_lets_a_live_person_in(cfg, encoder, tmp_path):
-    """Two short real clips through the real pipeline (eval-liveness's own code): the phone photo
-    (a02, the whole 2.6 s) gets the learned model's DENY and no unlock; a live man blinking (g06,
-    its first 2.5 s, he blinks at 0.6 s) unlocks with no DENY cue."""
+    """Short real clips through the real pipeline (eval-liveness's own code), each with its `policy`
+    from the door's run: the phone photo (a02, the whole 2.6 s) gets the learned model's DENY and no
+    unlock (`deny`); a live man blinking (g06, its first 2.5 s, he blinks at 0.6 s) unlocks with no
+    DENY cue on the passive path (`pass`, graded within the first half second); with the shipped
+    default on a door without a site model the same man is asked instead (`challenge`)."""
     from door_access.tools.liveness_eval import _quiet, eval_video, read_truth
 
     rows = {r["file"]: r for r in read_truth(LIVE)}
-    run_cfg = _quiet(cfg)  # the passive path (a blink lets him in): not the shipped `always`
-    run_cfg = dataclasses.replace(run_cfg, liveness=dataclasses.replace(run_cfg.liveness, challenge="on_doubt"))
+    shipped = _quiet(cfg)
+    passive = dataclasses.replace(shipped, liveness=dataclasses.replace(shipped.liveness, challenge="on_doubt"))
 
-    def play(name, clip):
+    def play(name, clip, run_cfg=passive):
         row = rows[name]
         return eval_video(run_cfg, encoder, clip, LIVE / row["person_photo"], row, realtime=False)
 
     attack = play("attack/a02_lestari_phone_photo.mp4", LIVE / "attack/a02_lestari_phone_photo.mp4")
-    assert ATTACK in attack["deny_cues"] and not attack["unlocked"], attack
+    assert ATTACK in attack["deny_cues"] and not attack["unlocked"] and attack["policy"] == DENY, attack
     live_clip = _first_seconds(LIVE / "genuine/g06_repeating_selfie_blink.mp4", tmp_path / "g06.mp4", 2.5)
     live = play("genuine/g06_repeating_selfie_blink.mp4", live_clip)
-    assert live["unlocked"] and not live["deny_cues"], live
+    assert live["unlocked"] and not live["deny_cues"] and live["policy"] == PASS, live
+    assert 0.0 < live["graded_after_s"] < 0.5, live
+    asked = play("genuine/g06_repeating_selfie_blink.mp4", live_clip, shipped)
+    assert shipped.liveness.challenge == "graded" and asked["policy"] == CHALLENGE, asked
+    assert not asked["unlocked"] and not asked["deny_cues"], asked
 
 
 @pytest.mark.model

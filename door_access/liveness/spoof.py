@@ -157,6 +157,7 @@ class _TrackSpoof:
     hits: deque = field(default_factory=deque)  # (t, hit) of the flat-face test
     shapes: deque = field(default_factory=deque)  # (t, 68 landmarks), for the flat-face cue
     fired: str | None = None
+    graded_t: float | None = None  # frame time at which every model had judged min_frames frames (the first grade)
 
 
 class SpoofChecker:
@@ -195,6 +196,8 @@ class SpoofChecker:
         v = self.measure(bgr, box)
         for cue, p in v.items():
             s.evidence[cue].add(p)
+        if s.graded_t is None and all(e.judged for e in s.evidence.values()):
+            s.graded_t = t
         if points is not None:
             flat = self._flat(s, t, points, v)
             if flat is not None:

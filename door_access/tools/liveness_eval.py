@@ -171,6 +171,7 @@ class _Seen:
         self.measures: dict[str, list[float]] = {m: [] for m in MEASURES}
         self.asked = False  # a challenge was asked
         self.grade: str | None = None  # the latest grade of a face (spoof.SpoofChecker.grade)
+        self.grade_t: float | None = None  # when the first grade came: before it, `graded` can only ask
 
     def observer(self, pipeline):
         def observe(item, decisions) -> None:
@@ -188,6 +189,10 @@ class _Seen:
                 g = pipeline.spoof.grade(face.track) if pipeline.spoof else None
                 if g is not None:
                     self.grade = g.band
+                    state = pipeline.spoof.tracks.get(face.track)  # its frame time, not this (later) stage's
+                    if state is not None and state.graded_t is not None:
+                        graded_t = state.graded_t - pipeline.capture.started_at
+                        self.grade_t = graded_t if self.grade_t is None else min(self.grade_t, graded_t)
                 values = pipeline.spoof.values.get(face.track) if pipeline.spoof else None
                 if values:
                     for m in MEASURES:
@@ -228,6 +233,7 @@ class _Seen:
             "pipeline_unlocked": self.unlock_t is not None,  # what a decider that ignores spoof would do
             "outcome": outcome,
             "policy": policy,
+            "graded_after_s": None if self.grade_t is None else round(self.grade_t - start, 2),
             "confirm_cues": {k: round(v - start, 2) for k, v in self.confirm.items()},
             "deny_cues": {k: round(v - start, 2) for k, v in self.deny.items()},
             "measures": {m: _median(v) for m, v in self.measures.items()},
