@@ -238,8 +238,8 @@ class SpoofChecker:
         if s is None or s.fired:
             return None
         for sc in self.scorers:
-            e = s.evidence[sc.cue]
-            if e.judged and e.mean >= sc.lean:
+            e = s.evidence.get(sc.cue)  # none yet while its faces were too small to judge
+            if e is not None and e.judged and e.mean >= sc.lean:
                 return sc.cue
         q, c = s.hits, self.cfg
         if q and q[-1][0] - q[0][0] >= 0.8 * c.sustain_s and sum(h for _, h in q) >= c.doubt_fraction * len(q):
