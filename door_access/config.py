@@ -149,7 +149,7 @@ class LivenessConfig:
     timeout_s: float = meta(4.0, lo=0.1)
     parallax_threshold: float = meta(0.06, lo=0.01, hi=1.0)
     parallax_min_turn: float = meta(0.2, lo=0.01, hi=1.0)
-    challenge: str = meta("always", choices=("off", "on_doubt", "always"))
+    challenge: str = meta("graded", choices=("off", "on_doubt", "always", "graded"))
     challenge_steps: int = meta(2, lo=1, hi=4)
     challenge_after_s: float = meta(3.5, lo=0.0)
     challenge_deadline_s: float = meta(6.0, lo=0.5, hi=60.0)
@@ -206,10 +206,12 @@ class EnrollConfig:
 class SpoofConfig:
     enabled: bool = True
     model: bool = True  # the shipped presentation-attack model (weights/fr_liveness.onnx, from setup)
-    threshold: float = meta(0.5, lo=0.0, hi=1.0)
+    threshold: float = meta(0.97, lo=0.0, hi=1.0)
     min_frames: int = meta(3, lo=1, hi=100)
     site_model: str | None = None  # null: <paths.cache>/site_attack_model.npz (learn-attacks writes it)
     doubt_ratio: float = meta(0.7, lo=0.0, hi=1.0)
+    pass_below: float = meta(0.5, lo=0.0, hi=1.0)  # graded: no challenge only under this mean of the shipped model
+    site_deny_ratio: float = meta(1.5, lo=1.0, hi=10.0)  # a site model denies at this multiple of its threshold
     min_face_px: int = meta(80, lo=16)
     flat_motion: float = meta(0.08, lo=0.01, hi=1.0)
     flat_ratio: float = meta(0.25, lo=0.01, hi=1.0)

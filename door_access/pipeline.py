@@ -299,6 +299,7 @@ class Pipeline:
                             obs.live = dataclasses.replace(obs.live, spoof=cue)
                         elif self.spoof.doubtful(track.id):  # a borderline DENY cue: ask for an action now
                             self.liveness.request_challenge(track.id)
+                        self.liveness.set_grade(track.id, self.spoof.grade(track.id))  # `graded`: how much proof
                     if obs.live.challenge and self._asked.get(track.id) != obs.live.challenge_step:
                         self._asked[track.id] = obs.live.challenge_step
                         self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)

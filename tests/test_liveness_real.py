@@ -22,6 +22,7 @@ from door_access.config import LivenessConfig
 from door_access.faces.detection import FaceDetector
 from door_access.liveness.challenge import LEFT, OPEN_MOUTH, RIGHT, SMILE, Thresholds, asked_at, judge_trace
 from door_access.liveness.cues import HISTORY_S, LivenessChecker
+from door_access.liveness.spoof import CHALLENGE, PASS, Grade
 from door_access.tools.democlip import write_photo_attack
 from door_access.tools.liveness_eval import ASK_EVERY_S, challenge_report
 
@@ -185,7 +186,7 @@ def test_a_real_head_turn_answers_the_challenge_for_its_own_side_only(shapes_of)
     assert asked_right[-1].spoof == "challenge failed (asked right, saw left)"
 
 
-SHIPPED = LivenessConfig()  # challenge: always, 2 steps
+SHIPPED = LivenessConfig(challenge="always")  # 2 steps: what `graded` asks where the attack models do not pass a face
 
 
 def _report(shapes):
@@ -199,7 +200,7 @@ def _report(shapes):
 def test_the_shipped_default_asks_two_steps_and_g03_passes_the_ones_he_performs(shapes_of):
     """g03 turns left (~2.2 s), back, then right (~7.6 s): asked "left, right" he passes both steps in
     order; asked "left, left" the right turn is a wrong answer; no passive cue lets him in meanwhile."""
-    assert SHIPPED.challenge == "always" and SHIPPED.challenge_steps == 2
+    assert SHIPPED.challenge_steps == LivenessConfig().challenge_steps == 2
     shapes = shapes_of(LIVE / "genuine/g03_tranvanluyt_selfie_headturn.mp4", max_s=9.0)
     track, verdicts = _play(shapes, SHIPPED, action=(LEFT, RIGHT))
     assert verdicts[20].challenge == "turn left"
@@ -272,3 +273,43 @@ def test_a_live_person_confirms_within_3_s_in_the_median_without_a_challenge(sha
     confirmed = [w for w in waits.values() if w is not None]
     assert len(confirmed) >= len(waits) / 2
     assert statistics.median(confirmed) <= 3.0
+
+
+GRADED = LivenessConfig()  # the shipped default: challenge: graded
+
+
+def _graded(shapes, grade_at):
+    """Feed the landmarks to a `graded` checker, with the attack models' grade `grade_at(t)` after each
+    frame (as the pipeline's detector stage does after the DENY cues)."""
+    checker = LivenessChecker(GRADED, None)
+    verdicts = []
+    for t, points in shapes:
+        verdicts.append(checker.observe(1, t, points))
+        checker.set_grade(1, grade_at(t))
+    return checker.tracks[1], verdicts
+
+
+def test_graded_a_face_the_models_pass_gets_in_on_its_own_blink_and_any_other_is_asked(shapes_of):
+    """g06 blinks at ~0.6 s. Graded PASS (a site model confident and the shipped model agreeing, from
+    its 3rd judged frame): the blink lets him in, nothing is asked. The same frames graded CHALLENGE with
+    one step more (the evidence leans to attack) are asked 3 actions at 0.5 s and the blink alone
+    counts for nothing; ungraded (no model judged the face) they are asked the default 2; and a grade
+    that leaves PASS after the blink takes the blink back and asks."""
+    assert GRADED.challenge == "graded"
+    shapes = shapes_of(LIVE / "genuine/g06_repeating_selfie_blink.mp4", max_s=3.0)
+    track, verdicts = _graded(shapes, lambda t: Grade(PASS) if t >= 0.2 else None)
+    assert track.challenge is None and all(v.challenge is None for v in verdicts)
+    assert verdicts[-1].cue == "blink" and 0.5 < verdicts[-1].first_wait_s < 1.0
+    blink_t = track.first_evidence_t
+
+    leaning, verdicts = _graded(shapes, lambda t: Grade(CHALLENGE, 1) if t >= 0.2 else None)
+    assert len(leaning.challenge.actions) == GRADED.challenge_steps + 1
+    assert 0.5 <= leaning.challenge.asked_t < 0.6
+    assert not any(v.cue == "blink" for v in verdicts)  # only a passed challenge would confirm
+
+    ungraded, _ = _graded(shapes, lambda t: None)
+    assert len(ungraded.challenge.actions) == GRADED.challenge_steps and ungraded.challenge.asked_t < 0.6
+
+    changed, verdicts = _graded(shapes, lambda t: Grade(PASS) if t <= blink_t + 0.1 else Grade(CHALLENGE))
+    assert any(v.cue == "blink" for v in verdicts)  # let in on the blink while the grade was PASS...
+    assert changed.challenge is not None and verdicts[-1].evidence_t is None  # ...taken back, and asked

@@ -111,14 +111,16 @@ def test_the_site_model_is_saved_private_and_read_back_the_same(tmp_path, detect
 def test_learn_attacks_on_a_small_folder_then_eval_liveness_uses_it(tmp_path, capsys, caplog):
     """Three clients' genuine, print and screen clips (real Replay-Attack frames): learn-attacks
     cross-validates with people kept apart, prints APCER/BPCER and writes the model (0600) where
-    spoof.site_model points; eval-liveness on a fourth client then judges with it instead of the
-    general model. Its log says what goes wrong, not one INFO line per clip (a progress bar counts
-    clips on a terminal)."""
+    spoof.site_model points; eval-liveness on a fourth client then denies with it instead of the
+    general model, at 1.5 times its threshold. The graded policy (a CONFIRM cue taken as seen on
+    frames): the client's two live clips pass without a challenge (site model confident, shipped
+    model agreeing), and no attack does. Its log says what goes wrong, not one INFO line per clip (a
+    progress bar counts clips on a terminal)."""
     from door_access.cli import main
 
     rows = _pad_rows({"client001", "client002", "client004"})
     train = _write_truth(tmp_path / "train", rows)
-    test = _write_truth(tmp_path / "test", _pad_rows({"client007"}))
+    test = _write_truth(tmp_path / "test", _pad_rows({"client108"}))
     config = tmp_path / "config.yaml"
     config.write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: {tmp_path / 'cache'}\n")
     caplog.set_level(logging.DEBUG, logger="door_access")
@@ -137,7 +139,45 @@ def test_learn_attacks_on_a_small_folder_then_eval_liveness_uses_it(tmp_path, ca
     assert main(["eval-liveness", str(test), "--config", str(config), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     thresholds = result["pad"]["thresholds"]
-    assert thresholds["presentation attack (site model)"] == pytest.approx(report["threshold"], abs=1e-4)
+    t = report["threshold"]
+    assert thresholds == {"presentation attack (site model)": pytest.approx(min(1.5 * t, (1 + t) / 2), abs=1e-4)}
     genuine = result["pad"]["kinds"]["genuine"]
     assert genuine["clips_judged"] + genuine["clips_not_judged"] == 2
-    assert set(genuine["by_cue"]) == {"presentation attack (site model)"}  # it replaces the general model
+    assert set(genuine["by_cue"]) == {"presentation attack (site model)"}  # only the site model denies
+    policy = {c["file"].rsplit("/", 1)[-1]: c["policy"] for c in result["clips"]}
+    assert [b for f, b in policy.items() if f.startswith("real")] == ["pass", "pass"], result["clips"]
+    assert "pass" not in [b for f, b in policy.items() if f.startswith("attack")], result["clips"]
+    assert genuine["policy"]["pass"] == {"clips": 2, "rate": 1.0}
+    assert all(m["policy"]["pass"]["clips"] == 0 for k, m in result["pad"]["kinds"].items() if k != "genuine")
+
+
+@needs_pad
+@pytest.mark.model
+def test_a_fresh_door_asks_live_faces_and_denies_outright_only_what_they_never_score(tmp_path, capsys):
+    """No site model: eval-liveness reports each frame folder's graded policy beside APCER/BPCER. A live
+    client the shipped model scores 0.82 (denied "presentation attack" at the old threshold 0.5) is asked,
+    with one step more; a live client it scores 0.005 is asked too (a fresh door lets no one in on the
+    scores alone); a print it scores 0.99 is denied outright."""
+    from door_access.cli import main
+
+    want = {"real__real__client016_session01_webcam_authenticate_adverse_2/": "challenge",
+            "real__real__client108_session01_webcam_authenticate_adverse_1/": "challenge",
+            "attack__fixed__attack_print_client008_session01_highdef_photo_adverse/": "deny"}
+    with (PAD / "truth.csv").open(newline="") as f:
+        rows = [dict(r, file=str(PAD / r["file"])) for r in csv.DictReader(f) if r["file"] in want]
+    folder = _write_truth(tmp_path / "fresh", rows)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"paths:\n  weights: {REPO / 'weights'}\n  cache: {tmp_path / 'cache'}\n")
+    assert main(["eval-liveness", str(folder), "--config", str(config), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    got = {c["file"].rsplit("/", 1)[-1] + "/": c["policy"] for c in result["clips"]}
+    assert got == want, result["clips"]
+    kinds = result["pad"]["kinds"]
+    assert kinds["genuine"]["clip_rate"] == 0.0  # BPCER: no live face denied outright
+    assert kinds["genuine"]["policy"] == {"pass": {"clips": 0, "rate": 0.0}, "challenge": {"clips": 2, "rate": 1.0},
+                                          "deny": {"clips": 0, "rate": 0.0}}
+    assert kinds["attack_print"]["policy"]["deny"] == {"clips": 1, "rate": 1.0}
+    assert result["totals"]["genuine"]["policy"]["challenge"]["clips"] == 2
+    assert main(["eval-liveness", str(folder), "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "policy challenge" in text and "policy: pass 0.0% (0), challenge 100.0% (2), deny 0.0% (0)" in text

@@ -15,6 +15,11 @@ When none fired after `challenge_after_s` (or always, by config), the track is a
 random sequence of `challenge_steps` actions (challenge.py); once asked, only the answers count,
 and a wrong or missing one is reported as a spoof. Absence of evidence only keeps the attempt
 pending: the decider denies.
+`graded` (the default): the attack models' grade of the track (spoof.py `Grade`, fed by `set_grade`)
+decides. PASS: a CONFIRM cue is enough (the challenge only when none comes within
+`challenge_after_s`); CHALLENGE: asked as `always` does, with the grade's extra steps; no grade
+(too few judged frames, no model) is a challenge too. A track whose grade leaves PASS loses the
+CONFIRM cues it had and is asked.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from door_access.liveness.challenge import (
     head_pose,
     neutral_pose,
 )
+from door_access.liveness.spoof import PASS, Grade
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,7 @@ class _TrackLiveness:
     last_evidence_t: float | None = None
     cue: str = ""  # the first cue seen
     doubt: bool = False  # a DENY cue was borderline: ask now
+    grade: Grade | None = None  # `graded`: what the attack models ask of this track (None: not judged yet)
     challenge: ChallengeSequence | None = None
 
 
@@ -151,6 +158,22 @@ class LivenessChecker:
         """A DENY cue was borderline on this track: ask at once instead of waiting."""
         if track in self.tracks:
             self.tracks[track].doubt = True
+
+    def set_grade(self, track: int, grade: Grade | None) -> None:
+        """`graded`: the attack models' latest grade of this track (spoof.SpoofChecker.grade). Out of
+        PASS, CONFIRM cues seen without a challenge no longer count: the track is asked instead."""
+        s = self.tracks.get(track)
+        if s is None:
+            return
+        s.grade = grade
+        if self.cfg.challenge == "graded" and s.challenge is None and not self._passive(s):
+            s.first_evidence_t = s.last_evidence_t = None
+            s.cue = ""
+
+    def _passive(self, s: _TrackLiveness) -> bool:
+        """Whether a CONFIRM cue alone can let this track in (no challenge asked)."""
+        mode = self.cfg.challenge
+        return mode in ("off", "on_doubt") or (mode == "graded" and s.grade is not None and s.grade.band == PASS)
 
     def observe(self, track: int, t: float, points: np.ndarray) -> LiveVerdict:
         cfg = self.cfg
@@ -209,7 +232,7 @@ class LivenessChecker:
     def _evidence(self, s: _TrackLiveness, t: float, cue: str) -> None:
         if s.challenge is not None and s.challenge.state != PASSED:
             return  # once asked, only the answer counts: a replay moves its lips too
-        if self.cfg.challenge == "always" and s.challenge is None:
+        if s.challenge is None and not self._passive(s):
             return
         if s.first_evidence_t is None:
             s.first_evidence_t, s.cue = t, cue
@@ -219,14 +242,15 @@ class LivenessChecker:
         cfg = self.cfg
         if cfg.challenge == "off" or s.challenge is not None or not s.shapes:
             return
-        if cfg.challenge == "always":
-            due = t - s.first_seen >= NEUTRAL_S
-        else:
+        if self._passive(s):
             due = s.last_evidence_t is None and (s.doubt or t - s.first_seen >= cfg.challenge_after_s)
+        else:
+            due = t - s.first_seen >= NEUTRAL_S
         if not due:
             return
         neutral = neutral_pose([pose for _, _, pose in s.shapes])
-        actions = self.challenge_actions or choose_actions(cfg.challenge_steps)
+        extra = s.grade.extra_steps if cfg.challenge == "graded" and s.grade is not None else 0
+        actions = self.challenge_actions or choose_actions(cfg.challenge_steps + extra)
         s.challenge = ChallengeSequence(actions, t, cfg.challenge_deadline_s, neutral, s.blinks,
                                         Thresholds.of(cfg), cfg.challenge_hold_s)
         log.info("challenge asked of track %d: %d step(s), first %r", track, len(actions), s.challenge.text)

@@ -9,7 +9,8 @@
 The hand-set "screen light" and "screen or paper frame" cues are retired: thresholds fitted on
 the dev clips accepted 96-99% of held-out Replay-Attack attacks and denied a genuine selfie.
 `SpoofChecker` turns these into a DENY only over several frames of a track, so one odd frame
-(motion blur, a hand passing) never denies anyone. No TensorFlow, no dlib here.
+(motion blur, a hand passing) never denies anyone, and grades each track (`grade`, the graded
+policy of `liveness.challenge: graded`): how much proof the face must give. No TensorFlow, no dlib here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ FLAT_FACE = "flat face"
 ATTACK = "presentation attack"
 SITE_ATTACK = "presentation attack (site model)"
 SITE_MODEL_FILE = "site_attack_model.npz"
+PASS, CHALLENGE, DENY = "pass", "challenge", "deny"  # the graded policy's bands
 
 
 def _eye_distance(points: np.ndarray) -> float:
@@ -73,21 +75,30 @@ def site_model_path(cfg: Config) -> Path:
     return cfg.resolve(cfg.spoof.site_model) if cfg.spoof.site_model else cfg.path("cache") / SITE_MODEL_FILE
 
 
+NEVER = float("inf")
+
+
 @dataclass(frozen=True)
 class Scorer:
-    """One learned model and the track-mean threshold at which it denies, under its cue name."""
+    """One learned model under its cue name, and two track-mean edges: `threshold`, where it denies
+    outright, and `lean`, from where its evidence leans to attack (a challenge with one step more;
+    under it a site model is confident a face is live). NEVER: the edge is not used."""
 
     cue: str
     model: object  # has attack_probability(bgr, box) -> float
     threshold: float
+    lean: float = NEVER
 
 
 def load_scorers(cfg: Config) -> list[Scorer]:
     """The models the config asks for, failing closed: `spoof.model` on and its file missing, or
     a site model that cannot be read, stops the door with a message naming the fix. A site model,
-    when there is one, replaces the general model: fitted on this camera it is the better judge,
-    and adding the general model's DENY to it raised BPCER on held-out Replay-Attack clients from
-    0% to 10.7% and from 15.6% to 18.8%, for under 2 points of APCER (docs)."""
+    when there is one, is the one that denies: fitted on this camera it is the better judge, and
+    the general model's DENY beside it raised BPCER on held-out Replay-Attack clients (docs). It
+    denies outright at `site_deny_ratio` times its learned threshold (at most halfway from it to
+    1); from `doubt_ratio` times it, it leans to attack. The general model still runs beside it,
+    never denying: the graded policy lets a face in without a challenge only where both models
+    call it live. Alone (a fresh door) the general model denies at `spoof.threshold`."""
     path = site_model_path(cfg)
     general = cfg.path("weights") / GENERAL_MODEL_FILE
     if cfg.spoof.model and not general.is_file():
@@ -99,8 +110,44 @@ def load_scorers(cfg: Config) -> list[Scorer]:
             raise ModelMissing(f"site attack model {path} cannot be read ({exc}): run `door-access "
                                f"learn-attacks` again or remove the file") from None
         log.info("spoof: site attack model %s (threshold %.3f)", path, site.threshold)
-        return [Scorer(SITE_ATTACK, site, site.threshold)]
-    return [Scorer(ATTACK, GeneralModel(general), cfg.spoof.threshold)] if cfg.spoof.model else []
+        t, c = site.threshold, cfg.spoof
+        gate = [Scorer(ATTACK, GeneralModel(general), NEVER)] if c.model else []
+        return [Scorer(SITE_ATTACK, site, min(c.site_deny_ratio * t, (1 + t) / 2), c.doubt_ratio * t), *gate]
+    c = cfg.spoof
+    return [Scorer(ATTACK, GeneralModel(general), c.threshold, c.doubt_ratio * c.threshold)] if c.model else []
+
+
+@dataclass(frozen=True)
+class Grade:
+    """How much proof the attack evidence asks of a face (`grade`)."""
+
+    band: str  # PASS: a CONFIRM cue is enough; CHALLENGE: the spoken actions; DENY: refused outright
+    extra_steps: int = 0  # challenge steps beyond liveness.challenge_steps: the evidence leans to attack
+    why: str = ""
+
+
+def grade(cfg: SpoofConfig, means: dict[str, float], scorers: list[Scorer]) -> Grade:
+    """The graded policy on each model's mean attack probability over a track (or clip).
+
+    DENY: a model's mean at its `threshold` (with a site model only the site model denies; on a
+    fresh door the shipped model's `spoof.threshold` is set where live faces essentially never score).
+    CHALLENGE with one step more: a mean at its `lean` edge (the evidence leans to attack).
+    PASS: only with a site model, its mean under that edge AND the shipped model's under
+    `pass_below`: two models that learnt attacks from different material both call it live.
+    CHALLENGE otherwise."""
+    edges = {sc.cue: sc for sc in scorers}
+    for cue, m in means.items():
+        if m >= edges[cue].threshold:
+            return Grade(DENY, 0, cue)
+    lean = [cue for cue, m in means.items() if m >= edges[cue].lean]
+    if lean:
+        return Grade(CHALLENGE, 1, f"{lean[0]} leans to attack")
+    site, general = means.get(SITE_ATTACK), means.get(ATTACK)
+    if site is None:
+        return Grade(CHALLENGE, 0, "no site model")
+    if general is None or general >= cfg.pass_below:
+        return Grade(CHALLENGE, 0, "the shipped model does not agree")
+    return Grade(PASS, 0, "both models call it live")
 
 
 @dataclass
@@ -110,6 +157,7 @@ class _TrackSpoof:
     hits: deque = field(default_factory=deque)  # (t, hit) of the flat-face test
     shapes: deque = field(default_factory=deque)  # (t, 68 landmarks), for the flat-face cue
     fired: str | None = None
+    graded_t: float | None = None  # frame time at which every model had judged min_frames frames (the first grade)
 
 
 class SpoofChecker:
@@ -148,6 +196,8 @@ class SpoofChecker:
         v = self.measure(bgr, box)
         for cue, p in v.items():
             s.evidence[cue].add(p)
+        if s.graded_t is None and all(e.judged for e in s.evidence.values()):
+            s.graded_t = t
         if points is not None:
             flat = self._flat(s, t, points, v)
             if flat is not None:
@@ -164,6 +214,22 @@ class SpoofChecker:
                      ", ".join(f"{k} {x:.3f}" for k, x in self.values[track].items()))
         return s.fired
 
+    def grade(self, track: int) -> Grade | None:
+        """The graded policy's band for this track now: DENY once a cue fired, None until every
+        model judged `min_frames` of its frames, else `grade` on their means (a doubtful flat-face
+        test adds a step)."""
+        s = self.tracks.get(track)
+        if s is None:
+            return None
+        if s.fired:
+            return Grade(DENY, 0, s.fired)
+        if not s.evidence or not all(e.judged for e in s.evidence.values()):
+            return None
+        g = grade(self.cfg, {cue: e.mean for cue, e in s.evidence.items()}, self.scorers)
+        if g.band == PASS and self.doubtful(track) == FLAT_FACE:
+            return Grade(CHALLENGE, 1, FLAT_FACE)
+        return g
+
     def doubtful(self, track: int) -> str | None:
         """A cue close to denying without doing so: a learned model's mean at `doubt_ratio` of its
         threshold over enough frames, or the flat-face test holding on `doubt_fraction` of a whole
@@ -171,9 +237,10 @@ class SpoofChecker:
         s = self.tracks.get(track)
         if s is None or s.fired:
             return None
-        for cue, e in s.evidence.items():
-            if e.judged and e.mean >= self.cfg.doubt_ratio * e.threshold:
-                return cue
+        for sc in self.scorers:
+            e = s.evidence.get(sc.cue)  # none yet while its faces were too small to judge
+            if e is not None and e.judged and e.mean >= sc.lean:
+                return sc.cue
         q, c = s.hits, self.cfg
         if q and q[-1][0] - q[0][0] >= 0.8 * c.sustain_s and sum(h for _, h in q) >= c.doubt_fraction * len(q):
             return FLAT_FACE

@@ -16,6 +16,12 @@ The door's decider (decision.py) is the one that turns `LiveVerdict.spoof` into 
 outcome reported here is what the door does with it: an unlock counts only if no DENY cue
 fired on the clip before it.
 
+Each clip also gets the graded policy's outcome, `policy`: "pass" (no challenge), "challenge" or
+"deny" (spoof.grade). A frame folder shows no motion, so there the policy judges the attack
+scores alone, as if a CONFIRM cue had been seen; a video reports what the door did on its run
+(a DENY cue, else a challenge asked, else an unlock without one; a clip that ended before any of
+these, its last grade). Per kind, the share of clips in each band stands beside APCER/BPCER.
+
 `challenges=True` (`--challenges all`) also judges each video against every challenge the config
 can ask, from the same pass: each track's landmarks from the moment `always` asks are kept and
 every sequence of `liveness.challenge_steps` actions is replayed on them (`challenge_report`).
@@ -50,7 +56,17 @@ from door_access.liveness.challenge import (
     response_times,
 )
 from door_access.liveness.cues import HISTORY_S, NEUTRAL_S
-from door_access.liveness.spoof import ATTACK, SITE_ATTACK, SpoofChecker, load_scorers
+from door_access.liveness.spoof import (
+    ATTACK,
+    CHALLENGE,
+    DENY,
+    NEVER,
+    PASS,
+    SITE_ATTACK,
+    SpoofChecker,
+    grade,
+    load_scorers,
+)
 from door_access.quiet import native_stderr_silenced, progress
 
 log = logging.getLogger(__name__)
@@ -59,6 +75,7 @@ KINDS = ("genuine", "attack_screen", "attack_print")
 ASK_EVERY_S = 0.5  # --challenges all: a challenge is also asked at every such step along each track
 SUBKINDS = ("attack_print", "attack_screen_photo", "attack_screen_video")
 MEASURES = (ATTACK, SITE_ATTACK)
+BANDS = (PASS, CHALLENGE, DENY)
 
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -161,7 +178,7 @@ def eval_folder(cfg: Config, folder: Path, realtime: bool = False, only: str | N
     if challenges:
         result["challenge_totals"] = challenge_totals(clips, cfg.liveness)
     if any(c["type"] == "frames" for c in clips):
-        result["pad"] = pad_measures(clips, {sc.cue: sc.threshold for sc in checker.scorers})
+        result["pad"] = pad_measures(clips, {sc.cue: sc.threshold for sc in checker.scorers if sc.threshold != NEVER})
     return result
 
 
@@ -218,6 +235,9 @@ class _Seen:
         self.unlock_t: float | None = None
         self.denials: list[tuple[float, str]] = []
         self.measures: dict[str, list[float]] = {m: [] for m in MEASURES}
+        self.asked = False  # a challenge was asked
+        self.grade: str | None = None  # the latest grade of a face (spoof.SpoofChecker.grade)
+        self.grade_t: float | None = None  # when the first grade came: before it, `graded` can only ask
 
     def observer(self, pipeline):
         def observe(item, decisions) -> None:
@@ -230,6 +250,15 @@ class _Seen:
                     self.confirm.setdefault(live.cue, t)
                 if live is not None and live.spoof:
                     self.deny.setdefault(live.spoof, t)
+                if live is not None and live.challenge:
+                    self.asked = True
+                g = pipeline.spoof.grade(face.track) if pipeline.spoof else None
+                if g is not None:
+                    self.grade = g.band
+                    state = pipeline.spoof.tracks.get(face.track)  # its frame time, not this (later) stage's
+                    if state is not None and state.graded_t is not None:
+                        graded_t = state.graded_t - pipeline.capture.started_at
+                        self.grade_t = graded_t if self.grade_t is None else min(self.grade_t, graded_t)
                 values = pipeline.spoof.values.get(face.track) if pipeline.spoof else None
                 if values:
                     for m in MEASURES:
@@ -255,6 +284,10 @@ class _Seen:
             outcome = f"denied: {self.denials[0][1]}"
         else:
             outcome = "no decision"
+        if any(not cue.startswith("challenge") for cue in self.deny):  # denied by the attack evidence itself
+            policy = DENY
+        else:
+            policy = CHALLENGE if self.asked else PASS if door_unlock else self.grade or CHALLENGE
         waits = [float(m.group(1)) for e in events if e.event == UNLOCK
                  for m in [re.match(r"live after ([0-9.]+) s", e.detail)] if m]
         return {
@@ -265,6 +298,8 @@ class _Seen:
             "liveness_wait_s": waits[0] if door_unlock and waits else None,
             "pipeline_unlocked": self.unlock_t is not None,  # what a decider that ignores spoof would do
             "outcome": outcome,
+            "policy": policy,
+            "graded_after_s": None if self.grade_t is None else round(self.grade_t - start, 2),
             "confirm_cues": {k: round(v - start, 2) for k, v in self.confirm.items()},
             "deny_cues": {k: round(v - start, 2) for k, v in self.deny.items()},
             "measures": {m: _median(v) for m, v in self.measures.items()},
@@ -301,11 +336,14 @@ def eval_frames(cfg: Config, detector, checker: SpoofChecker, folder: Path, row:
     judged = frames - no_face - too_small
     clip_judged = any(e.judged for e in evidence.values())
     fired = [cue for cue, e in evidence.items() if e.attack]
+    policy = CHALLENGE  # too few judged frames: no grade, the door asks
+    if evidence and all(e.judged for e in evidence.values()):  # the door's grade, a CONFIRM cue taken as seen
+        policy = grade(cfg.spoof, {cue: e.mean for cue, e in evidence.items()}, checker.scorers).band
     return {
         "file": row["file"], "kind": row["kind"], "subkind": row.get("subkind") or row["kind"], "type": "frames",
         "frames": frames, "no_face": no_face, "too_small": too_small, "judged_frames": judged,
         "attack_frames": attack_frames, "face_px": _num(row.get("face_px_approx")),
-        "clip_judged": clip_judged, "clip_attack": bool(fired),
+        "clip_judged": clip_judged, "clip_attack": bool(fired), "policy": policy,
         "deny_cues": {cue: 1.0 for cue in fired}, "cue_attack_frames": cue_frames,
         "measures": {cue: None if e.mean is None else round(e.mean, 3) for cue, e in evidence.items()},
     }
@@ -315,7 +353,7 @@ def pad_measures(clips: list[dict], thresholds: dict[str, float]) -> dict:
     """ISO/IEC 30107-3 over the frame folders, per `subkind` (else `kind`): APCER of each attack
     kind (attacks decided live / attacks judged) and BPCER (genuine decided attack / genuine
     judged), per frame and per clip, with what could not be judged counted beside them."""
-    out: dict = {"thresholds": thresholds, "kinds": {}}
+    out: dict = {"thresholds": thresholds, "kinds": {}}  # the models that deny (not one only gating a pass)
     kinds = sorted({c["subkind"] for c in clips if c["type"] == "frames"}, key=lambda k: (k != "genuine", k))
     for kind in kinds:
         cs = [c for c in clips if c["type"] == "frames" and c["subkind"] == kind]
@@ -333,6 +371,7 @@ def pad_measures(clips: list[dict], thresholds: dict[str, float]) -> dict:
             "clip_rate": _ratio(cclips if genuine else len(jclips) - cclips, len(jclips)),
             "clips_judged": len(jclips),
             "clips_not_judged": len(cs) - len(jclips),
+            "policy": policy_rates(cs),
             "by_cue": {cue: {  # each model alone, as if it were the only one
                 "frame_rate": _ratio(sum(c["cue_attack_frames"][cue] for c in cs) if genuine
                                      else judged - sum(c["cue_attack_frames"][cue] for c in cs), judged),
@@ -341,6 +380,12 @@ def pad_measures(clips: list[dict], thresholds: dict[str, float]) -> dict:
             } for cue in thresholds},
         }
     return out
+
+
+def policy_rates(clips: list[dict]) -> dict:
+    """The graded policy's bands over these clips (every clip, judged or not): count and share of each."""
+    return {band: {"clips": n, "rate": _ratio(n, len(clips))}
+            for band in BANDS for n in [sum(c.get("policy") == band for c in clips)]}
 
 
 def _ratio(n: int, d: int) -> float | None:
@@ -355,6 +400,8 @@ def format_pad(pad: dict) -> str:
                      f"per clip {_pct(m['clip_rate'])} of {m['clips_judged']}; not judged: "
                      f"{m['frames_no_face']} frames without a face, {m['frames_too_small']} too small, "
                      f"{m['clips_not_judged']} clips")
+        lines.append("    policy: " + ", ".join(f"{band} {_pct(x['rate'])} ({x['clips']})"
+                                          for band, x in m["policy"].items()))
         if len(m["by_cue"]) > 1:
             lines += [f"    {cue} alone: per frame {_pct(x['frame_rate'])}, per clip {_pct(x['clip_rate'])}"
                       for cue, x in m["by_cue"].items()]
@@ -373,6 +420,8 @@ def totals(clips: list[dict]) -> dict:
         if frames:
             entry["frame_folders"] = len(frames)
             entry["frame_folders_denied"] = sum(c["clip_attack"] for c in frames)
+        if videos or frames:
+            entry["policy"] = policy_rates(videos + frames)
         out[kind] = entry
     return out
 
@@ -458,11 +507,12 @@ def format_report(result: dict) -> str:
         if c["type"] == "frames":
             lines.append(f"{c['file']:<48} {c['subkind']:<19} {'denied' if c['clip_attack'] else 'passed'}"
                          f"{'' if c['clip_judged'] else ' (not judged)'}: attack on {c['attack_frames']} of "
-                         f"{c['judged_frames']} judged frames  [{m}]")
+                         f"{c['judged_frames']} judged frames; policy {c['policy']}  [{m}]")
             continue
         confirm = ", ".join(f"{k} at {v} s" for k, v in c["confirm_cues"].items()) or "-"
         after = f" after {c['unlock_after_s']} s" if c["unlocked"] else ""
-        lines.append(f"{c['file']:<48} {c['kind']:<13} {c['outcome']}{after}  CONFIRM: {confirm}  "
+        lines.append(f"{c['file']:<48} {c['kind']:<13} {c['outcome']}{after}; policy {c['policy']}  "
+                     f"CONFIRM: {confirm}  "
                      f"DENY: {deny}  [{m}]")
         if "pass_rate" in c:
             seen = ", ".join(f"{a} ({c['response_s'][a]} s)" if a in c["response_s"] else a
@@ -479,6 +529,8 @@ def format_report(result: dict) -> str:
             line += f" (median liveness wait {t['liveness_wait_median_s']} s)"
         if t.get("frame_folders"):
             line += f"; frame folders denied: {t['frame_folders_denied']}/{t['frame_folders']}"
+        if "policy" in t:
+            line += "; policy " + ", ".join(f"{band} {x['clips']}" for band, x in t["policy"].items())
         lines.append(line)
     ct = result.get("challenge_totals")
     if ct:
