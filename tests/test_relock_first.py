@@ -44,7 +44,10 @@ RECORD_HOOK = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 
 
 def site(tmp_path: Path, relock: list[str], weights: Path = REPO / "weights") -> Path:
-    """A door's config.yaml (models in `weights`, its own access log) with `relock` as the relock hook."""
+    """A door's config.yaml (models in `weights`, its own access log, obama enrolled) with `relock` as the
+    relock hook."""
+    (tmp_path / "images").mkdir()
+    shutil.copy(FR_IMAGES / "obama.jpg", tmp_path / "images" / "obama.jpg")
     config = tmp_path / "config.yaml"
     config.write_text(f"paths:\n  weights: {weights}\n  cache: cache\n  images: images\n"
                       f"tts:\n  enabled: false\naccess_log:\n  path: log.sqlite\n"
@@ -99,8 +102,8 @@ def test_a_start_up_relock_that_fails_is_a_fault_exit_1_and_never_ready(tmp_path
                            cwd=tmp_path, env=dict(CLI_ENV, NOTIFY_SOCKET=str(tmp_path / "notify.sock")))
     finally:
         sock.close()
-    assert proc.returncode == 1 and "could not be locked at start-up" in proc.stderr, proc.stderr
     assert "READY=1" not in sock.messages()
+    assert proc.returncode == 1 and "could not be locked at start-up" in proc.stderr, proc.stderr
     events = logged(tmp_path)
     assert events and all(e.event == FAULT and "exited with code 4" in e.detail for e in events)
 
