@@ -40,10 +40,10 @@ def open_door(cfg: Config, emit: Callable[[Event], None] | None = None) -> Actio
 
 
 def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callable[[Event], None] | None = None,
-                   *, door: Actions | None = None, encoder: FaceEncoder | None = None,
+                   *, actions: Actions | None = None, encoder: FaceEncoder | None = None,
                    challenge_action: str | tuple[str, ...] | None = None, trace_challenges: bool = False) -> Pipeline:
-    """The door, wired and ready to `start()`. `door`: from `open_door` (already locked by `run`), else
-    made here with `emit`, and locked at `start()`. `encoder` reuses a loaded model (tests, evaluations);
+    """The door, wired and ready to `start()`. `actions`: from `open_door` (the door already locked by `run`),
+    else made here with `emit`, and the door locked at `start()`. `encoder` reuses a loaded model (tests, evaluations);
     `challenge_action` fixes the liveness challenge (evaluations on clips that perform a known action);
     `trace_challenges` keeps each track's response to any challenge (`eval-liveness --challenges all`)."""
     with native_stderr_silenced():  # TensorFlow's import and first use print a page of notices
@@ -72,7 +72,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         policy=PolicyFile(cfg.path("people")),  # per-person days/hours/doors (people.yaml)
         watcher=watcher,
         recognizer=recognizer,
-        actions=door or open_door(cfg, emit),
+        actions=actions or open_door(cfg, emit),
     )
     pipeline = Pipeline(cfg, capture, parts)
     # the stages and detector processes already keep the cores busy: OpenCV's own worker threads

@@ -148,7 +148,7 @@ def _build(cfg: Config, actions: Actions, images_dir: Path, source: str, realtim
     try:
         from door_access.app import build_pipeline
 
-        return build_pipeline(cfg, images_dir, capture, door=actions)
+        return build_pipeline(cfg, images_dir, capture, actions=actions)
     except BaseException:
         capture.stop(0.1)
         raise
