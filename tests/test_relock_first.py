@@ -167,12 +167,12 @@ def fail_once(monkeypatch, owner, name: str, exc: BaseException) -> list[int]:
 def test_a_relock_whose_stderr_file_cannot_be_made_still_relocks(tmp_path, monkeypatch):
     """A full or read-only /tmp at the moment the relock is due (TemporaryFile raises OSError): the relock
     hook runs all the same, within unlock_seconds + 5 s. It used to kill the timer thread: no relock ever."""
-    door, rec, marker = recording_door(tmp_path, unlock_seconds=0.5)
+    door, rec, marker = recording_door(tmp_path, unlock_seconds=1.0)
     door.start()
     try:
         assert door.unlock("ann")
         failed = fail_once(monkeypatch, tempfile, "TemporaryFile", OSError(28, "No space left on device"))
-        assert wait_for(lambda: door.state() == LOCKED, 0.5 + 5)
+        assert wait_for(lambda: door.state() == LOCKED, 1.0 + 5)
         assert failed and relocks(marker) == 2  # start-up, then after the unlock
         assert rec.kinds() == [RELOCK, RELOCK] and rec.events[-1].name == "ann"
     finally:
@@ -181,7 +181,7 @@ def test_a_relock_whose_stderr_file_cannot_be_made_still_relocks(tmp_path, monke
 
 def test_an_unlock_whose_stderr_file_cannot_be_made_is_still_relocked(tmp_path, monkeypatch):
     """The same error during the unlock: it used to leave the relock due at infinity (never)."""
-    door, rec, marker = recording_door(tmp_path, unlock_seconds=0.5,
+    door, rec, marker = recording_door(tmp_path, unlock_seconds=1.0,
                                        unlock_command=(sys.executable, "-c", "pass"))
     door.start()
     try:
@@ -190,7 +190,7 @@ def test_an_unlock_whose_stderr_file_cannot_be_made_is_still_relocked(tmp_path, 
 
         monkeypatch.setattr(tempfile, "TemporaryFile", no_tmp)
         assert door.unlock("bo")  # the hook ran, without a file for its stderr
-        assert wait_for(lambda: door.state() == LOCKED, 0.5 + 5)
+        assert wait_for(lambda: door.state() == LOCKED, 1.0 + 5)
         assert relocks(marker) == 2 and rec.kinds() == [RELOCK, RELOCK]
     finally:
         door.stop()
@@ -199,12 +199,12 @@ def test_an_unlock_whose_stderr_file_cannot_be_made_is_still_relocked(tmp_path, 
 def test_any_error_on_the_relock_path_is_a_fault_and_is_retried(tmp_path, monkeypatch):
     """An error nobody foresaw (here: MemoryError from Popen) on the relock's first attempt: a `fault`, then
     the retry relocks, within unlock_seconds + 5 s."""
-    door, rec, marker = recording_door(tmp_path, unlock_seconds=0.5)
+    door, rec, marker = recording_door(tmp_path, unlock_seconds=1.0)
     door.start()
     try:
         assert door.unlock("cy")
         fail_once(monkeypatch, subprocess, "Popen", MemoryError("cannot allocate"))
-        assert wait_for(lambda: door.state() == LOCKED, 0.5 + 5)
+        assert wait_for(lambda: door.state() == LOCKED, 1.0 + 5)
         assert rec.kinds() == [RELOCK, FAULT, RELOCK] and "MemoryError" in rec.events[1].detail
         assert relocks(marker) == 2
     finally:
