@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--fullscreen", action="store_true", help="show the kiosk window full screen (display.fullscreen)")
 
+    p = sub.add_parser("lock", help="relock the door now: the relock hook, through the door controller, logged")
+    _common(p)
+
     p = sub.add_parser("demo", help="no webcam needed: enroll a demo person, generate a clip and run the door on it")
     _common(p)
     p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo files (default: demo/)")
@@ -412,6 +415,25 @@ def cmd_run(args, cfg: Config) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def cmd_lock(args, cfg: Config) -> int:
+    """Run the relock hook as `run` does at start-up; exit 1 (and a `fault` in the access log) when it fails."""
+    from door_access.app import open_door
+
+    if not cfg.door.relock_command:
+        raise UsageError("door.relock_command is not set: there is no lock to run")
+    actions = open_door(cfg)
+    try:
+        locked = actions.door.lock("door-access lock")
+    finally:
+        actions.access_log.close(2.0)
+    if not locked:
+        print("error: the relock hook failed: the door may be UNLOCKED (the fault is in the access log)",
+              file=sys.stderr)
+        return 1
+    print(json.dumps({"locked": True}) if args.json else "locked")
+    return 0
 
 
 def cmd_check(args, cfg: Config) -> int:
@@ -835,6 +857,7 @@ COMMANDS = {
     "gallery": cmd_gallery,
     "bench": cmd_bench,
     "run": cmd_run,
+    "lock": cmd_lock,
     "log": cmd_log,
     "check": cmd_check,
     "demo": cmd_demo,

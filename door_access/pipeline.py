@@ -34,8 +34,8 @@ from door_access.core import (
     Match,
     Notice,
 )
-from door_access.door.access_log import AccessLog, PersonLedger
-from door_access.door.actions import Actions, Speaker
+from door_access.door.access_log import PersonLedger
+from door_access.door.actions import Actions
 from door_access.door.decision import Decider
 from door_access.door.policy import PolicyFile
 from door_access.door.tracking import Track, Tracker, fuse
@@ -94,23 +94,23 @@ class Parts:
     policy: PolicyFile
     watcher: GalleryWatcher  # the gallery as first built is in `recognizer`
     recognizer: Recognizer
-    access_log: AccessLog
-    speaker: Speaker
+    actions: Actions  # with the door controller, made (and the door locked) before everything else
     ledger: PersonLedger | None = None  # per-person failed attempts and suspensions (decision.py)
 
 
 class Pipeline:
     """Runs the stages until stopped, the file ends, or a stage fails; `app.build_pipeline` builds it."""
 
-    def __init__(self, cfg: Config, capture: Capture, parts: Parts, emit: Callable[[Event], None] | None = None):
+    def __init__(self, cfg: Config, capture: Capture, parts: Parts):
         self.cfg = cfg
         self.capture = capture
         self.encoder = parts.encoder
         self.detector = parts.detector
         self.liveness = parts.liveness
         self.spoof = parts.spoof
-        self.access_log = parts.access_log
-        self.speaker = parts.speaker
+        self.actions = parts.actions
+        self.access_log = parts.actions.access_log
+        self.speaker = parts.actions.speaker
         self.policy = parts.policy
         self.recognizer = parts.recognizer
         self.watcher = parts.watcher
@@ -135,8 +135,8 @@ class Pipeline:
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
                                allow=parts.policy.allow(cfg.door.id), ledger=parts.ledger)
-        self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
+        self.actions.clock = self.door.clock = self.clock  # one time origin for every event from here on
         self.mqtt = None
         self.capture.on_status = self._camera_status
         self.detected = DetectedFrames(capture.frames, self.detector, cfg.detection.workers, self.stop_event)
@@ -150,7 +150,8 @@ class Pipeline:
         A stage blocked on a full queue downstream is waiting for that stage, not stalled itself.
         Two stages get longer than `stall_s`: a camera's read() may legitimately block until its own
         timeout (then it is `camera_lost`), and the actions worker runs an unlock hook for up to
-        `door.hook_timeout_s`, possibly after a relock hook that took as long."""
+        `door.hook_timeout_s`, possibly after a relock hook that took as long; the door's relock timer
+        may wait as long for an unlock hook, then run its own."""
         cfg, monitor, d = self.cfg, Monitor(), self.detected
         stall = cfg.watchdog.stall_s
         stages = {"capture": monitor.watch("capture", self.capture.reading,
@@ -165,6 +166,9 @@ class Pipeline:
         stages["decider"] = monitor.watch("decider", lambda: not self.to_decider.empty(), stall)
         stages["actions"] = monitor.watch("actions", self.actions.waiting, stall + 2 * cfg.door.hook_timeout_s,
                                           progress=lambda: self.actions.handled)
+        # the relock timer: a relock due and not attempted, or its thread dead (see DoorController.overdue)
+        stages["relock timer"] = monitor.watch("relock timer", self.door.overdue, stall + 2 * self.door.hook_bound_s,
+                                               progress=lambda: self.door.attempts)
         return monitor, stages
 
     def _stalled(self, stage: Stage, quiet_s: float) -> None:

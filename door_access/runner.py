@@ -1,7 +1,9 @@
 """`door-access run`: the app's lifecycle around the pipeline: signals, the window, exit codes.
 
-The camera is opened before any model loads (this module imports neither TensorFlow nor dlib
-at the top), so a missing camera is reported in well under a second, not after the models.
+The order at start-up: the door is locked first (after a crash or `kill -9` in the unlock window
+it may be open, and a restart that then fails must not leave it so), then the camera is opened,
+then the models load (this module imports neither TensorFlow nor dlib at the top), so a missing
+camera is reported in well under a second, not after the models.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from door_access.faces.capture import Capture, parse_source
 from door_access.watchdog import EXIT_STALLED, Stalled
 
 if TYPE_CHECKING:
+    from door_access.door.actions import Actions
     from door_access.kiosk.display import StatusModel, Window
     from door_access.pipeline import Pipeline
     from door_access.recognition.enrollment import KioskEnroller
@@ -49,9 +52,8 @@ def json_printer() -> Callable[[Event], None]:
 
 def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headless: bool, events_json: bool,
              max_seconds: float | None, fullscreen: bool = False) -> int:
-    """Run until Ctrl-C, SIGTERM, q/Esc in the window, the end of a file or `max_seconds`; 1 if a stage failed,
-    EXIT_STALLED (3) if one stalled."""
-    capture = open_capture(cfg, source, realtime)  # before any model: no camera -> SourceError at once
+    """Run until Ctrl-C, SIGTERM, q/Esc in the window, the end of a file or `max_seconds`; 1 if a stage failed
+    or the door could not be locked, EXIT_STALLED (3) if one stalled."""
     window = status = enroll = None
     if not headless:
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -68,13 +70,21 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
         if printer is not None:
             printer(event)
 
-    try:
-        from door_access.app import build_pipeline
+    from door_access.app import open_door
 
-        pipeline = build_pipeline(cfg, images_dir, capture, emit)
-    except BaseException:
-        capture.stop(0.1)
-        raise
+    actions = open_door(cfg, emit)
+    pipeline = None
+    try:
+        pipeline = _build(cfg, actions, images_dir, source, realtime)
+    finally:
+        if pipeline is None:  # it never runs: the door relocked (or said why not), the log closed
+            actions.stop()
+            actions.access_log.close(1.0)
+    if pipeline is None:  # never READY=1 with the door open: the service manager restarts it, which relocks first
+        print("error: the door could not be locked at start-up (the relock hook failed; see the fault in the "
+              "access log)", file=sys.stderr)
+        return 1
+    capture = pipeline.capture
     if status is not None:
         from door_access.kiosk.display import Window
 
@@ -125,6 +135,23 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
               "access log)", file=sys.stderr)
         return 1
     return 0
+
+
+def _build(cfg: Config, actions: Actions, images_dir: Path, source: str, realtime: bool) -> Pipeline | None:
+    """Lock the door, then open the camera, then load the models; None when the door could not be locked.
+
+    In this order because after a crash the door may be open: a restart that then fails (no camera,
+    a model file missing) has locked it all the same."""
+    if not actions.door.start():  # the relock hook, and the timer that retries it
+        return None
+    capture = open_capture(cfg, source, realtime)  # before any model: no camera -> SourceError at once
+    try:
+        from door_access.app import build_pipeline
+
+        return build_pipeline(cfg, images_dir, capture, actions=actions)
+    except BaseException:
+        capture.stop(0.1)
+        raise
 
 
 def _stop_handler(pipeline: Pipeline):

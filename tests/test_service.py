@@ -119,3 +119,18 @@ def test_install_without_a_config_file_is_a_usage_error(tmp_path, capsys, monkey
     assert main(["service", "install", "--unit-dir", str(tmp_path / "units")]) == 2
     assert "needs the door's config file" in capsys.readouterr().err
     assert not (tmp_path / "units").exists()
+
+
+def test_the_unit_relocks_as_soon_as_the_door_ends_however_it_ended(tmp_path, site, analyze):
+    """With a relock hook, `ExecStopPost=door-access lock`: systemd runs it after any end of the door (a crash,
+    `kill -9`), before the restart, which relocks first too; the unit still passes verify."""
+    (site / "config.yaml").write_text('door:\n  relock_command: ["/usr/local/bin/relay", "close"]\n')
+    units = tmp_path / "units"
+    proc = service("install", "--config", str(site / "config.yaml"), "--unit-dir", str(units), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    verify = subprocess.run([analyze, "verify", str(units / "door-access.service")], capture_output=True, text=True,
+                            timeout=120)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    s = read_unit(units / "door-access.service")["Service"]
+    assert s["ExecStopPost"] == f'{sys.executable} -m door_access lock --config "{site / "config.yaml"}"'
+    assert "ExecStopPost" not in unit_text(load_config(None), site / "config.yaml", user=False)  # no hook: no lock

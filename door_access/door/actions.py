@@ -6,8 +6,8 @@ moves on. Nothing a hook, a web server, the speech engine or the disk does can s
 failures become a warning plus a FAULT event in the access log, and the next notice is handled.
 
 Who owns what: the caller creates, starts and stops the `Speaker` and closes the `AccessLog`;
-`Actions` creates the `DoorController` (`actions.door`), starts it (locking the door first) and
-stops it (relocking).
+`Actions` creates the `DoorController` (`actions.door`) and stops it (relocking); `run` starts it
+(locking the door) before anything else, else `start()` does.
 """
 
 from __future__ import annotations
@@ -242,7 +242,8 @@ class Actions:
     def stop(self, timeout: float = 2.0) -> None:
         """Lock the door (as long as the relock hook needs), then end the worker within about `timeout`,
         after it has handled the notices queued so far."""
-        if self._thread is None:
+        if self._thread is None:  # never started (the app failed on its way up): the door is locked all the same
+            self.door.stop()
             return
         self._stopping.set()  # unlocks still queued are recorded, but do not open the door
         self.door.stop()  # kills a running unlock hook, then relocks with the full hook timeout

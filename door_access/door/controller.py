@@ -5,13 +5,18 @@ window, `--events-json`, the access log and a remote lock/unlock all read or cha
 state through `DoorController`, never through a copy of it.
 
 - `start()` runs the relock hook once before anything else: after a crash or `kill -9` the
-  lock state is unknown, so the door is locked first.
+  lock state is unknown, so the door is locked first (`run` calls it before the camera, the models
+  or the gallery, so a restart that cannot start still relocks).
 - `unlock()` runs the unlock hook and schedules the relock `door.unlock_seconds` after it
   (a later unlock moves it); `lock()` relocks now. Both may be called from any thread.
 - A relock is recorded (`relock`) only when its hook succeeded. A failed relock is a `fault`,
   the state becomes `relock_failing`, and it is retried with exponential backoff.
 - `stop()` relocks with the full `door.hook_timeout_s` (a running unlock hook is killed first;
   a relock hook never is, for stopping).
+- Nothing on the relock path may end it: any error (no file for a hook's stderr, no file
+  descriptor left, a bug) is a `fault` and the relock is retried; a hook past its timeout gets
+  SIGTERM, then SIGKILL, and is waited for a bounded time only. The watchdog watches the timer
+  thread (`overdue()`, `attempts`) like every stage.
 
 This module imports neither TensorFlow nor dlib (tests run it in milliseconds).
 """
@@ -37,6 +42,8 @@ LOCKED, UNLOCKED, RELOCK_FAILING = "locked", "unlocked", "relock_failing"
 
 _POLL_S = 0.05  # how often a waiting hook checks whether the app is stopping
 _STDERR_TAIL = 300  # characters of a failed hook's stderr kept in the FAULT detail
+KILL_GRACE_S = 1.0  # a hook past its timeout gets SIGTERM, and SIGKILL this long after
+REAP_S = 2.0  # then it is waited for this long at most (a process stuck in the kernel may never end)
 STOP_ATTEMPTS = 2  # relock attempts at stop (the second after RETRY_MIN_S)
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0  # backoff between relock retries while the app runs
 
@@ -75,6 +82,8 @@ class DoorController:
         self._delay = retry_min_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.attempts = 0  # relock attempts finished: the watchdog's progress count
+        self.hook_bound_s = door.hook_timeout_s + KILL_GRACE_S + REAP_S  # the longest one hook holds the door
 
     # ---- reading the state (any thread) ------------------------------------------------------
 
@@ -88,15 +97,27 @@ class DoorController:
         with self._cond:
             return None if self._state == LOCKED else self._until
 
+    def overdue(self) -> bool:
+        """The watchdog's "work waiting": a relock (or its retry) is due, or the timer thread has died."""
+        if self._thread is None or self._stopping.is_set():
+            return False
+        if not self._thread.is_alive():
+            return True
+        with self._cond:
+            due = self._due_at()
+        return due is not None and due <= time.monotonic()
+
     # ---- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Lock the door (state unknown after a crash), then start the relock timer."""
+    def start(self) -> bool:
+        """Lock the door (state unknown after a crash), then start the relock timer (which retries a
+        failed relock); True when the door is locked. A second call only says whether it is."""
         if self._thread is not None:
-            return
-        self._relock("start-up: lock state unknown", force=True, quiet_without_hook=True)
+            return self.state() == LOCKED
+        locked = self._relock("start-up: lock state unknown", force=True, quiet_without_hook=True)
         self._thread = threading.Thread(target=self._timer, name="door", daemon=True)
         self._thread.start()
+        return locked
 
     def stop(self) -> bool:
         """Relock if the door may be open, with the full hook timeout; True when it is locked.
@@ -106,7 +127,7 @@ class DoorController:
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(self.cfg.hook_timeout_s + 1.0)  # it may be running a relock: let it finish
+            self._thread.join(self.hook_bound_s + 1.0)  # it may be running a relock: let it finish
         for attempt in range(STOP_ATTEMPTS):
             if self.state() == LOCKED:
                 return True
@@ -131,10 +152,13 @@ class DoorController:
             with self._cond:  # open from the moment the hook starts: a relock must follow whatever happens
                 self._state, self._until, self._retry_at = UNLOCKED, float("inf"), None
                 self._by = (name, distance, track, source)
-            ok = self._run_hook("unlock", name, distance, track, source)
-            with self._cond:
-                self._until = time.monotonic() + self.cfg.unlock_seconds
-                self._cond.notify_all()
+            ok = False
+            try:
+                ok = self._run_hook("unlock", name, distance, track, source)
+            finally:  # the relock is scheduled even if the hook raised
+                with self._cond:
+                    self._until = time.monotonic() + self.cfg.unlock_seconds
+                    self._cond.notify_all()
         return ok
 
     def lock(self, reason: str) -> bool:
@@ -143,20 +167,31 @@ class DoorController:
 
     # ---- internals ---------------------------------------------------------------------------------
 
+    def _due_at(self) -> float | None:
+        """Monotonic time the next relock (or its retry) is due; inf while an unlock hook runs. Hold _cond."""
+        return self._retry_at if self._state == RELOCK_FAILING else (self._until if self._state == UNLOCKED else None)
+
     def _timer(self) -> None:
         while not self._stopping.is_set():
-            with self._cond:
-                due = self._retry_at if self._state == RELOCK_FAILING else (
-                    self._until if self._state == UNLOCKED else None)
-                wait = None if due is None or due == float("inf") else due - time.monotonic()
-                if wait is None or wait > 0:
-                    self._cond.wait(wait)
-                    continue
-            why = "retry" if self.state() == RELOCK_FAILING else "after unlock_seconds"
-            self._relock(why)
+            try:
+                with self._cond:
+                    due = self._due_at()
+                    wait = None if due is None or due == float("inf") else due - time.monotonic()
+                    if wait is None or wait > 0:
+                        self._cond.wait(wait)
+                        continue
+                self._relock("retry" if self.state() == RELOCK_FAILING else "after unlock_seconds")
+            except Exception as exc:  # a bug or the unforeseen: the timer outlives it and tries again
+                log.exception("door: relock timer")
+                self._fault(f"relock timer: {type(exc).__name__}: {exc}", None, None)
+                self._stopping.wait(self.retry[0])
 
     def _relock(self, why: str, force: bool = False, quiet_without_hook: bool = False) -> bool:
-        with self._hooks:
+        # bounded: a hook that never ends is killed within hook_bound_s, so waiting longer means a stuck thread
+        if not self._hooks.acquire(timeout=self.hook_bound_s + 1.0):
+            self._fault(f"relock ({why}) waited {self.hook_bound_s + 1.0:g} s for another hook to end", None, None)
+            return self._relocked(False)
+        try:
             with self._cond:
                 if self._state == LOCKED and not force:
                     return True
@@ -164,40 +199,42 @@ class DoorController:
                     return False  # an unlock moved the relock while this one waited for the hook lock
                 name, distance, track, source = self._by
             ran = bool(self.cfg.relock_command)
-            ok = self._run_hook("relock", name, distance, track, source)
-            with self._cond:
-                if ok:
-                    self._state, self._until, self._retry_at, self._delay = LOCKED, None, None, self.retry[0]
-                else:
-                    self._state, self._retry_at = RELOCK_FAILING, time.monotonic() + self._delay
-                    self._delay = min(self.retry[1], self._delay * 2)
-                self._cond.notify_all()
+            ok = self._relocked(self._run_hook("relock", name, distance, track, source))
             if ok and (ran or not quiet_without_hook):
                 self._publish(RELOCK, name or None, track, why)
+            return ok
+        finally:
+            self._hooks.release()
+
+    def _relocked(self, ok: bool) -> bool:
+        """Record a relock attempt's outcome: locked, or failing with the next retry after the backoff."""
+        with self._cond:
+            if ok:
+                self._state, self._until, self._retry_at, self._delay = LOCKED, None, None, self.retry[0]
+            else:
+                self._state, self._retry_at = RELOCK_FAILING, time.monotonic() + self._delay
+                self._delay = min(self.retry[1], self._delay * 2)
+            self.attempts += 1
+            self._cond.notify_all()
         return ok
 
     def _run_hook(self, which: str, name: str, distance: float | None, track: int | None, source: str) -> bool:
         """Run the `which` command (no shell, minimal environment), bounded by hook_timeout_s.
 
-        True when there is none or it exited 0; a failure is logged and published as a FAULT."""
+        True when there is none or it exited 0; a failure, whatever it is, is logged and published as a
+        FAULT, never raised."""
         template = self.cfg.unlock_command if which == "unlock" else self.cfg.relock_command
         if not template:
             return True
-        argv = fill_argv(template, name, distance)
-        # stderr goes to a file, not a pipe: a grandchild holding a pipe open could block us forever
-        with tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(argv, shell=False, start_new_session=True, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=err,
-                                        env=hook_env(which, name, distance, track, source))
-            except (OSError, ValueError) as exc:
-                self._fault(f"{which} hook {argv[0]!r} could not start: {exc}", name, track)
-                return False
-            code, why_killed = self._wait_or_kill(proc, which)
-            err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_TAIL))
-            tail = err.read().decode("utf-8", "replace").strip()
+        argv = [str(template[0])]
+        try:
+            argv = fill_argv(template, name, distance)
+            code, why_killed, tail = self._spawn(which, argv, hook_env(which, name, distance, track, source))
+        except Exception as exc:  # EMFILE, ENOMEM, a missing program, a bug: a fault, never a dead thread
+            self._fault(f"{which} hook {argv[0]!r} could not start: {type(exc).__name__}: {exc}", name, track)
+            return False
         if why_killed:
-            self._fault(f"{which} hook {argv[0]!r} {why_killed}; killed", name, track)
+            self._fault(f"{which} hook {argv[0]!r} {why_killed}", name, track)
         elif code != 0:
             self._fault(f"{which} hook {argv[0]!r} exited with code {code}" + (f": {tail}" if tail else ""),
                         name, track)
@@ -205,11 +242,37 @@ class DoorController:
             log.debug("%s hook done: %s", which, argv)
         return not why_killed and code == 0
 
+    def _spawn(self, which: str, argv: list[str], env: dict[str, str]) -> tuple[int | None, str, str]:
+        """Run the hook: (exit code, why it was killed or "", the tail of its stderr).
+
+        stderr goes to a file, not a pipe (a grandchild holding a pipe open could block us forever);
+        when no such file can be made (a full or read-only /tmp) the hook runs without it: the
+        lock matters more than its error message."""
+        try:
+            err = tempfile.TemporaryFile()
+        except OSError as exc:
+            log.warning("door: no file for the %s hook's stderr (%s); running it without", which, exc)
+            err = None
+        try:
+            proc = subprocess.Popen(argv, shell=False, start_new_session=True, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if err is None else err,
+                                    env=env)
+            code, why_killed = self._wait_or_kill(proc, which)
+            if err is None:
+                return code, why_killed, ""
+            err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_TAIL))
+            return code, why_killed, err.read().decode("utf-8", "replace").strip()
+        finally:
+            if err is not None:
+                err.close()
+
     def _wait_or_kill(self, proc: subprocess.Popen, which: str) -> tuple[int | None, str]:
         """(exit code, "") when the hook ends by itself; (None, why) when it had to be killed.
 
         An unlock hook is killed as soon as the app stops (the relock that follows matters more);
-        a relock hook always gets its full timeout."""
+        a relock hook always gets its full timeout. Killing is bounded too: SIGTERM to its process
+        group, SIGKILL after KILL_GRACE_S, then at most REAP_S more (a process stuck in the kernel,
+        or one we may not signal, is left behind, said so in the fault)."""
         deadline = time.monotonic() + self.cfg.hook_timeout_s
         while True:
             try:
@@ -222,12 +285,20 @@ class DoorController:
             if which == "unlock" and self._stopping.is_set():
                 why = "was still running when the app stopped"
                 break
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a shell script's children too
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        return None, why
+        for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, REAP_S)):
+            try:
+                os.killpg(proc.pid, sig)  # the whole group: a shell script's children too, even once it has ended
+            except ProcessLookupError:
+                pass
+            except OSError as exc:  # EPERM: a setuid hook
+                log.warning("door: cannot send %s to the %s hook (pid %d): %s", sig.name, which, proc.pid, exc)
+            try:
+                proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig == signal.SIGKILL:
+                return None, f"{why}; killed"
+        return None, f"{why}; still running {REAP_S:g} s after SIGKILL (pid {proc.pid}, left behind)"
 
     def _fault(self, detail: str, name: str | None, track: int | None) -> None:
         log.warning("door: %s", detail)

@@ -2,9 +2,11 @@
 after a crash and when its watchdog fires, and, for the kiosk window, a desktop autostart entry.
 
 systemd does the supervising (no daemon of our own): `Type=notify` waits for the door's READY=1
-(camera open, models loaded) and `WatchdogSec` for its WATCHDOG=1 pings, which the progress monitor
-sends only while no stage is stalled (watchdog.py); a stalled stage exits 3 by itself, and
-`WatchdogSec` catches the monitor itself frozen (a native call holding the GIL).
+(door locked, camera open, models loaded) and `WatchdogSec` for its WATCHDOG=1 pings, which the
+progress monitor sends only while no stage is stalled (watchdog.py); a stalled stage exits 3 by
+itself, and `WatchdogSec` catches the monitor itself frozen (a native call holding the GIL). The
+door relocks first when it starts (runner.py), and `ExecStopPost=door-access lock` relocks as soon
+as it has ended, however it ended (a crash, `kill -9`), without waiting for the restart.
 
 - system (root): /etc/systemd/system/door-access.service, `run --headless` as the config file's
   owner, started at boot (multi-user.target).
@@ -69,6 +71,9 @@ def unit_text(cfg: Config, config_path: Path, user: bool, python: str = sys.exec
     if not (str(config_path) + python).isprintable():
         raise ValueError(f"{config_path!r}: a path with control characters cannot go into a unit file")
     argv = [python, "-m", "door_access", "run", "--config", str(config_path)] + ([] if user else ["--headless"])
+    lock = [python, "-m", "door_access", "lock", "--config", str(config_path)]
+    # relock once the door has ended, however it ended: a crash or `kill -9` in the unlock window
+    relock = f"ExecStopPost={' '.join(_quote(a) for a in lock)}\n" if cfg.door.relock_command else ""
     backoff = (f"RestartSteps=5\nRestartMaxDelaySec={RESTART_MAX_S}\n" if version and version >= 254 else "")
     owner = "" if user else f"User={pwd.getpwuid(config_path.stat().st_uid).pw_name}\nSupplementaryGroups=video\n"
     watchdog_s = max(WATCHDOG_MIN_S, int(2 * cfg.watchdog.stall_s))
@@ -85,7 +90,7 @@ StartLimitIntervalSec=0
 Type=notify
 NotifyAccess=main
 ExecStart={" ".join(_quote(a) for a in argv)}
-WorkingDirectory={str(config_path.parent).replace("%", "%%")}
+{relock}WorkingDirectory={str(config_path.parent).replace("%", "%%")}
 {owner}UMask=0077
 Environment=PYTHONUNBUFFERED=1
 Restart=always
