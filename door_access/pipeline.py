@@ -43,8 +43,9 @@ from door_access.faces.capture import END, Capture, Frame
 from door_access.faces.crop import grown_crop
 from door_access.faces.detection import FaceDetector
 from door_access.faces.facenet import FaceEncoder
+from door_access.faces.geometry import eye_distance
 from door_access.faces.parallel_detection import DetectedFrames
-from door_access.liveness.cues import LivenessChecker, eye_distance
+from door_access.liveness.cues import LivenessChecker
 from door_access.liveness.spoof import SpoofChecker
 from door_access.recognition.gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
 from door_access.recognition.recognizer import Recognizer

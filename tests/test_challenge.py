@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from door_access.config import LivenessConfig
+from door_access.faces.geometry import eye_distance, homography_residual
 from door_access.liveness import challenge as challenge_module
 from door_access.liveness.challenge import (
     ACTIONS,
@@ -39,7 +40,7 @@ from door_access.liveness.challenge import (
     response_times,
     scores,
 )
-from door_access.liveness.cues import LivenessChecker, eye_aspect_ratio, eye_distance, planar_residual
+from door_access.liveness.cues import LivenessChecker, eye_aspect_ratio
 
 FRONT = np.array([
     [111, 363], [115, 399], [120, 433], [128, 467], [137, 500], [152, 530], [175, 554], [203, 572], [237, 578],
@@ -239,8 +240,8 @@ def test_a_relative_dip_above_the_absolute_ear_level_is_no_blink():
 
 
 def test_a_plane_leaves_no_homography_residual_and_a_turned_head_does():
-    assert planar_residual(FRONT, photo(TILTED_PHOTO)) < 1e-6
-    assert planar_residual(head(), head(yaw_deg=25)) > LivenessConfig().parallax_threshold
+    assert homography_residual(FRONT, photo(TILTED_PHOTO)) < 1e-6
+    assert homography_residual(head(), head(yaw_deg=25)) > LivenessConfig().parallax_threshold
 
 
 def test_parallax_confirms_a_head_turn_but_not_a_photo_turned_as_a_whole():

@@ -15,6 +15,7 @@ import pytest
 
 from door_access.config import Config, SpoofConfig
 from door_access.core import Box
+from door_access.faces.geometry import RIGID, homography_residual, similarity_residual
 from door_access.liveness.attack_model import Evidence
 from door_access.liveness.spoof import (
     ATTACK,
@@ -22,14 +23,12 @@ from door_access.liveness.spoof import (
     DENY,
     NEVER,
     PASS,
-    RIGID,
     SITE_ATTACK,
     Grade,
     Scorer,
     SpoofChecker,
     grade,
     load_scorers,
-    planar_residual,
 )
 
 from conftest import SHARED_DATA
@@ -58,6 +57,11 @@ def _box(detector, bgr: np.ndarray) -> Box:
 
 # ---- pure functions, no model ----------------------------------------------------------------
 
+def _residuals(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(out-of-plane motion, what one homography leaves), as the flat-face cue measures them."""
+    return similarity_residual(a, b), homography_residual(a, b)
+
+
 def _head(depth: float) -> np.ndarray:
     """68 points of a face-like 3D shape: the rigid points spread over a face, the nose `depth` in front."""
     rng = np.random.default_rng(7)
@@ -80,9 +84,9 @@ def _turn(pts: np.ndarray, degrees: float) -> np.ndarray:
 
 def test_a_turning_photo_follows_one_homography_and_a_turning_head_does_not():
     flat, head = _head(0.0), _head(0.5)
-    motion, planar = planar_residual(_turn(flat, 0), _turn(flat, 35))
+    motion, planar = _residuals(_turn(flat, 0), _turn(flat, 35))
     assert motion > CFG.flat_motion and planar < 1e-3 * motion  # a plane: one homography explains it
-    motion, planar = planar_residual(_turn(head, 0), _turn(head, 35))
+    motion, planar = _residuals(_turn(head, 0), _turn(head, 35))
     assert motion > CFG.flat_motion and planar > CFG.flat_ratio * motion  # parallax a plane cannot show
 
 
@@ -90,7 +94,7 @@ def test_a_head_that_only_shifts_and_rolls_is_no_evidence_of_anything():
     head = _turn(_head(0.5), 0)
     a = np.radians(10)
     moved = (head - 200) @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]).T * 1.2 + 230
-    motion, _ = planar_residual(head, moved)
+    motion, _ = _residuals(head, moved)
     assert motion < 1e-6  # in-plane movement is not "out of plane": the flat cue does not judge it
     assert set(RIGID).isdisjoint(range(48, 68))  # lips move when talking: never used for the plane test
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from door_access.faces.geometry import eye_centres
+
 log = logging.getLogger(__name__)
 
 LEFT, RIGHT, UP, BLINK_TWICE = "left", "right", "up", "blink twice"
@@ -78,7 +80,7 @@ def head_pose(points: np.ndarray) -> Pose:
     gap between the inner lips (61-67, 62-66, 63-65); smile: the distance between the mouth corners
     (48, 54).
     """
-    left_eye, right_eye = points[[36, 39]].mean(axis=0), points[[42, 45]].mean(axis=0)  # corners: lids move
+    left_eye, right_eye = eye_centres(points)  # corners: lids move
     u = right_eye - left_eye
     distance = max(float(np.linalg.norm(u)), 1e-6)
     u = u / distance

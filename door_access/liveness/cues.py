@@ -29,11 +29,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from door_access.config import LivenessConfig
 from door_access.core import LiveVerdict
+from door_access.faces.geometry import EYE_CORNERS, NOSE, eye_distance, homography_residual
 from door_access.liveness.challenge import (
     ACTIONS,
     FAILED,
@@ -51,9 +51,8 @@ from door_access.liveness.spoof import PASS, Grade
 log = logging.getLogger(__name__)
 
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
-ANCHORS = list(range(27, 36)) + [36, 39, 42, 45]  # nose bridge and tip, eye corners
+ANCHORS = NOSE + EYE_CORNERS  # nose bridge and tip, eye corners
 DEFORMABLE = list(range(48, 68)) + [37, 38, 40, 41, 43, 44, 46, 47]  # lips, eyelids
-RIGID = list(range(0, 17)) + list(range(27, 36)) + [36, 39, 42, 45]  # outline, nose, eye corners: no expression
 HISTORY_S = 1.0  # motion and parallax are measured against the shapes of the last second
 BASELINE_S = 2.0  # the open-eye EAR is the 80th percentile of the last two seconds of open eyes
 MIN_BASELINE = 3  # EAR samples needed before a blink can be judged
@@ -70,11 +69,6 @@ def eye_aspect_ratio(points: np.ndarray) -> float:
     return float((one(points[36:42]) + one(points[42:48])) / 2.0)
 
 
-def eye_distance(points: np.ndarray) -> float:
-    """Pixels between the midpoints of the eye corners (68-point shape): the face size that decides."""
-    return float(np.linalg.norm(points[[36, 39]].mean(axis=0) - points[[42, 45]].mean(axis=0)))
-
-
 def non_rigid_motion(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
     """How far the lips and eyelids of shape `b` moved relative to `a`, once `b` is mapped onto `a`
     by the affine transform that best fits their anchor points; RMS, in eye distances. `b` may be
@@ -84,20 +78,8 @@ def non_rigid_motion(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
     ones = np.ones((len(stack), len(ANCHORS), 1))
     affine = np.linalg.pinv(np.concatenate([stack[:, ANCHORS], ones], axis=2)) @ a[ANCHORS]  # (K, 3, 2)
     mapped = np.concatenate([stack[:, DEFORMABLE], ones[:, :1].repeat(len(DEFORMABLE), axis=1)], axis=2) @ affine
-    eye_distance = np.linalg.norm(a[36:42].mean(axis=0) - a[42:48].mean(axis=0))
-    rms = np.sqrt(((mapped - a[DEFORMABLE]) ** 2).sum(axis=2).mean(axis=1)) / max(eye_distance, 1e-6)
+    rms = np.sqrt(((mapped - a[DEFORMABLE]) ** 2).sum(axis=2).mean(axis=1)) / max(eye_distance(a), 1e-6)
     return float(rms[0]) if np.ndim(b) == 2 else rms
-
-
-def planar_residual(a: np.ndarray, b: np.ndarray) -> float:
-    """How far the rigid points of `b` stay from `a` after the best homography (a plane seen from
-    anywhere) maps one onto the other; RMS, in eye distances. ~0.02 for landmark noise."""
-    src, dst = b[RIGID].astype(np.float64), a[RIGID].astype(np.float64)
-    h, _ = cv2.findHomography(src, dst, 0)
-    if h is None:
-        return 0.0
-    mapped = cv2.perspectiveTransform(src.reshape(-1, 1, 2), h).reshape(-1, 2)
-    return float(np.sqrt(((mapped - dst) ** 2).sum(axis=1).mean()) / max(eye_distance(a), 1e-6))
 
 
 @dataclass
@@ -191,7 +173,7 @@ class LivenessChecker:
         if s.shapes and abs(s.shapes[-1][2].yaw - pose.yaw) <= MAX_YAW_STEP:  # a jump is a landmark glitch
             turned = max(s.shapes, key=lambda old: abs(old[2].yaw - pose.yaw))
             if abs(turned[2].yaw - pose.yaw) >= cfg.parallax_min_turn:
-                parallax = planar_residual(turned[1], points)
+                parallax = homography_residual(turned[1], points)
         s.parallax_frames = s.parallax_frames + 1 if parallax >= cfg.parallax_threshold else 0
         if s.parallax_frames >= PARALLAX_FRAMES:
             self._evidence(s, t, "3D parallax")

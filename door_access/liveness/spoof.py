@@ -3,7 +3,7 @@
 - "presentation attack" (and "presentation attack (site model)"): learned per-frame attack
   probabilities (attack_model.py) of the face and its surroundings, averaged over a track's
   judged frames (`Evidence`); the track is denied once the mean reaches the model's threshold.
-- "flat face" (`planar_residual`): as a photo turns, all its landmarks follow one homography
+- "flat face" (`faces/geometry.py`): as a photo turns, all its landmarks follow one homography
   (a plane); a turning head shows parallax between nose, eye corners and outline that no
   homography fits.
 The hand-set "screen light" and "screen or paper frame" cues are retired: thresholds fitted on
@@ -21,53 +21,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from door_access.config import Config, SpoofConfig
 from door_access.core import Box
+from door_access.faces.geometry import homography_residual, similarity_residual
 from door_access.liveness.attack_model import GENERAL_MODEL_FILE, Evidence, GeneralModel, ModelMissing, SiteModel
 
 log = logging.getLogger(__name__)
 
-# the points of a head that a face cannot deform much: outline, brows, nose, eye corners
-RIGID = list(range(0, 27)) + list(range(27, 36)) + [36, 39, 42, 45]
 FLAT_FACE = "flat face"
 ATTACK = "presentation attack"
 SITE_ATTACK = "presentation attack (site model)"
 SITE_MODEL_FILE = "site_attack_model.npz"
 PASS, CHALLENGE, DENY = "pass", "challenge", "deny"  # the graded policy's bands
-
-
-def _eye_distance(points: np.ndarray) -> float:
-    return float(max(np.linalg.norm(points[36:42].mean(axis=0) - points[42:48].mean(axis=0)), 1e-6))
-
-
-def _similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares shift + rotation + scale mapping src onto dst (points as complex numbers)."""
-    zs, zd = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
-    a = np.vstack([zs, np.ones_like(zs)]).T
-    (rot, shift), *_ = np.linalg.lstsq(a, zd, rcond=None)
-    mapped = rot * zs + shift
-    return np.stack([mapped.real, mapped.imag], axis=1)
-
-
-def planar_residual(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """How shape `b` (68 landmarks) moved to `a`: (motion, planar residual), both RMS in eye distances.
-
-    `motion` is what a similarity (shift, turn in the image plane, scale) leaves unexplained,
-    i.e. out-of-plane movement; `planar residual` is what one homography leaves unexplained.
-    A photo tilted or turned is a plane: the homography explains nearly all of its motion.
-    """
-    src, dst = b[RIGID].astype(np.float64), a[RIGID].astype(np.float64)
-    ed = _eye_distance(a)
-    by_sim = _similarity_fit(src, dst)
-    hom, _ = cv2.findHomography(src, dst, 0)
-    if hom is None:
-        return 0.0, 0.0
-    by_hom = cv2.perspectiveTransform(src[None], hom)[0]
-    rms = lambda p: float(np.sqrt(((p - dst) ** 2).sum(axis=1).mean()) / ed)  # noqa: E731
-    return rms(by_sim), rms(by_hom)
 
 
 def site_model_path(cfg: Config) -> Path:
@@ -253,7 +220,8 @@ class SpoofChecker:
         s.shapes.append((t, points))
         while s.shapes and t - s.shapes[0][0] > 1.0:
             s.shapes.popleft()
-        motion, planar = planar_residual(points, s.shapes[0][1])
+        old = s.shapes[0][1]
+        motion, planar = similarity_residual(points, old), homography_residual(points, old)
         v["motion"], v["planar"] = motion, planar
         if motion < c.flat_motion:
             return None

@@ -28,6 +28,7 @@ import numpy as np
 
 from door_access.config import Config, EnrollConfig
 from door_access.faces.crop import grown_crop
+from door_access.faces.geometry import eye_centres
 from door_access.files import PRIVATE_DIR, PRIVATE_FILE, private_dir
 from door_access.recognition.enroll_prompt import EnrollError, EnrollPrompt, safe_name
 
@@ -67,7 +68,7 @@ def head_pose(points: np.ndarray) -> tuple[float, float]:
     eye line towards the mouth, as a fraction of the eye-to-mouth distance (~0.6 facing the
     camera; smaller with the head tilted up, larger tilted down). Roll does not count.
     """
-    left_eye, right_eye = points[36:42].mean(axis=0), points[42:48].mean(axis=0)
+    left_eye, right_eye = eye_centres(points)
     mid = (left_eye + right_eye) / 2.0
     axis = right_eye - left_eye
     eye_distance = float(np.linalg.norm(axis)) or 1.0
