@@ -31,7 +31,8 @@ def open_door(cfg: Config, emit: Callable[[Event], None] | None = None) -> Actio
     (`.door`, the one owner of the lock state): nothing here loads a model or opens a camera, so the
     door can be locked (`.door.start()`) before anything that may fail."""
     from door_access.door.access_log import AccessLog
-    from door_access.door.actions import Actions, Speaker
+    from door_access.door.actions import Actions
+    from door_access.door.speech import Speaker
 
     access_log = AccessLog(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id, keep_days=cfg.access_log.keep_days,
                            snapshots_dir=cfg.resolve(cfg.access_log.snapshots_dir)

@@ -20,7 +20,10 @@ import pytest
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig
 from door_access.core import ALARM, CAMERA_BACK, CAMERA_LOST, DENIED, FAULT, GALLERY, RELOCK, UNLOCK, Event, Notice
 from door_access.door.access_log import AccessLog
-from door_access.door.actions import SIGNATURE_HEADER, Actions, Speaker, fill_argv, safe_slug, welcome_text
+from door_access.door.actions import Actions
+from door_access.door.hooks import fill_argv
+from door_access.door.speech import Speaker, safe_slug, welcome_text
+from door_access.door.webhook import SIGNATURE_HEADER
 
 from conftest import REPO, make_config, wait_for
 
@@ -525,7 +528,7 @@ def test_the_welcome_says_the_display_name_and_the_log_keeps_the_enrolled_name(r
 def test_a_speech_engine_that_cannot_start_is_one_warning_and_the_door_still_works(rig, tmp_path, caplog):
     calls = tmp_path / "unlock.jsonl"
     tts = TtsConfig(enabled=True)
-    with caplog.at_level(logging.WARNING, logger="door_access.door.actions"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door.speech"):
         r = rig(tts=tts, speaker=Speaker(tts, tmp_path / "wavs", driver_name="no_such_driver"),
                 door=DoorConfig(unlock_command=record_hook(calls, "{name}"), unlock_seconds=600))
         for name in ("nia", "oz", "pat"):
@@ -541,7 +544,7 @@ def test_a_speech_engine_that_cannot_start_is_one_warning_and_the_door_still_wor
 def test_playing_without_an_audio_player_is_one_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PATH", str(tmp_path))  # no `aplay` to be found: pyttsx3 would fail silently
     speaker = Speaker(TtsConfig(enabled=True), None)
-    with caplog.at_level(logging.WARNING, logger="door_access.door.actions"):
+    with caplog.at_level(logging.WARNING, logger="door_access.door.speech"):
         speaker.start()
         for _ in range(3):
             speaker.say("hello")

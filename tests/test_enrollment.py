@@ -228,7 +228,8 @@ def test_unlock_snapshots_are_kept_and_review_lists_them(capsys, site, tmp_path)
 
     from door_access.config import AccessLogConfig, Config, TtsConfig
     from door_access.core import UNLOCK, Notice
-    from door_access.door.actions import Actions, Speaker
+    from door_access.door.actions import Actions
+    from door_access.door.speech import Speaker
 
     from conftest import wait_for
 

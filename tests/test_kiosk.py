@@ -212,7 +212,7 @@ def test_welcome_is_played_through_the_default_sound_device(tmp_path):
     played = tmp_path / "speaker.raw"
     (tmp_path / ".asoundrc").write_text(
         f'pcm.!default {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
-    code = ("import time\nfrom door_access.door.actions import Speaker\nfrom door_access.config import TtsConfig\n"
+    code = ("import time\nfrom door_access.door.speech import Speaker\nfrom door_access.config import TtsConfig\n"
             "s = Speaker(TtsConfig(), None)\ns.start()\ns.say('Welcome alex')\ntime.sleep(0.2)\ns.stop(60)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=_env(HOME=str(tmp_path)), cwd=tmp_path)

@@ -16,8 +16,9 @@ from mqtt_broker import Listener, broker_or_skip
 from door_access.config import AccessLogConfig, DoorConfig, LivenessConfig, MqttConfig, TtsConfig
 from door_access.core import DENIED, GALLERY, RELOCK, UNLOCK, Event, Notice
 from door_access.door.access_log import AccessLog
-from door_access.door.actions import Actions, Speaker
+from door_access.door.actions import Actions
 from door_access.door.mqtt import MqttBridge, Topics, door_commands, parse_command
+from door_access.door.speech import Speaker
 
 from conftest import FR_IMAGES, make_config, wait_for
 

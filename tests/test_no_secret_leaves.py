@@ -19,8 +19,9 @@ from mqtt_broker import Listener, broker_or_skip, free_port
 from door_access.config import load_config
 from door_access.core import FAULT, UNLOCK, Event, Notice
 from door_access.door.access_log import AccessLog
-from door_access.door.actions import Actions, Speaker
+from door_access.door.actions import Actions
 from door_access.door.mqtt import MqttBridge, door_commands
+from door_access.door.speech import Speaker
 from door_access.redaction import MARK, RedactingFilter, Redactor, install_log_filter
 
 from conftest import wait_for

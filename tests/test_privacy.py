@@ -100,7 +100,8 @@ def test_enrollment_photos_are_0600_or_group_readable_in_a_group_shared_folder(t
 
 
 def test_snapshots_are_written_0600_in_a_0700_folder(tmp_path, open_umask):
-    from door_access.door.actions import Actions, Speaker
+    from door_access.door.actions import Actions
+    from door_access.door.speech import Speaker
 
     snaps = tmp_path / "snaps"
     cfg = make_config(tmp_path, access_log=AccessLogConfig(path=str(tmp_path / "log.sqlite"),

@@ -29,7 +29,7 @@ import pytest
 
 from door_access.config import AccessLogConfig, DoorConfig, TtsConfig, WatchdogConfig
 from door_access.core import FAULT, RELOCK, Event
-from door_access.door import controller
+from door_access.door import hooks
 from door_access.door.access_log import AccessLog
 from door_access.door.controller import LOCKED, DoorController
 from door_access.watchdog import Stalled
@@ -244,7 +244,7 @@ def test_a_hook_that_cannot_be_killed_does_not_hang_the_controller(tmp_path, mon
     def refused(pid, sig):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(controller.os, "killpg", refused)
+    monkeypatch.setattr(hooks.os, "killpg", refused)
     result: list[bool] = []
     locking = threading.Thread(target=lambda: result.append(door.lock("test")), daemon=True)
     locking.start()

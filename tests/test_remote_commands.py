@@ -22,9 +22,10 @@ from mqtt_broker import Broker, Listener, broker_or_skip, find_mosquitto
 from door_access.config import ConfigError, LockoutConfig, MqttConfig, VotingConfig, load_config
 from door_access.core import DENIED, RELOCK, UNLOCK, Box, Event, Match, Notice
 from door_access.door.access_log import AccessLog
-from door_access.door.actions import Actions, Speaker
+from door_access.door.actions import Actions
 from door_access.door.decision import Decider
 from door_access.door.mqtt import MqttBridge, door_commands
+from door_access.door.speech import Speaker
 from door_access.door.tracking import Track
 
 from conftest import REPO, wait_for

@@ -1,5 +1,5 @@
-"""What the door does about a decision: speak, open the door (through `DoorController`), call the webhook,
-log, snapshot.
+"""What the door does about a decision: speak (`speech.py`), open the door (through `DoorController`), call
+the webhook (`webhook.py`), log, snapshot.
 
 Everything here runs off the video path: the decision stage only `submit()`s a `Notice` and
 moves on. Nothing a hook, a web server, the speech engine or the disk does can stop the app:
@@ -12,31 +12,23 @@ Who owns what: the caller creates, starts and stops the `Speaker` and closes the
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import importlib
 import itertools
-import json
 import logging
 import queue
-import re
-import shutil
-import sys
 import threading
 import time
-import unicodedata
-import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from door_access.config import Config, TtsConfig
+from door_access.config import Config
 from door_access.core import ALARM, CHALLENGE, DENIED, FAULT, UNLOCK, Event, Notice, readable_name
 from door_access.door.access_log import AccessLog
-from door_access.door.controller import DoorController, fill_argv  # noqa: F401  (fill_argv: re-exported for callers of actions)
+from door_access.door.controller import DoorController
 from door_access.door.decision import RELEASED
+from door_access.door.speech import Speaker, welcome_text
+from door_access.door.webhook import WebhookSender
 from door_access.files import private_dir, write_private
 from door_access.redaction import Redactor
 
@@ -44,130 +36,6 @@ log = logging.getLogger(__name__)
 
 ALARM_TEXT = "Too many failed attempts. Please try again later."
 _STOP = object()  # queue sentinel: the worker drains nothing after it
-
-
-# ---- text helpers -------------------------------------------------------------------------------
-
-
-def welcome_text(template: str, name: str) -> str:
-    """The spoken welcome: `{name}` filled with the display name by plain replacement (a name may contain braces)."""
-    return template.replace("{name}", name)
-
-
-def safe_slug(text: str, max_len: int = 40) -> str:
-    """Only ASCII letters, digits, `-` and `_`, never starting with `-`: safe in any file name and command line."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_text).strip("_-")[:max_len].strip("_-")
-    return slug or "speech"
-
-
-# ---- speech ---------------------------------------------------------------------------------------
-
-
-def _driver_print(*args, **_kwargs) -> None:
-    log.debug("pyttsx3: %s", " ".join(map(str, args)))
-
-
-class Speaker:
-    """Speaks welcomes with pyttsx3 (espeak-ng) in its own thread; `say()` only queues.
-
-    pyttsx3 engines must be created and used in one thread, and speaking takes a while, so the
-    engine lives in this thread. With `wav_dir` every welcome is written to a WAV file there
-    instead of being played (for headless machines and tests). When the engine cannot start or
-    fails, one warning is logged and further speech is dropped: the door works without a voice.
-
-    espeak-ng is a process-wide singleton inside pyttsx3, so use one Speaker per process.
-    """
-
-    MAX_PENDING = 8  # welcomes older than this backlog are not worth saying
-
-    def __init__(self, cfg: TtsConfig, wav_dir: Path | None, driver_name: str = "espeak"):
-        self.cfg = cfg
-        self.wav_dir = Path(wav_dir) if wav_dir is not None else None
-        self.driver_name = driver_name
-        self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._broken = False
-        self._counter = itertools.count(1)
-
-    def start(self) -> None:
-        if not self.cfg.enabled or self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="speaker", daemon=True)
-        self._thread.start()
-
-    def say(self, text: str) -> None:
-        """Queue `text`; never blocks, never raises."""
-        if not self.cfg.enabled or self._broken or self._thread is None:
-            return
-        if self._queue.qsize() >= self.MAX_PENDING:
-            log.debug("speech backlog full; dropping %r", text)
-            return
-        self._queue.put(text)
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Say what is already queued, as far as `timeout` allows, then end the thread."""
-        if self._thread is None:
-            return
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("speech did not finish within %.1f s; leaving it behind", timeout)
-        self._thread = None
-
-    def _run(self) -> None:
-        engine = self._open_engine()
-        while engine is not None:
-            text = self._queue.get()
-            if text is _STOP:
-                break
-            try:
-                self._speak(engine, text)
-            except Exception as exc:
-                self._give_up(f"speaking failed ({type(exc).__name__}: {exc})")
-                break
-        del engine  # pyttsx3 releases espeak when the engine goes, here in its own thread
-
-    def _open_engine(self):
-        try:
-            if self.wav_dir is not None:
-                self.wav_dir.mkdir(parents=True, exist_ok=True)
-            elif self.driver_name == "espeak" and sys.platform.startswith("linux") and not shutil.which("aplay"):
-                # pyttsx3's espeak driver plays through `os.system("aplay ...")` and ignores its failure
-                raise RuntimeError("no audio player: pyttsx3 plays through 'aplay', which is not on PATH")
-            import pyttsx3
-
-            engine = pyttsx3.init(self.driver_name)
-            # pyttsx3 2.99's espeak driver print()s "Audio saved to ..." on stdout, where it would
-            # corrupt `--events-json`; send its prints to the debug log instead.
-            importlib.import_module(f"pyttsx3.drivers.{self.driver_name}").print = _driver_print
-            engine.setProperty("rate", self.cfg.rate)
-            return engine
-        except Exception as exc:  # any driver, any platform: the door works without a voice
-            self._give_up(f"cannot start pyttsx3 driver {self.driver_name!r} ({type(exc).__name__}: {exc})")
-            return None
-
-    def _speak(self, engine, text: str) -> None:
-        if self.wav_dir is None:
-            engine.say(text)
-            engine.runAndWait()
-            return
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = self.wav_dir / f"{stamp}-{next(self._counter):04d}-{safe_slug(text)}.wav"
-        # The driver writes the file from a ctypes callback, where its exceptions are swallowed,
-        # and on a loaded machine it now and then ends its loop before the audio arrives: one retry.
-        for attempt in (1, 2):
-            engine.save_to_file(text, str(path))
-            engine.runAndWait()
-            if path.is_file() and path.stat().st_size > 44:  # 44 bytes: a WAV header with no samples
-                log.debug("welcome written to %s", path)
-                return
-            log.debug("pyttsx3 wrote no audio to %s (attempt %d)", path, attempt)
-        raise RuntimeError(f"pyttsx3 wrote no audio to {path}")
-
-    def _give_up(self, reason: str) -> None:
-        self._broken = True
-        log.warning("speech disabled: %s", reason)
 
 
 # ---- the actions worker ---------------------------------------------------------------------------
@@ -204,7 +72,7 @@ class Actions:
         self.door = DoorController(cfg.door, self.publish, self.clock)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
-        self._webhook: _WebhookSender | None = None
+        self._webhook: WebhookSender | None = None
         self._stopping = threading.Event()
         self._publishing = threading.Lock()  # the worker, the door's timer and the webhook all publish
         self._dropping = False  # a "queue full" warning was logged and nothing has been queued since
@@ -221,7 +89,7 @@ class Actions:
         self.door.start()
         d = self.cfg.door
         if d.webhook_url:
-            self._webhook = _WebhookSender(d.webhook_url, d.webhook_secret, d.hook_timeout_s, self._webhook_failed,
+            self._webhook = WebhookSender(d.webhook_url, d.webhook_secret, d.hook_timeout_s, self._webhook_failed,
                                            self._redact)
             self._webhook.start()
         self._thread = threading.Thread(target=self._run, name="actions", daemon=True)
@@ -357,78 +225,3 @@ def snapshot_pattern(event: Event) -> str:
 def _is_image(image) -> bool:
     return (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.size > 0
             and (image.ndim == 2 or image.ndim == 3 and image.shape[2] in (1, 3, 4)))
-
-
-SIGNATURE_HEADER = "X-Door-Signature"  # "sha256=" + hex HMAC-SHA256 of the raw body with door.webhook_secret
-
-
-def sign(body: bytes, secret: str) -> str:
-    """The signature header's value: a receiver recomputes it over the raw body and compares in constant time."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error (HTTPError 3xx): the signed event is not replayed to another host."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
-class _WebhookSender:
-    """POSTs unlock and alarm events from its own thread, so a slow server never holds up the door.
-
-    The body is JSON, signed in `X-Door-Signature` when `door.webhook_secret` is set; redirects
-    are not followed. A failure is logged and handed to `report(event, detail)`, which records a FAULT."""
-
-    MAX_PENDING = 16
-
-    def __init__(self, url: str, secret: str | None, timeout_s: float, report: Callable[[Event, str], None],
-                 redactor: Redactor):
-        self.url = url
-        self.redactor = redactor  # the URL is often the secret itself (a Home Assistant webhook id)
-        self.secret = secret
-        self.timeout_s = timeout_s
-        self.report = report
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def post(self, event: Event) -> None:
-        if self._queue.qsize() >= self.MAX_PENDING:
-            self._failed(event, f"{self.MAX_PENDING} webhook calls still waiting; this one is dropped")
-            return
-        self._queue.put(event)
-
-    def stop(self, timeout: float) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (event := self._queue.get()) is not _STOP:
-            try:
-                self._send(event)
-            except Exception as exc:  # refused, timed out, HTTP error, redirect: all the same to the door
-                self._failed(event, f"{type(exc).__name__}: {exc}")
-
-    def _send(self, event: Event) -> None:
-        record = {"event": event.event, "name": event.name, "distance": event.distance,
-                  "track": event.track, "t": event.t, "wall": event.wall, "detail": event.detail}
-        if event.display_name is not None:
-            record["display_name"] = event.display_name
-        body = json.dumps(record, ensure_ascii=False).encode("utf-8", "backslashreplace")
-        headers = {"Content-Type": "application/json"}
-        if self.secret:
-            headers[SIGNATURE_HEADER] = sign(body, self.secret)
-        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
-        with _OPENER.open(request, timeout=self.timeout_s) as response:  # raises HTTPError on 3xx/4xx/5xx
-            response.read(65536)
-
-    def _failed(self, event: Event, reason: str) -> None:
-        detail = self.redactor.text(f"webhook {self.url} failed for {event.event}: {reason}")
-        log.warning("actions: %s", detail)
-        self.report(event, detail)
