@@ -1,4 +1,4 @@
-"""The progress monitor behind the door's watchdog, and the systemd notify protocol's few lines.
+"""The progress monitor behind the door's watchdog (systemd is told through `sd_notify.py`).
 
 A stage that hangs (a frozen detector process, a deadlocked native call, a stuck hook) leaves
 the door locked but useless, with nothing in the log. So every stage counts the units of work
@@ -16,11 +16,11 @@ This module imports neither TensorFlow nor dlib.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
+
+from door_access.sd_notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -115,27 +115,3 @@ class Watchdog:
             self.stalled = found
             self.on_stall(*found)
             return
-
-
-class Notifier:
-    """sd_notify(3) without a library: one datagram to $NOTIFY_SOCKET ('@' = Linux abstract namespace).
-
-    Without the variable (not run by systemd) every call does nothing; a failed send is logged once."""
-
-    def __init__(self, address: str | None = None):
-        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
-        self.address = ("\0" + address[1:]) if address and address.startswith("@") else address
-        self._warned = False
-
-    def notify(self, state: str) -> bool:
-        if not self.address:
-            return False
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(state.encode("utf-8"), self.address)
-            return True
-        except OSError as exc:
-            if not self._warned:
-                log.warning("sd_notify to %r failed: %s", self.address, exc)
-                self._warned = True
-            return False

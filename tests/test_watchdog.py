@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from door_access.watchdog import Monitor, Notifier, Watchdog
+from door_access.sd_notify import Notifier
+from door_access.watchdog import Monitor, Watchdog
 
 from conftest import Datagrams, wait_for
 
