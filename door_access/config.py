@@ -226,7 +226,7 @@ class LiveSamplesConfig:
     """The door's own verified live samples (liveness/live_samples.py), fitted by `learn-attacks`."""
 
     enabled: bool = True
-    agree_ratio: float = meta(0.5, lo=0.0, hi=1.0)
+    agree_ratio: float = meta(0.2, lo=0.0, hi=1.0)
     per_day: int = meta(3, lo=1, hi=100)
     per_person: int = meta(20, lo=1, hi=10_000)
     total: int = meta(1000, lo=1, hi=1_000_000)

@@ -9,6 +9,10 @@ the out-of-fold mean attack probability that `bpcer` of the genuine "tracks" rea
 TRACK_FRAMES consecutive judged frames of a clip, what the door averages over in about half a
 second), so the figures printed are those of frames and clips the model had not seen. The model fitted on every frame is
 then written where `spoof.site_model` points (0600).
+
+The door's own verified live samples (liveness/live_samples.py: entries a passed challenge
+verified) are fitted as genuine too, each entry a track and its person kept apart, and the threshold
+is bounded by the attack recordings (`recalibrate`).
 """
 
 from __future__ import annotations
@@ -256,7 +260,12 @@ def format_report(r: dict) -> str:
     cv = r["cross_validated"]
     lines = [f"site attack model written to {r['model']} (threshold {r['threshold']}, from {r['frames']} frames)",
              f"cross-validated, {cv['folds']} folds, {cv['kept_apart']} people (or clips) kept apart; threshold "
-             f"at {100 * r['bpcer_target']:.0f}% of genuine {TRACK_FRAMES}-frame tracks:"]
+             f"at {100 * r['bpcer_target']:.0f}% of genuine {TRACK_FRAMES}-frame tracks, at most {r['ceiling']} (above "
+             f"it the attack recordings would pass more often than with the admin's live recordings alone):"]
+    door = cv.get("door_samples")
+    if door:
+        lines.append(f"  with this door's {door['entries']} verified entries of {door['people']} people as genuine "
+                     f"({100 * door['refused']:.1f}% of them refused, out of fold)")
     for kind, m in cv.items():
         if not isinstance(m, dict):
             continue
