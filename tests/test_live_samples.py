@@ -29,7 +29,7 @@ from door_access.liveness.attack_model import (
     texture_features,
 )
 from door_access.liveness.live_samples import FEATURES, Entry, LiveSamples, VerifiedLive, store_path
-from door_access.tools.learn_attacks import BPCER, Samples, recalibrate, track_means
+from door_access.tools.learn_attacks import BPCER, Samples, format_report, recalibrate, track_means
 
 from conftest import FR_IMAGES, REPO, SHARED_DATA, make_config, wait_for
 
@@ -220,6 +220,7 @@ def test_learning_from_verified_entries_lowers_false_denials_of_a_held_out_perso
     assert main(["learn-attacks", str(admin_folder), "--config", str(config), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["cross_validated"]["door_samples"]["entries"] == 2
+    assert "with this door's 2 verified entries of 1 people" in format_report(report)
     after, after_threshold = held_mean()
     assert after < after_threshold  # let in
     assert report["threshold"] <= report["ceiling"]

@@ -267,7 +267,7 @@ def format_report(r: dict) -> str:
         lines.append(f"  with this door's {door['entries']} verified entries of {door['people']} people as genuine "
                      f"({100 * door['refused']:.1f}% of them refused, out of fold)")
     for kind, m in cv.items():
-        if not isinstance(m, dict):
+        if not isinstance(m, dict) or "measure" not in m:
             continue
         clip = "n/a" if m["clip_rate"] is None else f"{100 * m['clip_rate']:.1f}%"
         lines.append(f"  {kind:<20} {m['measure']} per frame {100 * m['frame_rate']:.1f}% of {m['frames']}, "
