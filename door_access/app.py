@@ -58,6 +58,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
     from door_access.door.policy import PolicyFile
     from door_access.faces.detection import FaceDetector
     from door_access.liveness.cues import LivenessChecker
+    from door_access.liveness.live_samples import verified_live
     from door_access.liveness.spoof import SpoofChecker, load_scorers
     from door_access.recognition.gallery import GalleryBuilder, GalleryWatcher
     from door_access.recognition.recognizer import Recognizer
@@ -77,6 +78,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
         recognizer=recognizer,
         actions=actions or open_door(cfg, emit),
         ledger=PersonLedger(cfg.resolve(cfg.access_log.path), door_id=cfg.door.id),
+        learner=verified_live(cfg),
     )
     pipeline = Pipeline(cfg, capture, parts)
     # the stages and detector processes already keep the cores busy: OpenCV's own worker threads

@@ -713,7 +713,8 @@ def cmd_forget(args, cfg: Config) -> int:
         raise UsageError(f"nothing of {args.name!r}: no photos in {images_dir}, no policy entry, no logged event")
     what = (f"{args.name}: {len(found.photos)} photo(s)" + (f" in {found.folder}" if found.folder else "")
             + f", their cached templates and snapshots, {found.events} logged event(s) to rename"
-            + (", their people.yaml entry" if found.policy else ""))
+            + (", their people.yaml entry" if found.policy else "")
+            + (f", {found.live_samples} verified live sample(s)" if found.live_samples else ""))
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError(f"{what}; nothing removed (--yes to erase without asking)")
@@ -724,7 +725,8 @@ def cmd_forget(args, cfg: Config) -> int:
         print(json.dumps(done.as_dict(), ensure_ascii=False))
         return 0
     print(f"{args.name}: removed {len(done.photos)} photo(s)" + (f" and {done.folder}" if done.folder else "")
-          + f", {done.cache_rows} cached template(s), {len(done.cache_asides)} moved-aside cache file(s), "
+          + f", {done.cache_rows} cached template(s), {done.live_samples} verified live sample(s), "
+          f"{len(done.cache_asides)} moved-aside cache file(s), "
           f"{len(done.snapshots)} snapshot(s)" + (", the people.yaml entry" if done.policy else ""))
     print(f"  {done.events} logged and {done.spooled} queued event(s) now name {done.pseudonym} (kept for the audit)")
     for path in done.photos + done.snapshots:

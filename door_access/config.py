@@ -222,6 +222,17 @@ class SpoofConfig:
 
 
 @dataclass(frozen=True)
+class LiveSamplesConfig:
+    """The door's own verified live samples (liveness/live_samples.py), fitted by `learn-attacks`."""
+
+    enabled: bool = True
+    agree_ratio: float = meta(0.2, lo=0.0, hi=1.0)
+    per_day: int = meta(3, lo=1, hi=100)
+    per_person: int = meta(20, lo=1, hi=10_000)
+    total: int = meta(1000, lo=1, hi=1_000_000)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     photo: PhotoConfig = field(default_factory=PhotoConfig)
@@ -240,6 +251,7 @@ class Config:
     spoof: SpoofConfig = field(default_factory=SpoofConfig)
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    live_samples: LiveSamplesConfig = field(default_factory=LiveSamplesConfig)
     base_dir: Path = field(default=Path("."), compare=False)
     file: Path | None = field(default=None, compare=False)  # the config file read (`check` looks at its mode)
 

@@ -28,6 +28,7 @@ from door_access.core import (
     FAULT,
     GALLERY,
     INPUT_SIZE,
+    UNLOCK,
     Box,
     Event,
     LiveVerdict,
@@ -45,7 +46,9 @@ from door_access.faces.detection import FaceDetector
 from door_access.faces.facenet import FaceEncoder
 from door_access.faces.geometry import eye_distance
 from door_access.faces.parallel_detection import DetectedFrames
+from door_access.liveness.challenge import PASSED
 from door_access.liveness.cues import LivenessChecker
+from door_access.liveness.live_samples import VerifiedLive
 from door_access.liveness.spoof import SpoofChecker
 from door_access.recognition.gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
 from door_access.recognition.recognizer import Recognizer
@@ -97,6 +100,7 @@ class Parts:
     recognizer: Recognizer
     actions: Actions  # with the door controller, made (and the door locked) before everything else
     ledger: PersonLedger | None = None  # per-person failed attempts and suspensions (decision.py)
+    learner: VerifiedLive | None = None  # keeps verified entries' features (live_samples.py)
 
 
 class Pipeline:
@@ -112,6 +116,7 @@ class Pipeline:
         self.actions = parts.actions
         self.access_log = parts.actions.access_log
         self.speaker = parts.actions.speaker
+        self.learner = parts.learner
         self.policy = parts.policy
         self.recognizer = parts.recognizer
         self.watcher = parts.watcher
@@ -260,6 +265,8 @@ class Pipeline:
             self.liveness.forget(alive)
         if self.spoof:
             self.spoof.forget(alive)
+        if self.learner:
+            self.learner.forget(alive)
         self._asked.pop(track.id, None)
 
     def reload_gallery(self) -> None:
@@ -305,6 +312,9 @@ class Pipeline:
                         elif self.spoof.doubtful(track.id):  # a borderline DENY cue: ask for an action now
                             self.liveness.request_challenge(track.id)
                         self.liveness.set_grade(track.id, self.spoof.grade(track.id))  # `graded`: how much proof
+                    asked = self.liveness.tracks[track.id].challenge
+                    if self.learner and asked is not None:  # only a challenged track can teach (on a pass)
+                        self.learner.observe(track.id, frame.t, image, track.box, asked.state == PASSED)
                     if obs.live.challenge and self._asked.get(track.id) != obs.live.challenge_step:
                         self._asked[track.id] = obs.live.challenge_step
                         self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)
@@ -390,6 +400,8 @@ class Pipeline:
                 keep = d.event in ("denied", "unlock") and face
                 snapshot = grown_crop(item.frame.image, face.box, SNAPSHOT_GROW) if keep else None
                 self.notify(d.event, d.name, d.distance, d.track, d.detail, snapshot)
+                if d.event == UNLOCK and self.learner and d.name and d.track is not None:
+                    self.learner.unlocked(d.track, d.name, time.time())
             for observer in self.observers:
                 observer(item, decisions)
             self.stats.processed += 1

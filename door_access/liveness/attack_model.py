@@ -17,6 +17,7 @@ Pure numpy/OpenCV (plus onnxruntime for the general model): no TensorFlow, no dl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ CROP_SCALE = 2.7  # the general model's crop: this many face boxes around the fa
 CROP_SIDE = 128
 TEXTURE_SIDE = 64  # the site model's face chip, so texture does not depend on distance
 TEXTURE_GROW = 1.6  # ...taken from the face box grown this much: the face and its surroundings
-SITE_FORMAT = 2  # 1: the face box alone
+SITE_FORMAT = 3  # 1: the face box alone; 2: no attack ceiling
 
 
 def model_crop(bgr: np.ndarray, box: Box, scale: float = CROP_SCALE, side: int = CROP_SIDE) -> np.ndarray:
@@ -152,10 +153,36 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int 
     return beta[:-1], float(beta[-1])
 
 
+def attack_ceiling(attack_tracks: dict[str, np.ndarray], accepted: dict[str, int]) -> float:
+    """The highest threshold at which each attack kind's tracks (kind -> their mean attack
+    probabilities) have at most `accepted[kind]` tracks under it, i.e. still hold that APCER:
+    for each kind the (accepted + 1)-th lowest score, the least of those over the kinds (1.0 when
+    a kind may pass whole)."""
+    ceiling = 1.0
+    for kind, scores in attack_tracks.items():
+        s = np.sort(np.asarray(scores, np.float64))
+        if accepted.get(kind, 0) < len(s):
+            ceiling = min(ceiling, float(s[accepted.get(kind, 0)]))
+    return ceiling
+
+
+def raised_threshold(threshold: float, ceiling: float, genuine_tracks: np.ndarray, fraction: float) -> float:
+    """The threshold at which at most `fraction` of `genuine_tracks` (track-mean attack probabilities
+    of live faces at this door) are refused, never lowered (people not yet sampled keep what they had)
+    and never above `ceiling`: live samples move it, the attack recordings bound it, whatever the
+    samples are."""
+    scores = np.asarray(genuine_tracks, np.float64)
+    if not len(scores):
+        return threshold
+    return min(max(float(np.quantile(scores, 1.0 - fraction)), threshold), max(ceiling, threshold))
+
+
 @dataclass(frozen=True)
 class SiteModel:
     """A linear model of this door's attacks: P(attack) = sigmoid(w . (f - mean) / std + b),
-    and the threshold learn-attacks chose for its track mean."""
+    the threshold learn-attacks chose for its track mean, and the `ceiling` no recalibration may
+    pass: above it the admin's attack recordings would be let in more often than at their fit
+    (`attack_ceiling`; equal to the threshold when unknown)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -163,6 +190,17 @@ class SiteModel:
     bias: float
     threshold: float
     name: str = "site"
+    ceiling: float | None = None
+
+    @property
+    def limit(self) -> float:
+        """The highest threshold this model may be given (its ceiling, never below its threshold)."""
+        return self.threshold if self.ceiling is None else max(self.ceiling, self.threshold)
+
+    def recalibrated(self, genuine_tracks: np.ndarray, fraction: float) -> SiteModel:
+        """This model with its threshold raised (`raised_threshold`) for this door's live tracks."""
+        return dataclasses.replace(self, threshold=raised_threshold(self.threshold, self.limit, genuine_tracks,
+                                                                    fraction))
 
     @classmethod
     def fit(cls, features: np.ndarray, attack: np.ndarray, threshold: float = 0.5, l2: float = 1.0) -> SiteModel:
@@ -187,17 +225,18 @@ class SiteModel:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, format=np.array(SITE_FORMAT), mean=self.mean, std=self.std, weights=self.weights,
-                     bias=np.array(self.bias), threshold=np.array(self.threshold))
+                     bias=np.array(self.bias), threshold=np.array(self.threshold), ceiling=np.array(self.limit))
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> SiteModel:
         with np.load(Path(path), allow_pickle=False) as z:
-            if int(z["format"]) != SITE_FORMAT:
+            if int(z["format"]) not in (2, SITE_FORMAT):
                 raise ValueError(f"{path}: site model format {int(z['format'])}, expected {SITE_FORMAT}: "
                                  f"run `door-access learn-attacks` again")
-            model = cls(z["mean"], z["std"], z["weights"], float(z["bias"]), float(z["threshold"]))
+            ceiling = float(z["ceiling"]) if "ceiling" in z else None  # format 2: none, the threshold holds
+            model = cls(z["mean"], z["std"], z["weights"], float(z["bias"]), float(z["threshold"]), ceiling=ceiling)
         if not (model.mean.shape == model.std.shape == model.weights.shape == (354,)):
             raise ValueError(f"{path}: not a site model of this version")
         return model

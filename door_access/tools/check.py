@@ -187,7 +187,7 @@ def _biometric_files(cfg: Config, images_dir: Path) -> list[Path]:
         pass  # an unreadable folder is the gallery check's problem
     files = [p for p in files if is_photo(p)]
     cache = cfg.path("cache")
-    files += [*cache.glob("embeddings.sqlite*"), *cache.glob("eval.sqlite*")]
+    files += [*cache.glob("embeddings.sqlite*"), *cache.glob("eval.sqlite*"), *cache.glob("live_samples.npz*")]
     log_path = cfg.resolve(cfg.access_log.path)
     files += [log_path.with_name(log_path.name + s) for s in ("", "-wal", "-shm", "-journal", ".spool.jsonl")]
     if cfg.access_log.snapshots_dir:

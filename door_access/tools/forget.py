@@ -1,5 +1,5 @@
-"""`door-access forget NAME`: erase a person: photos, cached templates, snapshots, policy entry; the log keeps
-their events under a pseudonym.
+"""`door-access forget NAME`: erase a person: photos, cached templates, verified live samples, snapshots, policy
+entry; the log keeps their events under a pseudonym.
 
 The pseudonym is "forgotten-" and a random id that is stored nowhere: the same for every event of
 the person in this log (an auditor still sees that one person came five times), and not
@@ -32,6 +32,7 @@ from door_access.door.access_log import AccessLogError, spool_path
 from door_access.door.actions import snapshot_pattern
 from door_access.door.policy import parse_policy
 from door_access.files import sha256_file, write_private
+from door_access.liveness.live_samples import LiveSamples, store_path
 from door_access.recognition.gallery import prune_cache, scan_images
 
 log = logging.getLogger(__name__)
@@ -56,17 +57,19 @@ class Erasure:
     cache_asides: list[Path] = field(default_factory=list)  # embeddings.sqlite.bad-* (unusable caches)
     snapshots: list[Path] = field(default_factory=list)
     spooled: int = 0  # spooled events renamed
+    live_samples: int = 0  # verified live entries erased (liveness/live_samples.py)
 
     @property
     def found(self) -> bool:
-        return bool(self.photos or self.folder or self.events or self.policy)
+        return bool(self.photos or self.folder or self.events or self.policy or self.live_samples)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "photos": [str(p) for p in self.photos],
                 "folder": str(self.folder) if self.folder else None, "cache_rows": self.cache_rows,
                 "cache_asides": [str(p) for p in self.cache_asides], "snapshots": [str(p) for p in self.snapshots],
                 "policy_entry": self.policy, "events_renamed": self.events, "spooled_renamed": self.spooled,
-                "pseudonym": self.pseudonym, "door_running": self.door_running}
+                "pseudonym": self.pseudonym, "door_running": self.door_running,
+                "live_samples": self.live_samples}
 
 
 def survey(cfg: Config, images_dir: Path, name: str) -> Erasure:
@@ -92,6 +95,10 @@ def survey(cfg: Config, images_dir: Path, name: str) -> Erasure:
     people = cfg.path("people")
     e.policy = people.is_file() and name in parse_policy(people.read_text(encoding="utf-8"), people).rules
     e.door_running = _spool_held(spool_path(log_path))
+    try:
+        e.live_samples = sum(1 for x in LiveSamples(store_path(cfg), cfg.live_samples).entries() if x.name == name)
+    except ValueError as exc:
+        log.warning("forget: %s", exc)  # erase() says what to do when it cannot rewrite the file
     return e
 
 
@@ -122,6 +129,11 @@ def erase(cfg: Config, images_dir: Path, e: Erasure, settle_s: float) -> Erasure
         except sqlite3.Error as exc:
             raise ForgetError(f"the photos of {e.name} are removed, but the embedding cache {cache} cannot be pruned "
                               f"({exc}): delete that file (it is only a cache), then run forget again") from exc
+    try:
+        e.live_samples = LiveSamples(store_path(cfg), cfg.live_samples).forget(e.name)
+    except (OSError, ValueError) as exc:
+        raise ForgetError(f"the photos of {e.name} are removed, but their live samples cannot be erased ({exc}): "
+                          f"delete {store_path(cfg)} (the door collects them again), then run forget again") from exc
     for aside in sorted(cache.parent.glob(cache.name + ".bad-*")):  # unusable caches that may hold templates
         aside.unlink(missing_ok=True)
         e.cache_asides.append(aside)
