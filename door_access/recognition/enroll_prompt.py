@@ -45,6 +45,8 @@ def name_problem(name: str) -> str | None:
         return "the name is empty"
     if name.startswith("-"):
         return f"the name {name!r} starts with '-' (a hook could take it for an option)"
+    if any("\udc80" <= c <= "\udcff" for c in name):  # os.fsdecode's stand-ins for bytes that are not UTF-8
+        return f"the name {name!r} is not valid UTF-8 (rename the file)"
     if not name.isprintable() or "/" in name:
         return f"the name {name!r} holds a control character or '/'"
     return None

@@ -142,10 +142,11 @@ def soak(cfg: Config, images: Path, clip: Path, hot_photo: Path, duration_s: flo
     hot_target = gallery / hot_name / f"soak{hot_photo.suffix.lower()}"
     hooks = work / "hooks.log"
     hook = (sys.executable, "-c", HOOK, str(hooks))
-    # a recording cannot answer the spoken challenge: with `always` it would never unlock, and the soak
-    # would not exercise unlocks and relocks at all; its passive cues let the clip's person in instead
-    live = cfg.liveness if cfg.liveness.challenge != "always" else dataclasses.replace(cfg.liveness,
-                                                                                        challenge="on_doubt")
+    # a recording cannot answer the spoken challenge: with `always`, or `graded` on a door without a site model
+    # (everyone is asked), it would never unlock, and the soak would not exercise unlocks and relocks at all;
+    # its passive cues let the clip's person in instead
+    asks = cfg.liveness.challenge in ("always", "graded")
+    live = dataclasses.replace(cfg.liveness, challenge="on_doubt") if asks else cfg.liveness
     cfg = dataclasses.replace(
         cfg,
         liveness=live,
