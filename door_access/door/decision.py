@@ -37,6 +37,7 @@ from door_access.config import DoorConfig, LockoutConfig, VotingConfig
 from door_access.core import ALARM, DENIED, UNLOCK, LiveVerdict, Match
 from door_access.door.tracking import Track, vote
 
+CHALLENGE_PASSED = "challenge passed"  # the cue of a passed challenge (liveness/cues.py)
 Allow = Callable[[str, float], "str | None"]  # (name, Unix time) -> why not, or None to let them in
 
 
@@ -96,6 +97,7 @@ class Decider:
         for track in seen:
             if track.split_requested:  # frames in flight from before the split: the old track is over
                 continue
+            self._see_evidence(track)
             if track.live is not None and track.live.spoof and not track.spoofed:
                 track.spoofed = True
                 self._fail(t, decisions, Decision(DENIED, track.id, track.identity, _best(track),
@@ -138,6 +140,9 @@ class Decider:
 
     def _decide(self, t: float, track: Track, match: Match) -> Decision | None:
         if match.name is None:
+            if track.identity is not None:  # named, now no one it knows: another face, or theirs unread
+                track.identity_t = float("inf")  # liveness starts over from the next vote naming them
+                track.evidence_seen = track.evidence_bound = None
             track.unknown_run += 1
         elif track.identity is None:
             if track.unknown_run >= self.required:  # an established stranger now names someone: new face
@@ -149,6 +154,8 @@ class Decider:
                 track.conflict = True
                 return Decision(DENIED, track.id, None, match.distance,
                                 f"conflict: one track named {track.identity} and {match.name}")
+        elif track.identity_t == float("inf"):
+            track.identity_t = t  # named again after no one: evidence binds from this vote on
         together = track.fused
         if (track.identity is not None and together is not None and together.name is not None
                 and together.name != track.identity and not track.conflict):
@@ -158,6 +165,8 @@ class Decider:
                             f"{together.name}")
         if match.name is not None:
             track.unknown_run = 0
+        if match.name is not None and match.name == track.identity and track.evidence_seen is not None:
+            track.evidence_bound = track.evidence_seen  # an encoding after it names the same face: it was theirs
         if float("-inf") < track.quiet_until <= t:
             track.votes.clear()  # its person's cooldown is over: the sparse votes from it are stale, K fresh ones count
             track.quiet_until = float("-inf")
@@ -215,10 +224,23 @@ class Decider:
                 and not (track.decided or track.denied)
                 and t >= self.last_unlock.get(track.identity, float("-inf")) + self.cooldown_s)
 
+    def _see_evidence(self, track: Track) -> None:
+        """Note evidence of this frame's verdict that rests only on frames from the first vote naming the
+        track's person on (`LiveVerdict.evidence_from`): the next encoding naming them binds it."""
+        live = track.live
+        if track.identity is None or live is None or live.evidence_t is None:
+            return
+        since = live.evidence_t if live.evidence_from is None else live.evidence_from
+        if since >= track.identity_t:
+            if track.evidence_seen is None or live.evidence_t > track.evidence_seen:
+                track.evidence_seen = live.evidence_t
+        elif live.cue.startswith(CHALLENGE_PASSED) and track.identity_t < float("inf") and not track.decided:
+            track.split_requested = True  # answered (partly) by a face not named: ask a fresh track again
+
     def _live_for(self, t: float, track: Track, live: LiveVerdict) -> bool:
-        """Evidence seen on this face at or after the first vote naming the person, and recent enough."""
-        e = live.evidence_t
-        return e is not None and e >= track.identity_t and t - e <= self.liveness_window_s
+        """Evidence bound to the person (`_see_evidence`, then a vote naming them), and recent enough."""
+        e = track.evidence_bound
+        return e is not None and t - e <= self.liveness_window_s
 
     def _refused(self, name: str) -> str | None:
         """The door policy's reason to refuse `name` now; a policy that fails refuses (fail closed)."""

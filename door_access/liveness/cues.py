@@ -103,8 +103,12 @@ class _TrackLiveness:
     blinks: int = 0
     motion_frames: int = 0
     parallax_frames: int = 0
+    motion_from: float = 0.0  # the earliest frame the current motion streak rests on
+    parallax_from: float = 0.0  # the same for the parallax streak
     first_evidence_t: float | None = None  # for reporting how long a person waited
     last_evidence_t: float | None = None
+    last_evidence_from: float | None = None  # the first frame the latest evidence rests on
+    challenge_from: float | None = None  # the first frame of the resting pose the challenge is judged from
     cue: str = ""  # the first cue seen
     doubt: bool = False  # a DENY cue was borderline: ask now
     challenge: ChallengeSequence | None = None
@@ -155,22 +159,28 @@ class LivenessChecker:
         cfg = self.cfg
         s = self.tracks.setdefault(track, _TrackLiveness(first_seen=t))
         pose = head_pose(points)
+        closed_since = s.closed_since
         if self._blink(s, t, eye_aspect_ratio(points)):
-            self._evidence(s, t, "blink")
+            self._evidence(s, t, "blink", closed_since)
 
-        motion = float(non_rigid_motion(points, np.stack([old for _, old, _ in s.shapes])).max()) if s.shapes else 0.0
-        s.motion_frames = s.motion_frames + 1 if motion >= cfg.motion_threshold else 0
+        moved = non_rigid_motion(points, np.stack([old for _, old, _ in s.shapes])) if s.shapes else np.zeros(0)
+        over = np.flatnonzero(moved >= cfg.motion_threshold)
+        # the evidence rests on this frame and the latest shape it moved from, over the streak
+        since = s.shapes[over[-1]][0] if len(over) else t
+        s.motion_from = since if s.motion_frames == 0 else min(s.motion_from, since)
+        s.motion_frames = s.motion_frames + 1 if len(over) else 0
         if s.motion_frames >= cfg.motion_frames:
-            self._evidence(s, t, "facial motion")
+            self._evidence(s, t, "facial motion", s.motion_from)
 
-        parallax = 0.0
+        parallax, since = 0.0, t
         if s.shapes and abs(s.shapes[-1][2].yaw - pose.yaw) <= MAX_YAW_STEP:  # a jump is a landmark glitch
             turned = max(s.shapes, key=lambda old: abs(old[2].yaw - pose.yaw))
             if abs(turned[2].yaw - pose.yaw) >= cfg.parallax_min_turn:
-                parallax = planar_residual(turned[1], points)
+                parallax, since = planar_residual(turned[1], points), turned[0]
+        s.parallax_from = since if s.parallax_frames == 0 else min(s.parallax_from, since)
         s.parallax_frames = s.parallax_frames + 1 if parallax >= cfg.parallax_threshold else 0
         if s.parallax_frames >= PARALLAX_FRAMES:
-            self._evidence(s, t, "3D parallax")
+            self._evidence(s, t, "3D parallax", s.parallax_from)
 
         self._maybe_ask(track, s, t)
         if self.traces is not None:
@@ -205,14 +215,16 @@ class LivenessChecker:
             s.ears.append((t, ear))
         return False
 
-    def _evidence(self, s: _TrackLiveness, t: float, cue: str) -> None:
+    def _evidence(self, s: _TrackLiveness, t: float, cue: str, since: float) -> None:
+        """Evidence at `t` resting on the frames from `since` on: the decider credits it only if every
+        encoding of the track from `since` to after `t` names the same person (decision.py)."""
         if s.challenge is not None and s.challenge.state != PASSED:
             return  # once asked, only the answer counts: a replay moves its lips too
         if self.cfg.challenge == "always" and s.challenge is None:
             return
         if s.first_evidence_t is None:
             s.first_evidence_t, s.cue = t, cue
-        s.last_evidence_t = t
+        s.last_evidence_t, s.last_evidence_from = t, since
 
     def _maybe_ask(self, track: int, s: _TrackLiveness, t: float) -> None:
         cfg = self.cfg
@@ -225,6 +237,7 @@ class LivenessChecker:
         if not due:
             return
         neutral = neutral_pose([pose for _, _, pose in s.shapes])
+        s.challenge_from = s.shapes[0][0]  # the answer is judged against this face's rest, so it rests on it too
         actions = self.challenge_actions or choose_actions(cfg.challenge_steps)
         s.challenge = ChallengeSequence(actions, t, cfg.challenge_deadline_s, neutral, s.blinks,
                                         cfg.challenge_turn, cfg.challenge_look_up, cfg.challenge_hold_s)
@@ -240,14 +253,15 @@ class LivenessChecker:
         if c is not None and c.done_t is None:
             state = c.update(t, pose, s.blinks)
             if state == PASSED:
-                self._evidence(s, t, f"challenge passed ({c.outcome()})")
+                self._evidence(s, t, f"challenge passed ({c.outcome()})", s.challenge_from)
         if c is not None and c.state == FAILED:
             failed = f"challenge failed ({c.outcome()})"
             return LiveVerdict(None, failed, None, spoof=failed)
         if c is not None and c.state != PASSED:
             return LiveVerdict(None, f"challenge: {c.text}", None, challenge=c.text, challenge_step=len(c.steps))
         if s.last_evidence_t is not None:
-            return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen)
+            return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen,
+                               evidence_from=s.last_evidence_from)
         return LiveVerdict(None, f"no blink, facial motion or parallax in {t - s.first_seen:.1f} s")
 
     def forget(self, alive: set[int]) -> None:
