@@ -220,6 +220,7 @@ class Trace:
     neutral: Pose
     blinks: int
     samples: list[Sample]
+    since: float | None = None  # the first frame of the resting pose: an answer rests on the frames from here
 
 
 def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
@@ -229,7 +230,26 @@ def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
     before = [s.pose for s in samples if after and after[0].t - neutral_s <= s.t < after[0].t and s.pose]
     if not after or not before:
         return None
-    return Trace(after[0].t, neutral_pose(before), after[0].blinks, after)
+    since = next(s.t for s in samples if after[0].t - neutral_s <= s.t < after[0].t and s.pose)
+    return Trace(after[0].t, neutral_pose(before), after[0].blinks, after, since)
+
+
+def bound(votes: list[tuple[float, str | None]], person: str, since: float, done: float) -> bool:
+    """Whether an answer resting on the frames from `since` and passed at `done` is `person`'s, as the door
+    binds evidence (decision.py): `votes` (the track's encodings, (time, name or None) in order) named them
+    at or before `since` and on every encoding from that vote to one at or after `done`. A vote naming no
+    one starts it over; one naming someone else is a conflict (that track never unlocks)."""
+    start = None
+    for t, name in votes:
+        if name == person:
+            start = t if start is None else start
+            if t >= done:
+                return start <= since
+        elif name is not None:
+            return False
+        else:
+            start = None
+    return False
 
 
 def judge_trace(trace: Trace, sequences, deadline_s: float, turn: float, look_up: float,
