@@ -2,17 +2,24 @@
 
 A track unlocks when K (`voting.required`, a strict majority) of its last N encodings name the
 same enrolled person, its fused embedding (the normalised mean of all its encodings,
-`tracking.fuse`) names that person too, and liveness evidence was seen on that face after that
-person's first vote. One misread frame cannot swing the vote; a stranger who looks like someone
-on a few frames is still a stranger on all of them together; a photo raised in front of a live
-face cannot borrow its blink. The rules, each closing a way in:
+`tracking.fuse`) names that person too, and liveness evidence is bound to that person. One
+misread frame cannot swing the vote; a stranger who looks like someone on a few frames is still
+a stranger on all of them together; a photo raised in front of a live face, or lowered for one,
+cannot borrow its blink, its talk or its answer. The rules, each closing a way in:
 
 - a track whose votes name two enrolled people, or whose fused embedding names someone other
   than its votes, is a tracker swap or an attack: one `denied` (conflict), and it never unlocks;
 - a track established as a stranger (K unknown votes in a row) that then names someone is
   split: the tracker starts a fresh track with no votes and no liveness;
-- liveness evidence counts only if seen at or after the first vote naming the person; a
-  DENY cue (`LiveVerdict.spoof`) denies the track once and it never unlocks; while a
+- liveness evidence belongs to the face that showed it. The encoder sees a track at most
+  `encodes_per_second` (8) times a second, the cues every frame, so evidence is bound through the
+  encodings around it: it counts only if every frame it rests on (`LiveVerdict.evidence_from`:
+  the shapes that moved, the closed eyes, the resting pose a challenge was judged from) comes
+  at or after a vote naming the person, and a later vote names them too (`_see_evidence`); a
+  vote naming no one after that starts liveness over from the next vote naming them (a live
+  person misread once keeps their votes, and shows evidence again), and a challenge answered
+  (partly) before such a vote splits the track, so the fresh one is asked again;
+- a DENY cue (`LiveVerdict.spoof`) denies the track once and it never unlocks; while a
   challenge runs the attempt is pending, otherwise no evidence within `liveness.timeout_s`
   is one `denied: no liveness`; a track that named a person and ends (the face left, or
   the tracker lost it) with its challenge unanswered is a failed attempt too, so walking the
