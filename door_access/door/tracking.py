@@ -14,10 +14,10 @@ place (`Tracker._end`: timed out, or split) and the `on_end` hooks drop any per-
 kept elsewhere (the liveness checker's landmarks history).
 
 A track is split, ending it and starting a fresh one on the same face, when its box jumps
-in size more than a real head can between two frames, or when the decider asks (the face
-changed: a stranger's track names someone, or a named track shows no one it knows): the new
-track starts with no votes and no liveness, so evidence seen on the old face can never
-unlock the new one.
+in size more than a real head can between two frames, or when the decider asks (a
+stranger's track names someone, or its challenge was answered before the votes naming its
+person began): the new track starts with no votes and no liveness, so evidence seen on the
+old face can never unlock the new one.
 """
 
 from __future__ import annotations
