@@ -131,7 +131,8 @@ class Pipeline:
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
-                               allow=parts.policy.allow(cfg.door.id))
+                               allow=parts.policy.allow(cfg.door.id),
+                               doubt_distance=cfg.recognition.threshold + cfg.recognition.margin)
         self.actions = Actions(cfg, self.access_log, self.speaker, emit=emit, clock=self.clock)
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
         self.mqtt = None

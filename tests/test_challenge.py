@@ -354,3 +354,5 @@ def test_an_answer_is_bound_only_when_encodings_naming_the_person_bracket_it():
     assert bound(gap, "kian", 0.3, 0.35)  # evidence from after the gap binds again
     assert not bound([(0.0, "kian"), (0.125, "ana"), (0.25, "kian")], "kian", 0.0, 0.2)  # a conflict
     assert not bound([(0.0, None), (0.125, None)], "kian", 0.0, 0.1)  # a stranger's answer is no one's
+    doubts = [(0.0, None, True), (0.125, "kian", False), (0.25, None, True), (0.375, "kian", False)]
+    assert bound(doubts, "kian", 0.0, 0.3)  # doubts leaning to kian neither break the run, and start it

@@ -235,6 +235,21 @@ def test_a_challenge_answered_before_the_naming_run_splits_the_track():
     assert tr.split_requested and not tr.unlocked
 
 
+def test_an_unknown_vote_just_past_the_threshold_leaning_to_the_person_is_a_doubt():
+    """A turned head reads as no one, closest to its person, just past the threshold (under threshold +
+    margin, `doubt_distance`): it does not restart liveness, and doubts just before the first vote naming
+    the person start the run (Lin on the Hamilton clip: 0.89, 0.95, then 0.78). A face further away, or
+    leaning to someone else, is another face."""
+    near = Match(None, 0.92, "kian")
+    dec, tr = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, doubt_distance=1.0), track()
+    assert feed(dec, 0.0, tr, [near, kian(), kian()], live=NOTHING) == []
+    assert tr.identity_t == 0.0
+    assert events(feed(dec, 0.3, tr, [near, kian()], live=motion(0.35, 0.05))) == [("unlock", "kian")]
+    dec, tr = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, doubt_distance=1.0), track()
+    assert feed(dec, 0.0, tr, [kian(), kian(), stranger()], live=NOTHING) == []  # 1.3: another face
+    assert feed(dec, 0.3, tr, [kian()] * 3, live=motion(0.35, 0.05)) == []
+
+
 # ---- seam 2: a vote that cannot be mixed ---------------------------------------------------------
 
 

@@ -17,7 +17,10 @@ cannot borrow its blink, its talk or its answer. The rules, each closing a way i
   the shapes that moved, the closed eyes, the resting pose a challenge was judged from) comes
   at or after a vote naming the person, and a later vote names them too (`_see_evidence`); a
   vote naming no one after that starts liveness over from the next vote naming them (a live
-  person misread once keeps their votes, and shows evidence again), and a challenge answered
+  person misread once keeps their votes, and shows evidence again; an unknown vote closest to
+  them within `doubt_distance`, recognition's threshold plus margin, is a doubt, most likely
+  their head turned: it does not break the run, and doubts leaning to them just before the
+  first vote naming them start it), and a challenge answered
   (partly) before such a vote splits the track, so the fresh one is asked again;
 - a DENY cue (`LiveVerdict.spoof`) denies the track once and it never unlocks; while a
   challenge runs the attempt is pending, otherwise no evidence within `liveness.timeout_s`
@@ -61,7 +64,7 @@ class Decider:
     def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float,
                  liveness_timeout_s: float = float("inf"), liveness_window_s: float = float("inf"),
                  lockout: LockoutConfig | None = None, allow: Allow | None = None,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time, doubt_distance: float = 0.0):
         self.window = voting.window
         self.required = voting.required
         self.cooldown_s = door.cooldown_seconds
@@ -71,6 +74,7 @@ class Decider:
         self.lockout = lockout or LockoutConfig(failures=0)
         self.allow = allow
         self.wall_clock = wall_clock
+        self.doubt_distance = doubt_distance  # an unknown vote under this leans to its closest person: a doubt
         self.tracks: dict[int, Track] = {}  # the records seen lately (owned by the tracker), by id
         self.last_unlock: dict[str, float] = {}
         self.locked_out_until = float("-inf")  # frame time until which every unlock is refused
@@ -147,22 +151,27 @@ class Decider:
 
     def _decide(self, t: float, track: Track, match: Match) -> Decision | None:
         if match.name is None:
-            if track.identity is not None:  # named, now no one it knows: another face, or theirs unread
+            doubt = match.distance < self.doubt_distance
+            if track.identity is not None and not (doubt and match.closest == track.identity):  # no one it knows
                 track.identity_t = float("inf")  # liveness starts over from the next vote naming them
                 track.evidence_seen = track.evidence_bound = None
+            if not doubt:
+                track.leaning = None
+            elif track.leaning is None or track.leaning[0] != match.closest:
+                track.leaning = (match.closest, t)
             track.unknown_run += 1
         elif track.identity is None:
             if track.unknown_run >= self.required:  # an established stranger now names someone: new face
                 track.split_requested = True
                 return None
-            track.identity, track.identity_t = match.name, t
+            track.identity, track.identity_t = match.name, self._run_start(track, match.name, t)
         elif match.name != track.identity:
             if not track.conflict:
                 track.conflict = True
                 return Decision(DENIED, track.id, None, match.distance,
                                 f"conflict: one track named {track.identity} and {match.name}")
         elif track.identity_t == float("inf"):
-            track.identity_t = t  # named again after no one: evidence binds from this vote on
+            track.identity_t = self._run_start(track, match.name, t)  # named again after no one: binds from here
         together = track.fused
         if (track.identity is not None and together is not None and together.name is not None
                 and together.name != track.identity and not track.conflict):
@@ -230,6 +239,13 @@ class Decider:
         return (track.identity is not None and track.live is not None and track.live.challenge is not None
                 and not (track.decided or track.denied)
                 and t >= self.last_unlock.get(track.identity, float("-inf")) + self.cooldown_s)
+
+    @staticmethod
+    def _run_start(track: Track, name: str, t: float) -> float:
+        """Where evidence for `name` may start resting, given a vote naming them at `t`: the first of the
+        doubtful votes leaning to them just before it, if any (`Track.leaning`), else `t`."""
+        lean = track.leaning
+        return lean[1] if lean is not None and lean[0] == name else t
 
     def _see_evidence(self, track: Track) -> None:
         """Note evidence of this frame's verdict that rests only on frames from the first vote naming the

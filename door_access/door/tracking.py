@@ -47,6 +47,7 @@ class Track:
     identity: str | None = None  # the enrolled person this segment's votes name, once one does
     identity_t: float = float("inf")  # the first vote naming `identity` since the last vote naming no one (inf
     # after such a vote): liveness evidence binds only to frames from here on
+    leaning: tuple[str, float] | None = None  # (closest person, since) of the doubtful unknown votes in a row
     unknown_run: int = 0  # unknown votes in a row: that many makes the track an established stranger
     live: LiveVerdict | None = None  # the latest liveness verdict (None: liveness not checked)
     evidence_seen: float | None = None  # latest evidence resting only on frames since `identity_t`, not yet bound

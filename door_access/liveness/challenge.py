@@ -234,21 +234,25 @@ def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
     return Trace(after[0].t, neutral_pose(before), after[0].blinks, after, since)
 
 
-def bound(votes: list[tuple[float, str | None]], person: str, since: float, done: float) -> bool:
+def bound(votes: list[tuple], person: str, since: float, done: float) -> bool:
     """Whether an answer resting on the frames from `since` and passed at `done` is `person`'s, as the door
-    binds evidence (decision.py): `votes` (the track's encodings, (time, name or None) in order) named them
-    at or before `since` and on every encoding from that vote to one at or after `done`. A vote naming no
-    one starts it over; one naming someone else is a conflict (that track never unlocks)."""
-    start = None
-    for t, name in votes:
+    binds evidence (decision.py): `votes` (the track's encodings in order: (time, name or None[, doubt]))
+    named them at or before `since` and on every encoding from that vote to one at or after `done`. A vote
+    naming no one starts it over, unless it is a doubt (unknown, closest to `person` within the decider's
+    `doubt_distance`): doubts neither break the run, and those just before its first vote start it; a vote
+    naming someone else is a conflict (that track never unlocks)."""
+    start = lean = None
+    for t, name, *doubt in votes:
         if name == person:
-            start = t if start is None else start
+            start = start if start is not None else lean if lean is not None else t
             if t >= done:
                 return start <= since
         elif name is not None:
             return False
+        elif doubt and doubt[0]:
+            lean = t if lean is None else lean
         else:
-            start = None
+            start = lean = None
     return False
 
 

@@ -55,6 +55,15 @@ MAX_YAW_STEP = 0.08  # yaw change between two frames beyond which the newer shap
 NEUTRAL_S = 0.5  # `always`: the resting pose is taken from at least this long before asking
 
 
+def _streak(froms: deque, since: float, frames: int) -> float:
+    """Add one frame of a cue's streak (`since`: the older shape it was measured against); the earliest
+    such shape over the streak's last `frames` frames, the ones that make the cue count."""
+    froms.append(since)
+    while len(froms) > frames:
+        froms.popleft()
+    return min(froms)
+
+
 def eye_aspect_ratio(points: np.ndarray) -> float:
     """Mean EAR of both eyes (Soukupova and Cech 2016): ~0.3 open, under ~0.15 closed."""
     def one(e):
@@ -103,8 +112,8 @@ class _TrackLiveness:
     blinks: int = 0
     motion_frames: int = 0
     parallax_frames: int = 0
-    motion_from: float = 0.0  # the earliest frame the current motion streak rests on
-    parallax_from: float = 0.0  # the same for the parallax streak
+    motion_from: deque = field(default_factory=deque)  # per frame of the motion streak's last `motion_frames`:
+    parallax_from: deque = field(default_factory=deque)  # the latest older shape it moved from (the same for parallax)
     first_evidence_t: float | None = None  # for reporting how long a person waited
     last_evidence_t: float | None = None
     last_evidence_from: float | None = None  # the first frame the latest evidence rests on
@@ -165,22 +174,26 @@ class LivenessChecker:
 
         moved = non_rigid_motion(points, np.stack([old for _, old, _ in s.shapes])) if s.shapes else np.zeros(0)
         over = np.flatnonzero(moved >= cfg.motion_threshold)
-        # the evidence rests on this frame and the latest shape it moved from, over the streak
-        since = s.shapes[over[-1]][0] if len(over) else t
-        s.motion_from = since if s.motion_frames == 0 else min(s.motion_from, since)
         s.motion_frames = s.motion_frames + 1 if len(over) else 0
+        if s.motion_frames:  # it rests on the frames that count and the latest older shapes they moved from
+            since = _streak(s.motion_from, s.shapes[over[-1]][0], cfg.motion_frames)
+        else:
+            s.motion_from.clear()
         if s.motion_frames >= cfg.motion_frames:
-            self._evidence(s, t, "facial motion", s.motion_from)
+            self._evidence(s, t, "facial motion", since)
 
         parallax, since = 0.0, t
         if s.shapes and abs(s.shapes[-1][2].yaw - pose.yaw) <= MAX_YAW_STEP:  # a jump is a landmark glitch
             turned = max(s.shapes, key=lambda old: abs(old[2].yaw - pose.yaw))
             if abs(turned[2].yaw - pose.yaw) >= cfg.parallax_min_turn:
                 parallax, since = planar_residual(turned[1], points), turned[0]
-        s.parallax_from = since if s.parallax_frames == 0 else min(s.parallax_from, since)
         s.parallax_frames = s.parallax_frames + 1 if parallax >= cfg.parallax_threshold else 0
+        if s.parallax_frames:
+            since = _streak(s.parallax_from, since, PARALLAX_FRAMES)
+        else:
+            s.parallax_from.clear()
         if s.parallax_frames >= PARALLAX_FRAMES:
-            self._evidence(s, t, "3D parallax", s.parallax_from)
+            self._evidence(s, t, "3D parallax", since)
 
         self._maybe_ask(track, s, t)
         if self.traces is not None:

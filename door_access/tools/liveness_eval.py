@@ -117,7 +117,7 @@ def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtim
     from door_access.faces.capture import Capture
 
     events: list = []
-    seen = _Seen()
+    seen = _Seen(cfg.recognition.threshold + cfg.recognition.margin)
     with tempfile.TemporaryDirectory(prefix="door-eval-liveness-") as tmp:
         images = Path(tmp) / "images"
         (images / PERSON).mkdir(parents=True)
@@ -147,7 +147,8 @@ def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtim
 class _Seen:
     """What the decider stage saw, frame by frame (runs in the decider thread)."""
 
-    def __init__(self):
+    def __init__(self, doubt_distance: float = 0.0):
+        self.doubt_distance = doubt_distance  # as the decider's: such an unknown vote neither breaks nor binds
         self.t0: float | None = None
         self.first_face: float | None = None
         self.confirm: dict[str, float] = {}  # cue -> first time
@@ -155,14 +156,16 @@ class _Seen:
         self.unlock_t: float | None = None
         self.denials: list[tuple[float, str]] = []
         self.measures: dict[str, list[float]] = {m: [] for m in MEASURES}
-        self.votes: dict[int, list[tuple[float, str | None]]] = {}  # track -> (frame time, name) of each encoding
+        self.votes: dict[int, list[tuple]] = {}  # track -> (frame time, name, doubt) of each encoding
 
     def observer(self, pipeline):
         def observe(item, decisions) -> None:
             t = item.frame.t - pipeline.capture.started_at
             for face in item.faces:
-                if face.match is not None:
-                    self.votes.setdefault(face.track, []).append((item.frame.t, face.match.name))
+                m = face.match
+                if m is not None:  # (time, name, a doubt leaning to the person), as the decider sees it
+                    doubt = m.name is None and m.closest == PERSON and m.distance < self.doubt_distance
+                    self.votes.setdefault(face.track, []).append((item.frame.t, m.name, doubt))
                 if self.first_face is None:
                     self.first_face = t
                 live = face.live
@@ -321,7 +324,7 @@ def totals(clips: list[dict]) -> dict:
 
 
 def challenge_report(live: LivenessConfig, tracks: list[list[Sample]],
-                     votes: list[list[tuple[float, str | None]]] | None = None, person: str = PERSON) -> dict:
+                     votes: list[list[tuple]] | None = None, person: str = PERSON) -> dict:
     """Per clip, from each track's frames (`LivenessChecker.traces`), asked as the door asks (`NEUTRAL_S`
     after first sight): `challenge_results` (each action as a one-step challenge -> passed), `pass_rate`
     (the fraction of the 4**challenge_steps sequences passed), the sequences passed, and `response_s`
@@ -329,7 +332,7 @@ def challenge_report(live: LivenessConfig, tracks: list[list[Sample]],
     costs). A replay can be started at any moment, so the same is asked every `ASK_EVERY_S` along the
     track: `pass_rate_worst_start` is the best an attacker who picks the moment can get, by luck, from
     this recording. A challenge passed on any of the clip's tracks counts, if the door would credit it to
-    `person`: with `votes` (each track's encodings, (frame time, name)), only an answer that encodings naming
+    `person`: with `votes` (each track's encodings, (frame time, name[, doubt])), only an answer that encodings naming
     `person` bracket, from its resting pose to after its pass (`challenge.bound`); another face's answer
     passes nothing. Without `votes` (landmarks only) every answer counts."""
     sequences = list(itertools.product(ACTIONS, repeat=live.challenge_steps))
