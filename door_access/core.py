@@ -58,6 +58,8 @@ class LiveVerdict:
     spoof: str | None = None  # a DENY cue that fired on this track (fails the attempt outright)
     challenge: str | None = None  # the action the door is asking for right now (the attempt stays pending)
     challenge_step: int = 0  # which step of the challenge that is (each new step is spoken, even a repeat)
+    evidence_from: float | None = None  # the first frame that evidence rests on (the shapes it was measured
+    # against, the closed eyes, the pose the challenge was judged from): it binds only if that face was named
 
 # ---- events: the one record that actions, the access log and `--events-json` share ----------
 

@@ -140,7 +140,8 @@ class Pipeline:
         self.observers: list[Callable[[FrameFaces, list], None]] = []  # (frame, decisions): eval-liveness
         self.decider = Decider(cfg.voting, cfg.door, p.track_timeout_s,
                                live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
-                               allow=parts.policy.allow(cfg.door.id), ledger=parts.ledger)
+                               allow=parts.policy.allow(cfg.door.id), ledger=parts.ledger,
+                               doubt_distance=cfg.recognition.threshold + cfg.recognition.margin)
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
         self.actions.clock = self.door.clock = self.clock  # one time origin for every event from here on
         self.mqtt = None

@@ -32,6 +32,7 @@ from door_access.liveness.challenge import (
     Sample,
     Thresholds,
     Trace,
+    bound,
     choose_action,
     choose_actions,
     head_pose,
@@ -388,3 +389,19 @@ def test_a_turn_hovering_at_its_threshold_stays_held_but_a_real_return_restarts_
     assert _sequence((LEFT,), hover)[0].state == PASSED
     back = REST + [head(yaw_deg=a) for a in (35, 5, 34, 5, 33, 5, 33)]  # back to rest between: never held 0.2 s
     assert _sequence((LEFT,), back)[0].state == RUNNING
+
+
+def test_an_answer_is_bound_only_when_encodings_naming_the_person_bracket_it():
+    """`eval-liveness --challenges all` credits an answer as the door does (issue 25): named at or before its
+    resting pose, and on every encoding until one at or after its pass."""
+    named = [(0.0, "kian"), (0.125, "kian"), (0.25, "kian"), (0.375, "kian")]
+    assert bound(named, "kian", 0.1, 0.3)
+    assert not bound(named, "kian", 0.1, 0.4)  # no encoding after the pass yet
+    assert not bound(named[1:], "kian", 0.1, 0.3)  # the resting pose came before the first vote naming him
+    gap = [(0.0, "kian"), (0.125, None), (0.25, "kian"), (0.375, "kian")]
+    assert not bound(gap, "kian", 0.1, 0.3)  # the face named no one in between: another face may have answered
+    assert bound(gap, "kian", 0.3, 0.35)  # evidence from after the gap binds again
+    assert not bound([(0.0, "kian"), (0.125, "ana"), (0.25, "kian")], "kian", 0.0, 0.2)  # a conflict
+    assert not bound([(0.0, None), (0.125, None)], "kian", 0.0, 0.1)  # a stranger's answer is no one's
+    doubts = [(0.0, None, True), (0.125, "kian", False), (0.25, None, True), (0.375, "kian", False)]
+    assert bound(doubts, "kian", 0.0, 0.3)  # doubts leaning to kian neither break the run, and start it

@@ -171,6 +171,85 @@ def test_a_box_that_jumps_in_size_starts_a_new_track():
     assert a is b and c is not a and ended == [a]
 
 
+# ---- issue 25: liveness belongs to the face that showed it ---------------------------------------
+
+
+NOTHING = lambda t: LiveVerdict(None, "no blink, facial motion or parallax")  # noqa: E731
+
+
+def motion(at, since):
+    """The verdict from frame `at` on: facial motion seen at `at`, resting on the frames from `since`."""
+    return lambda t: LiveVerdict(at if t >= at else None, "facial motion", 0.1, evidence_from=since)
+
+
+def test_evidence_shown_while_the_named_track_showed_no_one_does_not_unlock():
+    """kian's photo is named, lowered while a live stranger talks (unknown votes, his motion at 0.75 s
+    resting on his own frames), then raised again: the old rule took any evidence after kian's first
+    vote and unlocked; evidence binds only to frames that encodings name kian on."""
+    dec, tr = decider(), track()
+    assert feed(dec, 0.0, tr, [kian()] * 4, live=NOTHING) == []  # the photo, no evidence: pending
+    talked = motion(0.75, 0.55)
+    assert events(feed(dec, 0.5, tr, [stranger()] * 4, live=talked)) == [("denied", None)]  # a stranger
+    out = feed(dec, 0.9, tr, [kian()] * 10, live=talked)  # the photo again: the stranger's motion is still the latest
+    assert ("unlock", "kian") not in events(out)
+    assert tr.identity_t == pytest.approx(0.9)  # liveness for kian starts over at his first vote after no one
+
+
+def test_evidence_resting_on_frames_before_the_naming_vote_does_not_count():
+    """The photo replaced a live stranger at 0.25 s: the motion it shows at 0.35 s is measured against the
+    stranger's last shapes (from 0.2 s), before the first vote naming kian (0.3 s)."""
+    dec, tr = decider(), track()
+    assert feed(dec, 0.0, tr, [stranger(), stranger()]) == []
+    assert feed(dec, 0.3, tr, [kian()] * 10, live=motion(0.35, 0.2)) == []
+
+
+def test_evidence_counts_once_the_next_encoding_names_the_same_person():
+    """Evidence between two encodings is bound by the next one: naming kian unlocks, naming no one does not
+    (the face that moved may have been another one)."""
+    dec, tr = decider(), track()
+    assert feed(dec, 0.0, tr, [kian()] * 3, live=NOTHING) == []
+    [d] = feed(dec, 0.3, tr, [kian()], live=motion(0.25, 0.1))
+    assert (d.event, d.name) == ("unlock", "kian")
+    dec, tr = decider(), track()
+    assert feed(dec, 0.0, tr, [kian()] * 3, live=NOTHING) == []
+    assert feed(dec, 0.3, tr, [stranger()], live=motion(0.25, 0.1)) == []
+    assert feed(dec, 0.4, tr, [kian()] * 5, live=motion(0.25, 0.1)) == []
+
+
+def test_a_misread_frame_of_a_live_person_only_restarts_the_binding():
+    """kian turning away reads as no one on one encoding: the votes still stand, and evidence seen after
+    the next vote naming him unlocks him."""
+    dec, tr = decider(), track()
+    assert feed(dec, 0.0, tr, [kian(), kian(), stranger()], live=NOTHING) == []
+    out = feed(dec, 0.3, tr, [kian()] * 3, live=motion(0.45, 0.35))
+    assert events(out) == [("unlock", "kian")]
+
+
+def test_a_challenge_answered_before_the_naming_run_splits_the_track():
+    """A live stranger answers the challenge (asked from his resting pose at 0.1 s), then kian's photo is
+    raised: the pass is no one's; the track is split, so the photo is asked again on a fresh track."""
+    dec, tr = decider(), track()
+    passed = lambda t: LiveVerdict(0.5, "challenge passed (asked left, saw left)", 0.5, evidence_from=0.1)  # noqa: E731
+    assert feed(dec, 0.0, tr, [stranger()] * 2) == []
+    assert feed(dec, 0.6, tr, [kian()] * 5, live=passed) == []
+    assert tr.split_requested and not tr.unlocked
+
+
+def test_an_unknown_vote_just_past_the_threshold_leaning_to_the_person_is_a_doubt():
+    """A turned head reads as no one, closest to its person, just past the threshold (under threshold +
+    margin, `doubt_distance`): it does not restart liveness, and doubts just before the first vote naming
+    the person start the run (Lin on the Hamilton clip: 0.89, 0.95, then 0.78). A face further away, or
+    leaning to someone else, is another face."""
+    near = Match(None, 0.92, "kian")
+    dec, tr = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, doubt_distance=1.0), track()
+    assert feed(dec, 0.0, tr, [near, kian(), kian()], live=NOTHING) == []
+    assert tr.identity_t == 0.0
+    assert events(feed(dec, 0.3, tr, [near, kian()], live=motion(0.35, 0.05))) == [("unlock", "kian")]
+    dec, tr = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, doubt_distance=1.0), track()
+    assert feed(dec, 0.0, tr, [kian(), kian(), stranger()], live=NOTHING) == []  # 1.3: another face
+    assert feed(dec, 0.3, tr, [kian()] * 3, live=motion(0.35, 0.05)) == []
+
+
 # ---- seam 2: a vote that cannot be mixed ---------------------------------------------------------
 
 

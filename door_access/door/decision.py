@@ -2,17 +2,27 @@
 
 A track unlocks when K (`voting.required`, a strict majority) of its last N encodings name the
 same enrolled person, its fused embedding (the normalised mean of all its encodings,
-`tracking.fuse`) names that person too, and liveness evidence was seen on that face after that
-person's first vote. One misread frame cannot swing the vote; a stranger who looks like someone
-on a few frames is still a stranger on all of them together; a photo raised in front of a live
-face cannot borrow its blink. The rules, each closing a way in:
+`tracking.fuse`) names that person too, and liveness evidence is bound to that person. One
+misread frame cannot swing the vote; a stranger who looks like someone on a few frames is still
+a stranger on all of them together; a photo raised in front of a live face, or lowered for one,
+cannot borrow its blink, its talk or its answer. The rules, each closing a way in:
 
 - a track whose votes name two enrolled people, or whose fused embedding names someone other
   than its votes, is a tracker swap or an attack: one `denied` (conflict), and it never unlocks;
 - a track established as a stranger (K unknown votes in a row) that then names someone is
   split: the tracker starts a fresh track with no votes and no liveness;
-- liveness evidence counts only if seen at or after the first vote naming the person; a
-  DENY cue (`LiveVerdict.spoof`) denies the track once and it never unlocks; while a
+- liveness evidence belongs to the face that showed it. The encoder sees a track at most
+  `encodes_per_second` (8) times a second, the cues every frame, so evidence is bound through the
+  encodings around it: it counts only if every frame it rests on (`LiveVerdict.evidence_from`:
+  the shapes that moved, the closed eyes, the resting pose a challenge was judged from) comes
+  at or after a vote naming the person, and a later vote names them too (`_see_evidence`); a
+  vote naming no one after that starts liveness over from the next vote naming them (a live
+  person misread once keeps their votes, and shows evidence again; an unknown vote closest to
+  them within `doubt_distance`, recognition's threshold plus margin, is a doubt, most likely
+  their head turned: it does not break the run, and doubts leaning to them just before the
+  first vote naming them start it), and a challenge answered
+  (partly) before such a vote splits the track, so the fresh one is asked again;
+- a DENY cue (`LiveVerdict.spoof`) denies the track once and it never unlocks; while a
   challenge runs the attempt is pending, otherwise no evidence within `liveness.timeout_s`
   is one `denied: no liveness`; a track that named a person and ends (the face left, or
   the tracker lost it) with its challenge unanswered is a failed attempt too, so walking the
@@ -48,6 +58,7 @@ if TYPE_CHECKING:
 
 SUSPENDED = "suspended"  # the detail of a suspended person's denial and of the alarm that suspends them
 RELEASED = "released"  # the detail of the alarm that ends a suspension (said and shown at the door: nothing)
+CHALLENGE_PASSED = "challenge passed"  # the cue of a passed challenge (liveness/cues.py)
 Allow = Callable[[str, float], "str | None"]  # (name, Unix time) -> why not, or None to let them in
 
 
@@ -64,7 +75,8 @@ class Decider:
     def __init__(self, voting: VotingConfig, door: DoorConfig, track_timeout_s: float,
                  liveness_timeout_s: float = float("inf"), liveness_window_s: float = float("inf"),
                  lockout: LockoutConfig | None = None, allow: Allow | None = None,
-                 wall_clock: Callable[[], float] = time.time, ledger: PersonLedger | None = None):
+                 wall_clock: Callable[[], float] = time.time, ledger: PersonLedger | None = None,
+                 doubt_distance: float = 0.0):
         self.window = voting.window
         self.required = voting.required
         self.cooldown_s = door.cooldown_seconds
@@ -74,6 +86,7 @@ class Decider:
         self.lockout = lockout or LockoutConfig(failures=0)
         self.allow = allow
         self.wall_clock = wall_clock
+        self.doubt_distance = doubt_distance  # an unknown vote under this leans to its closest person: a doubt
         self.tracks: dict[int, Track] = {}  # the records seen lately (owned by the tracker), by id
         self.last_unlock: dict[str, float] = {}
         self.locked_out_until = float("-inf")  # frame time until which every unlock is refused
@@ -110,6 +123,7 @@ class Decider:
         for track in seen:
             if track.split_requested:  # frames in flight from before the split: the old track is over
                 continue
+            self._see_evidence(track)
             if track.live is not None and track.live.spoof and not track.spoofed:
                 track.spoofed = True
                 self._fail(t, decisions, Decision(DENIED, track.id, track.identity, _best(track),
@@ -174,17 +188,27 @@ class Decider:
 
     def _decide(self, t: float, track: Track, match: Match) -> Decision | None:
         if match.name is None:
+            doubt = match.distance < self.doubt_distance
+            if track.identity is not None and not (doubt and match.closest == track.identity):  # no one it knows
+                track.identity_t = float("inf")  # liveness starts over from the next vote naming them
+                track.evidence_seen = track.evidence_bound = None
+            if not doubt:
+                track.leaning = None
+            elif track.leaning is None or track.leaning[0] != match.closest:
+                track.leaning = (match.closest, t)
             track.unknown_run += 1
         elif track.identity is None:
             if track.unknown_run >= self.required:  # an established stranger now names someone: new face
                 track.split_requested = True
                 return None
-            track.identity, track.identity_t = match.name, t
+            track.identity, track.identity_t = match.name, self._run_start(track, match.name, t)
         elif match.name != track.identity:
             if not track.conflict:
                 track.conflict = True
                 return Decision(DENIED, track.id, None, match.distance,
                                 f"conflict: one track named {track.identity} and {match.name}")
+        elif track.identity_t == float("inf"):
+            track.identity_t = self._run_start(track, match.name, t)  # named again after no one: binds from here
         together = track.fused
         if (track.identity is not None and together is not None and together.name is not None
                 and together.name != track.identity and not track.conflict):
@@ -194,6 +218,8 @@ class Decider:
                             f"{together.name}")
         if match.name is not None:
             track.unknown_run = 0
+        if match.name is not None and match.name == track.identity and track.evidence_seen is not None:
+            track.evidence_bound = track.evidence_seen  # an encoding after it names the same face: it was theirs
         if float("-inf") < track.quiet_until <= t:
             track.votes.clear()  # its person's cooldown is over: the sparse votes from it are stale, K fresh ones count
             track.quiet_until = float("-inf")
@@ -257,10 +283,30 @@ class Decider:
                 and not (track.decided or track.denied)
                 and t >= self.last_unlock.get(track.identity, float("-inf")) + self.cooldown_s)
 
+    @staticmethod
+    def _run_start(track: Track, name: str, t: float) -> float:
+        """Where evidence for `name` may start resting, given a vote naming them at `t`: the first of the
+        doubtful votes leaning to them just before it, if any (`Track.leaning`), else `t`."""
+        lean = track.leaning
+        return lean[1] if lean is not None and lean[0] == name else t
+
+    def _see_evidence(self, track: Track) -> None:
+        """Note evidence of this frame's verdict that rests only on frames from the first vote naming the
+        track's person on (`LiveVerdict.evidence_from`): the next encoding naming them binds it."""
+        live = track.live
+        if track.identity is None or live is None or live.evidence_t is None:
+            return
+        since = live.evidence_t if live.evidence_from is None else live.evidence_from
+        if since >= track.identity_t:
+            if track.evidence_seen is None or live.evidence_t > track.evidence_seen:
+                track.evidence_seen = live.evidence_t
+        elif live.cue.startswith(CHALLENGE_PASSED) and track.identity_t < float("inf") and not track.decided:
+            track.split_requested = True  # answered (partly) by a face not named: ask a fresh track again
+
     def _live_for(self, t: float, track: Track, live: LiveVerdict) -> bool:
-        """Evidence seen on this face at or after the first vote naming the person, and recent enough."""
-        e = live.evidence_t
-        return e is not None and e >= track.identity_t and t - e <= self.liveness_window_s
+        """Evidence bound to the person (`_see_evidence`, then a vote naming them), and recent enough."""
+        e = track.evidence_bound
+        return e is not None and t - e <= self.liveness_window_s
 
     def _refused(self, name: str) -> str | None:
         """The door policy's reason to refuse `name` now; a policy that fails refuses (fail closed)."""

@@ -14,9 +14,10 @@ place (`Tracker._end`: timed out, or split) and the `on_end` hooks drop any per-
 kept elsewhere (the liveness checker's landmarks history).
 
 A track is split, ending it and starting a fresh one on the same face, when its box jumps
-in size more than a real head can between two frames, or when the decider asks (the
-identity changed): the new track starts with no votes and no liveness, so evidence seen on
-the old face can never unlock the new one.
+in size more than a real head can between two frames, or when the decider asks (a
+stranger's track names someone, or its challenge was answered before the votes naming its
+person began): the new track starts with no votes and no liveness, so evidence seen on the
+old face can never unlock the new one.
 """
 
 from __future__ import annotations
@@ -44,9 +45,13 @@ class Track:
     # ---- written by the decider ----
     votes: deque = field(default_factory=deque)  # (frame time, Match) of the current identity segment
     identity: str | None = None  # the enrolled person this segment's votes name, once one does
-    identity_t: float = float("inf")  # frame time of the first vote naming `identity`
+    identity_t: float = float("inf")  # the first vote naming `identity` since the last vote naming no one (inf
+    # after such a vote): liveness evidence binds only to frames from here on
+    leaning: tuple[str, float] | None = None  # (closest person, since) of the doubtful unknown votes in a row
     unknown_run: int = 0  # unknown votes in a row: that many makes the track an established stranger
     live: LiveVerdict | None = None  # the latest liveness verdict (None: liveness not checked)
+    evidence_seen: float | None = None  # latest evidence resting only on frames since `identity_t`, not yet bound
+    evidence_bound: float | None = None  # latest evidence an encoding naming `identity` came at or after: it counts
     label: tuple[str | None, float] | None = None  # latest (name, distance), for the window
     fused_sum: np.ndarray | None = None  # sum of the unit embeddings of all its encodings (see `fuse`)
     fused: Match | None = None  # what the normalised sum names, as of the latest encoding

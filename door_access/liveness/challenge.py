@@ -260,6 +260,7 @@ class Trace:
     neutral: Pose
     blinks: int
     samples: list[Sample]
+    since: float | None = None  # the first frame of the resting pose: an answer rests on the frames from here
 
 
 def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
@@ -269,7 +270,30 @@ def asked_at(samples: list[Sample], t: float, neutral_s: float) -> Trace | None:
     before = [s.pose for s in samples if after and after[0].t - neutral_s <= s.t < after[0].t and s.pose]
     if not after or not before:
         return None
-    return Trace(after[0].t, neutral_pose(before), after[0].blinks, after)
+    since = next(s.t for s in samples if after[0].t - neutral_s <= s.t < after[0].t and s.pose)
+    return Trace(after[0].t, neutral_pose(before), after[0].blinks, after, since)
+
+
+def bound(votes: list[tuple], person: str, since: float, done: float) -> bool:
+    """Whether an answer resting on the frames from `since` and passed at `done` is `person`'s, as the door
+    binds evidence (decision.py): `votes` (the track's encodings in order: (time, name or None[, doubt]))
+    named them at or before `since` and on every encoding from that vote to one at or after `done`. A vote
+    naming no one starts it over, unless it is a doubt (unknown, closest to `person` within the decider's
+    `doubt_distance`): doubts neither break the run, and those just before its first vote start it; a vote
+    naming someone else is a conflict (that track never unlocks)."""
+    start = lean = None
+    for t, name, *doubt in votes:
+        if name == person:
+            start = start if start is not None else lean if lean is not None else t
+            if t >= done:
+                return start <= since
+        elif name is not None:
+            return False
+        elif doubt and doubt[0]:
+            lean = t if lean is None else lean
+        else:
+            start = lean = None
+    return False
 
 
 def judge_trace(trace: Trace, sequences, deadline_s: float, th: Thresholds,

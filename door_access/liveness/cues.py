@@ -61,6 +61,15 @@ MAX_YAW_STEP = 0.08  # yaw change between two frames beyond which the newer shap
 NEUTRAL_S = 0.5  # `always`: the resting pose is taken from at least this long before asking
 
 
+def _streak(froms: deque, since: float, frames: int) -> float:
+    """Add one frame of a cue's streak (`since`: the older shape it was measured against); the earliest
+    such shape over the streak's last `frames` frames, the ones that make the cue count."""
+    froms.append(since)
+    while len(froms) > frames:
+        froms.popleft()
+    return min(froms)
+
+
 def eye_aspect_ratio(points: np.ndarray) -> float:
     """Mean EAR of both eyes (Soukupova and Cech 2016): ~0.3 open, under ~0.15 closed."""
     def one(e):
@@ -92,8 +101,12 @@ class _TrackLiveness:
     blinks: int = 0
     motion_frames: int = 0
     parallax_frames: int = 0
+    motion_from: deque = field(default_factory=deque)  # per frame of the motion streak's last `motion_frames`:
+    parallax_from: deque = field(default_factory=deque)  # the latest older shape it moved from (the same for parallax)
     first_evidence_t: float | None = None  # for reporting how long a person waited
     last_evidence_t: float | None = None
+    last_evidence_from: float | None = None  # the first frame the latest evidence rests on
+    challenge_from: float | None = None  # the first frame of the resting pose the challenge is judged from
     cue: str = ""  # the first cue seen
     doubt: bool = False  # a DENY cue was borderline: ask now
     grade: Grade | None = None  # `graded`: what the attack models ask of this track (None: not judged yet)
@@ -161,22 +174,32 @@ class LivenessChecker:
         cfg = self.cfg
         s = self.tracks.setdefault(track, _TrackLiveness(first_seen=t))
         pose = head_pose(points)
+        closed_since = s.closed_since
         if self._blink(s, t, eye_aspect_ratio(points)):
-            self._evidence(s, t, "blink")
+            self._evidence(s, t, "blink", closed_since)
 
-        motion = float(non_rigid_motion(points, np.stack([old for _, old, _ in s.shapes])).max()) if s.shapes else 0.0
-        s.motion_frames = s.motion_frames + 1 if motion >= cfg.motion_threshold else 0
+        moved = non_rigid_motion(points, np.stack([old for _, old, _ in s.shapes])) if s.shapes else np.zeros(0)
+        over = np.flatnonzero(moved >= cfg.motion_threshold)
+        s.motion_frames = s.motion_frames + 1 if len(over) else 0
+        if s.motion_frames:  # it rests on the frames that count and the latest older shapes they moved from
+            since = _streak(s.motion_from, s.shapes[over[-1]][0], cfg.motion_frames)
+        else:
+            s.motion_from.clear()
         if s.motion_frames >= cfg.motion_frames:
-            self._evidence(s, t, "facial motion")
+            self._evidence(s, t, "facial motion", since)
 
-        parallax = 0.0
+        parallax, since = 0.0, t
         if s.shapes and abs(s.shapes[-1][2].yaw - pose.yaw) <= MAX_YAW_STEP:  # a jump is a landmark glitch
             turned = max(s.shapes, key=lambda old: abs(old[2].yaw - pose.yaw))
             if abs(turned[2].yaw - pose.yaw) >= cfg.parallax_min_turn:
-                parallax = homography_residual(turned[1], points)
+                parallax, since = homography_residual(turned[1], points), turned[0]
         s.parallax_frames = s.parallax_frames + 1 if parallax >= cfg.parallax_threshold else 0
+        if s.parallax_frames:
+            since = _streak(s.parallax_from, since, PARALLAX_FRAMES)
+        else:
+            s.parallax_from.clear()
         if s.parallax_frames >= PARALLAX_FRAMES:
-            self._evidence(s, t, "3D parallax")
+            self._evidence(s, t, "3D parallax", since)
 
         self._maybe_ask(track, s, t)
         if self.traces is not None:
@@ -211,14 +234,16 @@ class LivenessChecker:
             s.ears.append((t, ear))
         return False
 
-    def _evidence(self, s: _TrackLiveness, t: float, cue: str) -> None:
+    def _evidence(self, s: _TrackLiveness, t: float, cue: str, since: float) -> None:
+        """Evidence at `t` resting on the frames from `since` on: the decider credits it only if every
+        encoding of the track from `since` to after `t` names the same person (decision.py)."""
         if s.challenge is not None and s.challenge.state != PASSED:
             return  # once asked, only the answer counts: a replay moves its lips too
         if s.challenge is None and not self._passive(s):
             return
         if s.first_evidence_t is None:
             s.first_evidence_t, s.cue = t, cue
-        s.last_evidence_t = t
+        s.last_evidence_t, s.last_evidence_from = t, since
 
     def _maybe_ask(self, track: int, s: _TrackLiveness, t: float) -> None:
         cfg = self.cfg
@@ -231,6 +256,7 @@ class LivenessChecker:
         if not due:
             return
         neutral = neutral_pose([pose for _, _, pose in s.shapes])
+        s.challenge_from = s.shapes[0][0]  # the answer is judged against this face's rest, so it rests on it too
         extra = s.grade.extra_steps if cfg.challenge == "graded" and s.grade is not None else 0
         actions = self.challenge_actions or choose_actions(cfg.challenge_steps + extra)
         s.challenge = ChallengeSequence(actions, t, cfg.challenge_deadline_s, neutral, s.blinks,
@@ -247,14 +273,15 @@ class LivenessChecker:
         if c is not None and c.done_t is None:
             state = c.update(t, pose, s.blinks)
             if state == PASSED:
-                self._evidence(s, t, f"challenge passed ({c.outcome()})")
+                self._evidence(s, t, f"challenge passed ({c.outcome()})", s.challenge_from)
         if c is not None and c.state == FAILED:
             failed = f"challenge failed ({c.outcome()})"
             return LiveVerdict(None, failed, None, spoof=failed)
         if c is not None and c.state != PASSED:
             return LiveVerdict(None, f"challenge: {c.text}", None, challenge=c.text, challenge_step=len(c.steps))
         if s.last_evidence_t is not None:
-            return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen)
+            return LiveVerdict(s.last_evidence_t, s.cue, s.first_evidence_t - s.first_seen,
+                               evidence_from=s.last_evidence_from)
         return LiveVerdict(None, f"no blink, facial motion or parallax in {t - s.first_seen:.1f} s")
 
     def forget(self, alive: set[int]) -> None:

@@ -52,6 +52,7 @@ from door_access.liveness.challenge import (
     Sample,
     Thresholds,
     asked_at,
+    bound,
     judge_trace,
     response_times,
 )
@@ -76,6 +77,7 @@ ASK_EVERY_S = 0.5  # --challenges all: a challenge is also asked at every such s
 SUBKINDS = ("attack_print", "attack_screen_photo", "attack_screen_video")
 MEASURES = (ATTACK, SITE_ATTACK)
 BANDS = (PASS, CHALLENGE, DENY)
+PERSON = "person"  # the name each clip's person_photo is enrolled under
 
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -199,11 +201,11 @@ def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtim
     from door_access.faces.capture import Capture
 
     events: list = []
-    seen = _Seen()
+    seen = _Seen(cfg.recognition.threshold + cfg.recognition.margin)
     with tempfile.TemporaryDirectory(prefix="door-eval-liveness-") as tmp:
         images = Path(tmp) / "images"
-        (images / "person").mkdir(parents=True)
-        shutil.copy(photo, images / "person" / ("photo" + photo.suffix.lower()))
+        (images / PERSON).mkdir(parents=True)
+        shutil.copy(photo, images / PERSON / ("photo" + photo.suffix.lower()))
         run_cfg = dataclasses.replace(cfg, access_log=dataclasses.replace(cfg.access_log,
                                                                           path=str(Path(tmp) / "log.sqlite")))
         c = cfg.camera
@@ -220,14 +222,17 @@ def eval_video(cfg: Config, encoder, path: Path, photo: Path, row: dict, realtim
             raise RuntimeError(f"{path}: stage {pipeline.failure[0]} failed: {pipeline.failure[1]}")
     report = seen.report(row, capture.frames_in, events)
     if challenges:
-        report.update(challenge_report(cfg.liveness, list(pipeline.liveness.traces.values())))
+        traces = pipeline.liveness.traces
+        report.update(challenge_report(cfg.liveness, list(traces.values()),
+                                       [seen.votes.get(i, []) for i in traces], PERSON))
     return report
 
 
 class _Seen:
     """What the decider stage saw, frame by frame (runs in the decider thread)."""
 
-    def __init__(self):
+    def __init__(self, doubt_distance: float = 0.0):
+        self.doubt_distance = doubt_distance  # as the decider's: such an unknown vote neither breaks nor binds
         self.t0: float | None = None
         self.first_face: float | None = None
         self.confirm: dict[str, float] = {}  # cue -> first time
@@ -238,11 +243,16 @@ class _Seen:
         self.asked = False  # a challenge was asked
         self.grade: str | None = None  # the latest grade of a face (spoof.SpoofChecker.grade)
         self.grade_t: float | None = None  # when the first grade came: before it, `graded` can only ask
+        self.votes: dict[int, list[tuple]] = {}  # track -> (frame time, name, doubt) of each encoding
 
     def observer(self, pipeline):
         def observe(item, decisions) -> None:
             t = item.frame.t - pipeline.capture.started_at
             for face in item.faces:
+                m = face.match
+                if m is not None:  # (time, name, a doubt leaning to the person), as the decider sees it
+                    doubt = m.name is None and m.closest == PERSON and m.distance < self.doubt_distance
+                    self.votes.setdefault(face.track, []).append((item.frame.t, m.name, doubt))
                 if self.first_face is None:
                     self.first_face = t
                 live = face.live
@@ -429,32 +439,37 @@ def totals(clips: list[dict]) -> dict:
 # ---- --challenges all: every challenge the config can ask, judged on one pass over each clip ------------
 
 
-def challenge_report(live: LivenessConfig, tracks: list[list[Sample]]) -> dict:
+def challenge_report(live: LivenessConfig, tracks: list[list[Sample]],
+                     votes: list[list[tuple]] | None = None, person: str = PERSON) -> dict:
     """Per clip, from each track's frames (`LivenessChecker.traces`), asked as the door asks (`NEUTRAL_S`
     after first sight): `challenge_results` (each action as a one-step challenge -> passed), `pass_rate`
     (the fraction of the 6**challenge_steps sequences passed), the sequences passed, and `response_s`
     (per action passed, seconds from the start of the movement to the verifier's pass: what answering
     costs). A replay can be started at any moment, so the same is asked every `ASK_EVERY_S` along the
     track: `pass_rate_worst_start` is the best an attacker who picks the moment can get, by luck, from
-    this recording. A challenge passed on any of the clip's tracks counts."""
+    this recording. A challenge passed on any of the clip's tracks counts, if the door would credit it to
+    `person`: with `votes` (each track's encodings, (frame time, name[, doubt])), only an answer that encodings naming
+    `person` bracket, from its resting pose to after its pass (`challenge.bound`); another face's answer
+    passes nothing. Without `votes` (landmarks only) every answer counts."""
     sequences = list(itertools.product(ACTIONS, repeat=live.challenge_steps))
     singles = [(a,) for a in ACTIONS]
 
-    def judge(trace, asked):
+    def judge(trace, asked, named):
         runs = judge_trace(trace, asked, live.challenge_deadline_s, Thresholds.of(live), live.challenge_hold_s)
-        return {seq: run.done_t for seq, run in runs.items() if run.state == PASSED}
+        return {seq: run.done_t for seq, run in runs.items() if run.state == PASSED
+                and (named is None or bound(named, person, trace.since, run.done_t))}
 
     single_passed: dict[str, float] = {}
     door_passed: set[tuple[str, ...]] = set()
     response: dict[str, float] = {}
     starts: list[float] = []
-    for samples in tracks:
+    for samples, named in zip(tracks, votes if votes is not None else [None] * len(tracks)):
         if not samples:
             continue
         first, last = samples[0].t, samples[-1].t
         door = asked_at(samples, first + NEUTRAL_S, HISTORY_S)
         if door is not None:
-            passed = judge(door, singles + sequences)
+            passed = judge(door, singles + sequences, named)
             door_passed |= {seq for seq in passed if len(seq) == live.challenge_steps}
             done = {seq[0]: t for seq, t in passed.items() if len(seq) == 1}
             for action, wait in response_times(door, done, Thresholds.of(live)).items():
@@ -465,7 +480,7 @@ def challenge_report(live: LivenessConfig, tracks: list[list[Sample]]) -> dict:
         while t <= last - ASK_EVERY_S:
             trace = asked_at(samples, t, HISTORY_S)
             if trace is not None:
-                starts.append(len(judge(trace, sequences)) / len(sequences))
+                starts.append(len(judge(trace, sequences, named)) / len(sequences))
             t += ASK_EVERY_S
     rate = len(door_passed) / len(sequences)
     return {
