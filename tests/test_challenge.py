@@ -31,17 +31,14 @@ from door_access.liveness.challenge import (
     ChallengeSequence,
     Sample,
     Thresholds,
-    Trace,
-    bound,
     choose_action,
     choose_actions,
     head_pose,
-    judge_trace,
     pose_action,
-    response_times,
     scores,
 )
 from door_access.liveness.cues import LivenessChecker, eye_aspect_ratio
+from door_access.tools.challenge_eval import Trace, bound, judge_trace, response_times
 
 FRONT = np.array([
     [111, 363], [115, 399], [120, 433], [128, 467], [137, 500], [152, 530], [175, 554], [203, 572], [237, 578],

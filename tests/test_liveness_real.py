@@ -20,9 +20,10 @@ import pytest
 
 from door_access.config import LivenessConfig
 from door_access.faces.detection import FaceDetector
-from door_access.liveness.challenge import LEFT, OPEN_MOUTH, RIGHT, SMILE, Thresholds, asked_at, judge_trace
+from door_access.liveness.challenge import LEFT, OPEN_MOUTH, RIGHT, SMILE, Thresholds
 from door_access.liveness.cues import HISTORY_S, LivenessChecker
 from door_access.liveness.spoof import CHALLENGE, PASS, Grade
+from door_access.tools.challenge_eval import asked_at, judge_trace
 from door_access.tools.democlip import write_photo_attack
 from door_access.tools.liveness_eval import ASK_EVERY_S, challenge_report
 

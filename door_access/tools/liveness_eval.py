@@ -46,16 +46,7 @@ import numpy as np
 
 from door_access.config import Config, LivenessConfig
 from door_access.core import UNLOCK, Box
-from door_access.liveness.challenge import (
-    ACTIONS,
-    PASSED,
-    Sample,
-    Thresholds,
-    asked_at,
-    bound,
-    judge_trace,
-    response_times,
-)
+from door_access.liveness.challenge import ACTIONS, PASSED, Sample, Thresholds
 from door_access.liveness.cues import HISTORY_S, NEUTRAL_S
 from door_access.liveness.spoof import (
     ATTACK,
@@ -69,6 +60,7 @@ from door_access.liveness.spoof import (
     load_scorers,
 )
 from door_access.quiet import native_stderr_silenced, progress
+from door_access.tools.challenge_eval import asked_at, bound, judge_trace, response_times
 
 log = logging.getLogger(__name__)
 
