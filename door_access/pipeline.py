@@ -142,6 +142,8 @@ class Pipeline:
                                live.timeout_s if live.enabled else float("inf"), live.window_s, cfg.lockout,
                                allow=parts.policy.allow(cfg.door.id), ledger=parts.ledger,
                                doubt_distance=cfg.recognition.threshold + cfg.recognition.margin)
+        if self.spoof:
+            self.decider.on_restart = self.spoof.restart
         self.door = self.actions.door  # the one owner of the lock state: window, remote lock/unlock
         self.actions.clock = self.door.clock = self.clock  # one time origin for every event from here on
         self.mqtt = None

@@ -250,6 +250,23 @@ def test_an_unknown_vote_just_past_the_threshold_leaning_to_the_person_is_a_doub
     assert feed(dec, 0.3, tr, [kian()] * 3, live=motion(0.35, 0.05)) == []
 
 
+def test_another_face_on_a_named_track_starts_the_attack_evidence_over_too():
+    """The attack score is evidence too: when a track names its person after showing a face it does not
+    name (not a doubt), the decider tells the per-track evidence kept elsewhere (`on_restart`: the spoof
+    checker's means) to start over, in both orders; a turned head's near miss (a doubt) does not."""
+    restarted = []
+    dec, tr = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, doubt_distance=1.0), track()
+    dec.on_restart = restarted.append
+    feed(dec, 0.0, tr, [kian(), Match(None, 0.92, "kian"), kian()], live=NOTHING)
+    assert restarted == []  # named from the first vote, and a doubt is no other face
+    feed(dec, 0.3, tr, [stranger(), kian()], live=NOTHING)
+    assert restarted == [tr.id]  # named -> another face -> named again
+    dec, tr = Decider(VotingConfig(window=5, required=3), DoorConfig(), 1.0, doubt_distance=1.0), track(2)
+    dec.on_restart = restarted.append
+    feed(dec, 0.0, tr, [stranger(), stranger(), kian()], live=NOTHING)
+    assert restarted == [1, 2]  # a stranger first, then the named face
+
+
 # ---- seam 2: a vote that cannot be mixed ---------------------------------------------------------
 
 

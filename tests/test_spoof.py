@@ -310,3 +310,37 @@ def test_the_synthetic_photo_attack_still_never_unlocks(cfg, encoder, photo_atta
                         {"file": "attack.mp4", "kind": "attack_print"}, realtime=False)
     assert not result["unlocked"] and not result["pipeline_unlocked"], result
     assert result["outcome"].startswith(("denied: no liveness", "denied: spoof")), result
+
+
+class _Scripted:
+    """A stand-in for a learned model's score only (no frame is read): the probabilities a real model gave."""
+
+    def __init__(self, scores):
+        self.scores = iter(scores)
+
+    def attack_probability(self, bgr, box) -> float:
+        return next(self.scores)
+
+
+def test_a_live_strangers_frames_cannot_dilute_a_replays_attack_mean():
+    """A live stranger (0.05 a frame) then a replay of an enrolled person (0.9), in turns on one track:
+    over all frames the mean stays under the DENY edge (0.5); with the decider's restart at each change
+    of the face it names, the replay's own frames are judged alone and the track is denied."""
+    live, replay = [0.05] * 6, [0.9] * 3
+    frames = live + replay + live[:3] + replay
+    switches = {6, 9, 12}  # the frame indices where the other face comes into view
+    cfg = SpoofConfig(threshold=0.5, min_frames=3, measure_every_s=0.0, min_face_px=16)
+    box, bgr = Box(0, 0, 100, 100), np.zeros((120, 120, 3), np.uint8)
+
+    def run(restart: bool) -> str | None:
+        checker = SpoofChecker(cfg, [Scorer(ATTACK, _Scripted(frames), cfg.threshold)])
+        for i in range(len(frames)):
+            if restart and i in switches:
+                checker.restart(7)  # the decider saw the face change (Decider.on_restart)
+            cue = checker.update(7, i * 0.1, bgr, box, None)
+            if cue:
+                return cue
+        return None
+
+    assert run(restart=False) is None  # diluted: the stranger's frames pull the mean under the edge
+    assert run(restart=True) == ATTACK

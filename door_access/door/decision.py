@@ -94,6 +94,7 @@ class Decider:
         self._streak = 0  # lockouts in a row while failures go on: the next cool-off is cooloff_s * 2**streak
         self._last_failure = float("-inf")
         self.ledger = ledger  # per-person failed attempts and suspensions; None: no per-person budget
+        self.on_restart: Callable[[int], None] | None = None  # liveness starts over: so does evidence kept elsewhere
         self._unnamed: set[int] = set()  # tracks that failed before naming anyone: counted once they do
 
     def locked_out(self, t: float) -> bool:
@@ -189,6 +190,8 @@ class Decider:
     def _decide(self, t: float, track: Track, match: Match) -> Decision | None:
         if match.name is None:
             doubt = match.distance < self.doubt_distance
+            if not doubt or track.identity not in (None, match.closest):  # a face it does not (or will not) name
+                track.other_face = True
             if track.identity is not None and not (doubt and match.closest == track.identity):  # no one it knows
                 track.identity_t = float("inf")  # liveness starts over from the next vote naming them
                 track.evidence_seen = track.evidence_bound = None
@@ -202,6 +205,7 @@ class Decider:
                 track.split_requested = True
                 return None
             track.identity, track.identity_t = match.name, self._run_start(track, match.name, t)
+            self._restart_evidence(track)
         elif match.name != track.identity:
             if not track.conflict:
                 track.conflict = True
@@ -209,6 +213,7 @@ class Decider:
                                 f"conflict: one track named {track.identity} and {match.name}")
         elif track.identity_t == float("inf"):
             track.identity_t = self._run_start(track, match.name, t)  # named again after no one: binds from here
+            self._restart_evidence(track)
         together = track.fused
         if (track.identity is not None and together is not None and together.name is not None
                 and together.name != track.identity and not track.conflict):
@@ -282,6 +287,14 @@ class Decider:
         return (track.identity is not None and track.live is not None and track.live.challenge is not None
                 and not (track.decided or track.denied)
                 and t >= self.last_unlock.get(track.identity, float("-inf")) + self.cooldown_s)
+
+    def _restart_evidence(self, track: Track) -> None:
+        """The track names its person after showing a face it does not name: the per-track evidence kept
+        elsewhere (the attack models' means, `on_restart`) starts over, so that face's frames cannot
+        dilute the named face's."""
+        if track.other_face and self.on_restart is not None:
+            self.on_restart(track.id)
+        track.other_face = False
 
     @staticmethod
     def _run_start(track: Track, name: str, t: float) -> float:

@@ -50,6 +50,7 @@ class Track:
     leaning: tuple[str, float] | None = None  # (closest person, since) of the doubtful unknown votes in a row
     unknown_run: int = 0  # unknown votes in a row: that many makes the track an established stranger
     live: LiveVerdict | None = None  # the latest liveness verdict (None: liveness not checked)
+    other_face: bool = False  # an encoding named no one (and was no doubt) since the named run began
     evidence_seen: float | None = None  # latest evidence resting only on frames since `identity_t`, not yet bound
     evidence_bound: float | None = None  # latest evidence an encoding naming `identity` came at or after: it counts
     label: tuple[str | None, float] | None = None  # latest (name, distance), for the window

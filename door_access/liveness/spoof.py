@@ -125,6 +125,7 @@ class _TrackSpoof:
     shapes: deque = field(default_factory=deque)  # (t, 68 landmarks), for the flat-face cue
     fired: str | None = None
     graded_t: float | None = None  # frame time at which every model had judged min_frames frames (the first grade)
+    restart: bool = False  # set by the decider's thread: the track showed another face; judge afresh
 
 
 class SpoofChecker:
@@ -155,6 +156,10 @@ class SpoofChecker:
         """Feed one frame of a track; returns the DENY cue once one has fired for it, else None."""
         c = self.cfg
         s = self.tracks.setdefault(track, _TrackSpoof())
+        if s.restart and not s.fired:  # another face was in view: its frames say nothing about the next one's
+            s.restart, s.evidence, s.graded_t = False, {}, None
+            s.hits.clear()
+            s.shapes.clear()
         if s.fired or t - s.measured_t < c.measure_every_s or box.w < c.min_face_px:
             return s.fired
         s.measured_t = t
@@ -180,6 +185,15 @@ class SpoofChecker:
             log.info("track %d: DENY cue '%s' (%s)", track, s.fired,
                      ", ".join(f"{k} {x:.3f}" for k, x in self.values[track].items()))
         return s.fired
+
+    def restart(self, track: int) -> None:
+        """The track's named face gave way to a face it does not name (the decider starts its liveness
+        over): the attack evidence starts over too, so a live stranger's frames cannot dilute a replay's
+        mean under the DENY edge. A cue that already fired stays. Called from the decider's thread: only
+        a flag is set here; `update` acts on it."""
+        s = self.tracks.get(track)
+        if s is not None:
+            s.restart = True
 
     def grade(self, track: int) -> Grade | None:
         """The graded policy's band for this track now: DENY once a cue fired, None until every
