@@ -347,13 +347,19 @@ LFW = SHARED_DATA / "lfw"
 
 @pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason=f"LFW not present at {LFW} (pairs.txt)")
 def test_lfw_fold_1(cfg, detector, encoder, tmp_path):
-    """600 real LFW pairs (~1 minute on 2 cores): FaceNet should get well over 95% of them right."""
+    """Half of LFW's fold 1 (300 real pairs, about half a minute on 2 cores), split into two folds of 75 same
+    and 75 different pairs, each scored at the threshold tuned on the other (the protocol, not tuned on
+    itself): FaceNet should get well over 95% of them right. The whole of LFW: `door-access eval`."""
+    lines = (LFW / "pairs.txt").read_text().splitlines()
+    same, different = lines[1:301], lines[301:601]  # fold 1
+    half = tmp_path / "pairs.txt"
+    half.write_text("\n".join(["2 75", *same[:75], *different[:75], *same[75:150], *different[75:150]]) + "\n")
     searchers = [detector, FaceDetector(cfg.detection, cfg.path("weights"))]  # two photos searched at once
     embed = make_lfw_embedder(cfg, searchers, encoder, EmbeddingCache(tmp_path / "lfw.sqlite", "test"))
-    result = evaluate_pairs(LFW / "pairs.txt", LFW / "images_deepfunneled", embed, [1], None)
-    assert result["pairs"] == 600
+    result = evaluate_pairs(half, LFW / "images_deepfunneled", embed, None, None)
+    assert result["pairs"] == 300
     assert result["accuracy"] >= 0.95
-    assert result["failed_images"] <= 5
+    assert result["failed_images"] <= 3
     assert result["tar_at_far"]["0.01"] >= 0.9
 
 
