@@ -8,7 +8,7 @@ LOCK   := requirements/lock.txt
 BENCH_LOCK := requirements/bench.txt
 UV     := .cache/uv/bin/uv
 ARGS   ?=
-JOBS   ?= 2
+JOBS   ?= 3
 
 .PHONY: setup setup-bench lock run test demo espeak mosquitto clean
 
@@ -73,10 +73,10 @@ mosquitto:
 run: setup
 	$(BIN)/door-access run $(ARGS)
 
-# two workers (pytest-xdist): much of the suite waits on real time, processes and the broker, so a
-# second worker fills the idle core; JOBS=0 runs it in this process (one worker)
+# three workers (pytest-xdist), each test module on one of them (its clips and fixtures made once): much of
+# the suite waits on real time, processes and the broker, which a third worker fills; JOBS=0: one process
 test: setup
-	$(BIN)/python -m pytest -n $(JOBS) $(ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache weights/*.h5 weights/*.dat weights/manifest.json
