@@ -49,7 +49,7 @@ from door_access.faces.parallel_detection import DetectedFrames
 from door_access.liveness.challenge import PASSED
 from door_access.liveness.cues import LivenessChecker
 from door_access.liveness.live_samples import VerifiedLive
-from door_access.liveness.spoof import SpoofChecker
+from door_access.liveness.spoof import ATTACK, SpoofChecker
 from door_access.recognition.gallery import Gallery, GalleryChange, GalleryWatcher, apply_update
 from door_access.recognition.recognizer import Recognizer
 from door_access.watchdog import Monitor, Stage, Stalled, Watchdog
@@ -317,7 +317,9 @@ class Pipeline:
                         self.liveness.set_grade(track.id, self.spoof.grade(track.id))  # `graded`: how much proof
                     asked = self.liveness.tracks[track.id].challenge
                     if self.learner and asked is not None:  # only a challenged track can teach (on a pass)
-                        self.learner.observe(track.id, frame.t, image, track.box, asked.state == PASSED)
+                        judged = self.spoof.judged(track.id, frame.t) if self.spoof else None
+                        self.learner.observe(track.id, frame.t, image, track.box, asked.state == PASSED,
+                                             judged.get(ATTACK) if judged else None)
                     if obs.live.challenge and self._asked.get(track.id) != obs.live.challenge_step:
                         self._asked[track.id] = obs.live.challenge_step
                         self.notify(CHALLENGE, track=track.id, detail=obs.live.challenge)

@@ -117,11 +117,12 @@ def test_a_verified_unlock_keeps_its_frames_features_and_a_passive_one_nothing(t
     """The door's own calls: `observe` on each judged frame of a challenged track, `unlocked` when the
     decider lets it in. Real genuine frames of client 001; the shipped model agrees they are live."""
     cfg = make_config(tmp_path)
-    learner = VerifiedLive(cfg, LiveSamples(store_path(cfg), cfg.live_samples), general)
+    learner = VerifiedLive(cfg, LiveSamples(store_path(cfg), cfg.live_samples))
     faces = _faces(detector, PAD / "real__real__client001_session01_webcam_authenticate_controlled_1")
     for i, (bgr, box) in enumerate(faces):
-        learner.observe(1, 0.1 * i, bgr, box, passed=i >= 2)  # its challenge passed at the third frame
-        learner.observe(2, 0.1 * i, bgr, box, passed=False)  # the same face, never challenged to a pass
+        p = general.attack_probability(bgr, box)  # as the spoof checker judges each frame
+        learner.observe(1, 0.1 * i, bgr, box, passed=i >= 2, general=p)  # its challenge passed at the third frame
+        learner.observe(2, 0.1 * i, bgr, box, passed=False, general=p)  # the same face, never challenged to a pass
     assert not learner.unlocked(2, "ann", 1000.0)
     assert learner.unlocked(1, "ann", 1000.0)
     store = learner.store
@@ -139,7 +140,7 @@ def test_a_lucky_replay_cannot_teach_the_door_it_is_live(tmp_path, detector, gen
     one person on one day (as if each had passed the challenge by luck): those the shipped model scores
     as attacks are refused by the agreement guard, and of the rest the daily cap keeps 3."""
     cfg = make_config(tmp_path)
-    learner = VerifiedLive(cfg, LiveSamples(store_path(cfg), cfg.live_samples), general)
+    learner = VerifiedLive(cfg, LiveSamples(store_path(cfg), cfg.live_samples))
     scored, kept = [], []
     for i, row in enumerate(r for r in _pad_rows({"client012"}, per_kind=10) if r["kind"] != "genuine"):
         frames = [(texture_features(bgr, box), general.attack_probability(bgr, box))
@@ -208,11 +209,11 @@ def test_learning_from_verified_entries_lowers_false_denials_of_a_held_out_perso
     assert before >= before_threshold  # denied: the door's false denial of a live person
 
     cfg = make_config(tmp_path)
-    learner = VerifiedLive(cfg, LiveSamples(store_path(cfg), cfg.live_samples), general)
+    learner = VerifiedLive(cfg, LiveSamples(store_path(cfg), cfg.live_samples))
     for track, light in enumerate(("adverse_1", "controlled_1")):
         for i, (bgr, box) in enumerate(_faces(detector, PAD / f"real__real__client006_session01_webcam_authenticate_"
                                                                f"{light}")):
-            learner.observe(track, 0.1 * i, bgr, box, passed=True)
+            learner.observe(track, 0.1 * i, bgr, box, passed=True, general=general.attack_probability(bgr, box))
         assert learner.unlocked(track, "client006", 1000.0 + track)
     assert wait_for(lambda: learner.store.path.is_file() and len(learner.store.entries()) == 2)
 

@@ -36,7 +36,7 @@ import numpy as np
 from door_access.config import Config, LiveSamplesConfig
 from door_access.core import Box
 from door_access.files import PRIVATE_FILE, private_dir, write_private
-from door_access.liveness.attack_model import GENERAL_MODEL_FILE, GeneralModel, texture_features
+from door_access.liveness.attack_model import texture_features
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,6 @@ class LiveSamples:
 
 @dataclass
 class _Track:
-    measured_t: float = float("-inf")
     frames: deque = field(default_factory=lambda: deque(maxlen=FRAMES))  # (features, shipped attack probability)
     passed: bool = False  # its challenge was asked and passed
 
@@ -146,30 +145,29 @@ class _Track:
 class VerifiedLive:
     """The door's side: per track, the features and shipped-model probabilities of its latest judged
     frames (fed by the detector stage); on an unlock of a track whose challenge passed (the decider
-    stage), the guards and then the store. `general` is the shipped model (attack_probability)."""
+    stage), the guards and then the store. The shipped model's probabilities are the spoof checker's, so
+    no face is scored twice."""
 
-    def __init__(self, cfg: Config, store: LiveSamples, general):
+    def __init__(self, cfg: Config, store: LiveSamples):
         self.store = store
-        self.general = general
         self.agree_below = cfg.live_samples.agree_ratio * cfg.spoof.threshold
-        self.every_s = cfg.spoof.measure_every_s
         self.min_face_px = cfg.spoof.min_face_px
         self.min_frames = cfg.spoof.min_frames
         self.tracks: dict[int, _Track] = {}
         self._lock = threading.Lock()  # fed by the detector thread, read by the decider's
 
-    def observe(self, track: int, t: float, bgr: np.ndarray, box: Box, passed: bool) -> None:
-        """One frame of a track still deciding (the spoof checker's pace and size limit)."""
+    def observe(self, track: int, t: float, bgr: np.ndarray, box: Box, passed: bool, general: float | None) -> None:
+        """One frame of a track still deciding; `general`: the shipped model's attack probability for it, when
+        the spoof checker judged this frame (`SpoofChecker.judged`: its pace and size limit), else None."""
         if box.w < self.min_face_px:
             return
         with self._lock:
             s = self.tracks.setdefault(track, _Track())
             s.passed = s.passed or passed
-            if t - s.measured_t < self.every_s:
-                return
-            s.measured_t = t
+        if general is None:
+            return
         try:
-            sample = (texture_features(bgr, box).astype(np.float32), self.general.attack_probability(bgr, box))
+            sample = (texture_features(bgr, box).astype(np.float32), float(general))
         except ValueError:  # the face box left the frame
             return
         with self._lock:
@@ -221,5 +219,4 @@ def verified_live(cfg: Config) -> VerifiedLive | None:
     if not c.spoof.model:
         log.info("live samples: off (spoof.model is false: no shipped model to agree that a face is live)")
         return None
-    general = GeneralModel(c.path("weights") / GENERAL_MODEL_FILE)
-    return VerifiedLive(c, LiveSamples(store_path(c), c.live_samples), general)
+    return VerifiedLive(c, LiveSamples(store_path(c), c.live_samples))

@@ -126,6 +126,7 @@ class _TrackSpoof:
     fired: str | None = None
     graded_t: float | None = None  # frame time at which every model had judged min_frames frames (the first grade)
     restart: bool = False  # set by the decider's thread: the track showed another face; judge afresh
+    judged: tuple[float, dict[str, float]] | None = None  # (frame time, each model's probability) of its latest
 
 
 class SpoofChecker:
@@ -166,6 +167,7 @@ class SpoofChecker:
         if not s.evidence:
             s.evidence = self.evidence()
         v = self.measure(bgr, box)
+        s.judged = (t, v)
         for cue, p in v.items():
             s.evidence[cue].add(p)
         if s.graded_t is None and all(e.judged for e in s.evidence.values()):
@@ -185,6 +187,12 @@ class SpoofChecker:
             log.info("track %d: DENY cue '%s' (%s)", track, s.fired,
                      ", ".join(f"{k} {x:.3f}" for k, x in self.values[track].items()))
         return s.fired
+
+    def judged(self, track: int, t: float) -> dict[str, float] | None:
+        """Each model's attack probability for the track's frame at `t`, if that frame was judged (the pace
+        and size limits above), else None: what others learn from without scoring the face again."""
+        s = self.tracks.get(track)
+        return s.judged[1] if s is not None and s.judged is not None and s.judged[0] == t else None
 
     def restart(self, track: int) -> None:
         """The track's named face gave way to a face it does not name (the decider starts its liveness
