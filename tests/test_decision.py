@@ -216,6 +216,20 @@ def test_evidence_counts_once_the_next_encoding_names_the_same_person():
     assert feed(dec, 0.4, tr, [kian()] * 5, live=motion(0.25, 0.1)) == []
 
 
+def test_evidence_the_verdict_withdrew_before_it_was_bound_does_not_unlock():
+    """`graded`: a blink seen while the attack models passed the face, then the grade leaves PASS (the cue
+    no longer counts, a challenge is asked) before the next encoding: that encoding must not bind the
+    withdrawn blink and let the face in without answering."""
+    dec, tr = decider(), track()
+    assert feed(dec, 0.0, tr, [kian()] * 2, live=NOTHING) == []
+    tr.last_seen = 0.25
+    assert dec.observe(0.25, [tr], {}, {tr.id: LiveVerdict(0.25, "blink", 0.2, evidence_from=0.22)}) == []
+    asked = LiveVerdict(None, "challenge: Turn your head left", None, challenge="Turn your head left")
+    tr.last_seen = 0.3
+    assert dec.observe(0.3, [tr], {tr.id: kian()}, {tr.id: asked}, {tr.id: kian()}) == []
+    assert not tr.unlocked
+
+
 def test_a_misread_frame_of_a_live_person_only_restarts_the_binding():
     """kian turning away reads as no one on one encoding: the votes still stand, and evidence seen after
     the next vote naming him unlocks him."""

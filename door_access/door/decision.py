@@ -317,9 +317,11 @@ class Decider:
             track.split_requested = True  # answered (partly) by a face not named: ask a fresh track again
 
     def _live_for(self, t: float, track: Track, live: LiveVerdict) -> bool:
-        """Evidence bound to the person (`_see_evidence`, then a vote naming them), and recent enough."""
+        """Evidence bound to the person (`_see_evidence`, then a vote naming them), recent enough, and still
+        vouched for by the current verdict (`graded` withdraws a cue when the grade leaves PASS, and asks)."""
         e = track.evidence_bound
-        return e is not None and t - e <= self.liveness_window_s
+        return (e is not None and live.evidence_t is not None and e <= live.evidence_t
+                and t - e <= self.liveness_window_s)
 
     def _refused(self, name: str) -> str | None:
         """The door policy's reason to refuse `name` now; a policy that fails refuses (fail closed)."""
