@@ -8,7 +8,6 @@ a restart that cannot start (no camera, a model file missing) still relocks a do
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,7 +89,7 @@ def build_pipeline(cfg: Config, images_dir: Path, capture: Capture, emit: Callab
 
         pipeline.attach_mqtt(MqttBridge(cfg.mqtt, cfg.door.id, door_commands(
             cfg.mqtt.commands, pipeline.notify, lambda: pipeline.door.lock("remote lock"), pipeline.reload_gallery,
-            lambda: pipeline.decider.locked_out(time.monotonic()),  # frame times are monotonic clock times
+            pipeline.decider.locked_out,
             lambda name: release(parts.ledger, name, lambda detail: pipeline.notify(ALARM, name=name, detail=detail),
                                  "mqtt")),
             base_dir=cfg.base_dir, enrolled=lambda: pipeline.recognizer.people))

@@ -90,6 +90,7 @@ class Decider:
         self.tracks: dict[int, Track] = {}  # the records seen lately (owned by the tracker), by id
         self.last_unlock: dict[str, float] = {}
         self.locked_out_until = float("-inf")  # frame time until which every unlock is refused
+        self.last_t = float("-inf")  # the latest frame's time
         self._failures: deque[float] = deque()  # frame times of recent failed attempts
         self._streak = 0  # lockouts in a row while failures go on: the next cool-off is cooloff_s * 2**streak
         self._last_failure = float("-inf")
@@ -97,8 +98,10 @@ class Decider:
         self.on_restart: Callable[[int], None] | None = None  # liveness starts over: so does evidence kept elsewhere
         self._unnamed: set[int] = set()  # tracks that failed before naming anyone: counted once they do
 
-    def locked_out(self, t: float) -> bool:
-        return t < self.locked_out_until
+    def locked_out(self, t: float | None = None) -> bool:
+        """Whether unlocks are refused at frame time `t` (default: the latest frame's, for callers off the
+        frame path: a remote unlock; frame times are the video's own for a file played flat out)."""
+        return (self.last_t if t is None else t) < self.locked_out_until
 
     def observe(self, t: float, seen: list[Track], matches: dict[int, Match],
                 liveness: dict[int, LiveVerdict] | None = None,
@@ -107,6 +110,7 @@ class Decider:
         seen track's liveness verdict if it is checked (a track without one counts as live), and what the
         fused embedding of each matched track names now (`tracking.fuse`; a track without one never
         unlocks)."""
+        self.last_t = t
         for track in seen:
             self.tracks[track.id] = track
             if liveness and track.id in liveness:
