@@ -415,9 +415,9 @@ class Pipeline:
     # ---- running --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Warm the encoder up (graph tracing takes seconds), then start every thread."""
-        for n in (1, 2):
-            self.encoder.encode(np.zeros((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
+        """Warm the encoder up (its one graph, for every batch size, takes seconds to trace), then start
+        every thread."""
+        self.encoder.encode(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
         self.t0 = time.monotonic()
         self.speaker.start()
         self.actions.start()

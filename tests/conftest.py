@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import shutil
 import socket
 import threading
@@ -147,12 +149,23 @@ def copy_people(src: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def celebrity_gallery(cfg, detector, encoder, session_dir):
-    """The 5-celebrity train photos enrolled (93 photos, 5 people)."""
+def run_dir(tmp_path_factory) -> Path:
+    """A folder of this whole run: shared by the pytest-xdist workers (each has its own basetemp in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def celebrity_gallery(cfg, detector, encoder, session_dir, run_dir):
+    """The 5-celebrity train photos enrolled (93 photos, 5 people). The embedding cache is the run's,
+    so the first worker to build the gallery encodes the photos and the others read them back."""
     from door_access.recognition.gallery import GalleryBuilder
 
     images = copy_people(CELEBRITY / "train", session_dir / "celebrity_images")
-    return GalleryBuilder(cfg, detector, encoder).build(images)
+    shared = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, cache=str(run_dir / "celebrity-cache")))
+    with open(run_dir / "celebrity.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker encodes at a time: the next finds the cache filled
+        return GalleryBuilder(shared, detector, encoder).build(images)
 
 
 class Datagrams:
