@@ -75,7 +75,7 @@ def detector(cfg):
 def encoder(cfg):
     from door_access.faces.facenet import FaceEncoder
 
-    return FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5")
+    return FaceEncoder(cfg.path("weights") / "facenet_keras3.weights.h5", cfg.pipeline.encoder_threads)
 
 
 @pytest.fixture

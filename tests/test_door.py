@@ -125,22 +125,6 @@ def test_hanging_hook_is_killed_and_the_door_goes_on(tmp_path, clip, door_run):
     assert time.monotonic() - started < 120  # two 60 s hooks were not waited for
 
 
-def test_sigterm_stops_a_realtime_run(tmp_path, clip):
-    site = make_site(tmp_path, [])
-    proc = subprocess.Popen([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", str(clip),
-                             "--realtime", "--headless", "--events-json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=CLI_ENV, cwd=site)
-    try:
-        while (line := proc.stdout.readline()) and json.loads(line)["event"] == "relock":
-            pass  # the door is locked at start-up
-        assert json.loads(line)["event"] == "unlock"  # the first unlock: the app is fully up
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    finally:
-        proc.kill()
-    assert code == 0
-
-
 def test_no_camera_exits_2_with_a_hint(tmp_path):
     site = make_site(tmp_path, [])
     proc = subprocess.run([*DOOR, "run", "--config", str(site / "config.yaml"), "--source", "7", "--headless"],
