@@ -74,9 +74,10 @@ run: setup
 	$(BIN)/door-access run $(ARGS)
 
 # three workers (pytest-xdist), each test module on one of them (its clips and fixtures made once): much of
-# the suite waits on real time, processes and the broker, which a third worker fills; JOBS=0: one process
+# the suite waits on real time, processes and the broker, which a third worker fills; the slowest modules
+# are handed out first, in tests/conftest.py's order (SLOW_FIRST); JOBS=0: one process
 test: setup
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope $(ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope --no-loadscope-reorder $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache weights/*.h5 weights/*.dat weights/manifest.json
