@@ -416,14 +416,18 @@ class Pipeline:
 
     def start(self) -> None:
         """Warm the encoder up (its one graph, for every batch size, takes seconds to trace), then start
-        every thread."""
+        every thread; detector processes that cannot start are a failed stage (`failure`)."""
         self.encoder.encode(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
         self.t0 = time.monotonic()
         self.speaker.start()
         self.actions.start()
         if self.mqtt:
             self.mqtt.start()
-        self.detected.start_processes()
+        try:
+            self.detected.start_processes()
+        except RuntimeError as exc:  # no detection, no door: stopped as a failed stage (the door stays locked)
+            self._fail("detector processes", exc)
+            return
         for i, lane in enumerate(self.detected.lanes()):
             self._spawn(f"detector-lane-{i}", lane)
         self.capture.start(lambda exc: self._fail("capture", exc))

@@ -103,13 +103,14 @@ def run_door(cfg: Config, images_dir: Path, source: str, realtime: bool, headles
 
             enroll = KioskEnroller(cfg, pipeline.encoder, pipeline.recognizer, images_dir)
         pipeline.start()
-        pipeline.watchdog.notifier.notify("READY=1")  # systemd (Type=notify): camera and models are up
-        width, height = capture.size
-        log.info("ready: %s %s at %dx%d, %d people enrolled%s",
-                 "camera" if isinstance(capture.source, int) else "source", source, width, height,
-                 len(pipeline.recognizer.people),
-                 ("; e enrolls" if enroll else "") + ("; q or Esc quits" if window else ""))
-        pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg, enroll) if window else None)
+        if pipeline.failure is None:  # else a stage could not start: reported below, never READY
+            pipeline.watchdog.notifier.notify("READY=1")  # systemd (Type=notify): camera and models are up
+            width, height = capture.size
+            log.info("ready: %s %s at %dx%d, %d people enrolled%s",
+                     "camera" if isinstance(capture.source, int) else "source", source, width, height,
+                     len(pipeline.recognizer.people),
+                     ("; e enrolls" if enroll else "") + ("; q or Esc quits" if window else ""))
+            pipeline.wait(max_seconds, tick=_window_tick(pipeline, window, status, cfg, enroll) if window else None)
     finally:
         pipeline.stop_event.set()
         pipeline.watchdog.notifier.notify("STOPPING=1")

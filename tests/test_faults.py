@@ -544,3 +544,29 @@ def test_run_refuses_to_start_with_a_corrupt_model(tmp_path, clips):
     line = one_error_line(proc)
     assert "mmod_human_face_detector.dat" in line and "door-access setup" in line
     assert proc.stdout == ""
+
+
+def test_detector_processes_that_cannot_start_leave_the_door_locked_and_say_why(tmp_path, clips, door_run,
+                                                                                 monkeypatch):
+    """The detector processes fork from a fork server reached through a socket in a temporary folder:
+    on a machine where that fails (no writable temporary folder), the run is a failed stage like any
+    other (a fault event, exit 1, an error line that names the folder), never READY, the door relocked."""
+    import multiprocessing.forkserver
+
+    def unreachable(fds):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", unreachable)
+    marker = tmp_path / "relocked"
+    enroll(tmp_path, "obama.jpg")
+    (tmp_path / "config.yaml").write_text(
+        f"paths:\n  weights: {REPO / 'weights'}\n  cache: cache\ntts:\n  enabled: false\n"
+        f"access_log:\n  path: log.sqlite\ndoor:\n  relock_command: {json.dumps(['touch', str(marker)])}\n"
+        + LIVENESS_OFF_YAML)
+    code, events, err = door_run(tmp_path / "config.yaml", clips["door"])
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'detector processes' failed: ") and "temporary folder" in last, err[-2000:]
+    assert "Read-only file system" in last and " ready: " not in err
+    assert [e["event"] for e in events if e["event"] != "relock"] == ["fault"]  # no unlock, no decision
+    assert events[0]["event"] == "relock" and marker.is_file()

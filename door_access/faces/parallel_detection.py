@@ -109,8 +109,15 @@ class DetectedFrames:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_hog_process, args=(child, self.detector.cfg.upsample),
                                name=f"door-detector-{i}", daemon=True)
-            proc.start()
-            child.close()
+            try:
+                proc.start()
+            except OSError as exc:  # the fork server is reached through a socket in a temporary folder
+                parent.close()
+                self.close()
+                raise RuntimeError(f"detector process {i} could not start ({exc}): the fork server needs a "
+                                   "writable temporary folder ($TMPDIR or /tmp)") from exc
+            finally:
+                child.close()
             self._procs.append(proc)
             self._conns.append(parent)
         for i, conn in enumerate(self._conns):  # ready before the first frame, so none is lost to start-up
